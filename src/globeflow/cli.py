@@ -1,0 +1,371 @@
+"""Command-line interface: argument parsing and typed configs only; the work is in the library.
+
+    globeflow demo      train and evaluate a small model on the built-in synthetic world
+    globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
+    globeflow train     train a method on embeddings
+    globeflow predict   point estimates for a file of embeddings
+    globeflow evaluate  GeoScore, distances and accuracies against the truth
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "ModelConfig"]
+
+METHOD_NAMES = ("diffusion", "flow", "rfm")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model hyper-parameters as given on the command line (resolved into the run's config.json)."""
+
+    method: str = "rfm"
+    width: int = 512
+    depth: int = 12
+    expansion: int = 4
+    schedule: str = "skewed_sigmoid"
+    schedule_alpha: float | None = None
+    schedule_beta: float | None = None
+    cond_drop: float = 0.1
+
+    def schedule_params(self) -> dict:
+        params = {}
+        if self.schedule_alpha is not None:
+            params["alpha"] = self.schedule_alpha
+        if self.schedule_beta is not None:
+            params["beta"] = self.schedule_beta
+        return params
+
+
+class CLIError(Exception):
+    """An error to report in one line, without a traceback."""
+
+
+# ------------------------------------------------------------------------------- parsing
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, guidance: float) -> None:
+    p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {guidance})")
+    p.add_argument("--sample-steps", type=_positive_int, default=16, help="denoising steps (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
+    p.add_argument("--solver", default=None, help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="network precision")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width: int, depth: int) -> None:
+    p.add_argument("--method", choices=METHOD_NAMES, default="rfm", help="generative method (default rfm)")
+    p.add_argument("--train-steps", type=_positive_int, default=steps)
+    p.add_argument("--batch-size", type=_positive_int, default=batch)
+    p.add_argument("--width", type=_positive_int, default=width, help="network width d")
+    p.add_argument("--depth", type=_positive_int, default=depth, help="number of AdaLN blocks N")
+    p.add_argument("--expansion", type=_positive_int, default=4, help="MLP expansion factor (4d hidden)")
+    p.add_argument("--schedule", choices=("skewed_sigmoid", "sigmoid", "linear", "cosine"), default="skewed_sigmoid")
+    p.add_argument("--schedule-alpha", type=float, default=None, help="α of the (skewed) sigmoid (default -3)")
+    p.add_argument("--schedule-beta", type=float, default=None, help="β of the (skewed) sigmoid (default 7, sigmoid 3)")
+    p.add_argument("--cond-drop", type=float, default=0.1, help="condition dropout for guidance (default 0.1)")
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from globeflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="globeflow",
+        description="Probabilistic visual geolocation with diffusion and flow matching on the sphere.",
+    )
+    parser.add_argument("--version", action="version", version=f"globeflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train and evaluate a small model on the built-in synthetic world")
+    p.add_argument("--out", default="globeflow-demo", help="output folder (default ./globeflow-demo)")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("synthetic", help="write a synthetic world (known true density) as train/test Parquet")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--types", type=_positive_int, default=4, help="number of scene types")
+    p.add_argument("--dim", type=_positive_int, default=32, help="embedding dimension")
+    p.add_argument("--sigma", type=float, default=0.35, help="embedding noise (ambiguity of the scene type)")
+    p.add_argument("--train", type=_positive_int, default=20000, help="training rows")
+    p.add_argument("--test", type=_positive_int, default=2000, help="test rows")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a method on a Parquet/NPZ file of embeddings and coordinates")
+    p.add_argument("--data", required=True, help="training data (.parquet or .npz)")
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
+    _add_train_args(p, steps=10000, batch=512, width=512, depth=12)
+
+    p = sub.add_parser("predict", help="point estimates for each embedding of a file")
+    p.add_argument("--model", required=True, help="run directory of a trained model")
+    p.add_argument("--data", required=True, help="embeddings (.parquet or .npz); coordinates optional")
+    p.add_argument("--out", required=True, help="output Parquet with pred_latitude, pred_longitude")
+    _add_sampling_args(p, guidance=2.0)
+
+    p = sub.add_parser("evaluate", help="GeoScore, distances and accuracies of point estimates")
+    p.add_argument("--model", required=True, help="run directory of a trained model")
+    p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
+    p.add_argument("--out", required=True, help="output JSON with the metrics")
+    _add_sampling_args(p, guidance=2.0)
+    return parser
+
+
+# ------------------------------------------------------------------------------- commands
+def _train_config(args: argparse.Namespace):
+    from globeflow.training import TrainConfig
+
+    return TrainConfig(
+        train_steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        ema_decay=args.ema_decay,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def _model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        method=args.method,
+        width=args.width,
+        depth=args.depth,
+        expansion=args.expansion,
+        schedule=args.schedule,
+        schedule_alpha=args.schedule_alpha,
+        schedule_beta=args.schedule_beta,
+        cond_drop=args.cond_drop,
+    )
+
+
+def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg) -> Path:
+    """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible)."""
+    import torch
+
+    from globeflow.api import CONFIG_FILE, save
+    from globeflow.data import read_dataset
+    from globeflow.geometry import latlon_to_xyz
+    from globeflow.methods import create_method
+    from globeflow.training import train
+    from globeflow.training.checkpoint import load_json, save_json
+
+    data = read_dataset(data_path, require_coords=True)
+    method = create_method(
+        model_cfg.method,
+        data.dim,
+        width=model_cfg.width,
+        depth=model_cfg.depth,
+        expansion=model_cfg.expansion,
+        schedule=model_cfg.schedule,
+        schedule_params=model_cfg.schedule_params(),
+        cond_drop=model_cfg.cond_drop,
+    )
+    out = Path(out)
+    resolved = {
+        "model": method.config(),
+        "train": dataclasses.asdict(train_cfg),
+        "data": {"path": str(Path(data_path).resolve()), "rows": len(data), "embedding_dim": data.dim},
+        "cli": dataclasses.asdict(model_cfg),
+    }
+    config_path = out / CONFIG_FILE
+    if config_path.is_file():
+        previous = load_json(config_path)
+        if previous.get("model") != resolved["model"]:
+            raise CLIError(
+                f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(config_path, resolved)
+    x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
+    emb = torch.from_numpy(data.embeddings)
+    train(method, x0, emb, out, train_cfg)
+    save(method_from_ema(method, out), out, extra={k: v for k, v in resolved.items() if k != "model"})
+    return out
+
+
+def method_from_ema(method, out: Path):
+    """The method with the EMA weights the trainer wrote to ``out/model.safetensors``."""
+    from globeflow.api import WEIGHTS_FILE
+    from globeflow.training.checkpoint import load_weights
+
+    method.net.load_state_dict(load_weights(Path(out) / WEIGHTS_FILE))
+    return method
+
+
+def _sample_options(args: argparse.Namespace) -> dict:
+    return {
+        "guidance": args.guidance,
+        "sample_steps": args.sample_steps,
+        "seed": args.seed,
+        "solver": args.solver,
+        "precision": args.precision,
+    }
+
+
+def _predict_points(model, data, args: argparse.Namespace) -> np.ndarray:
+    return model.predict(data.embeddings, **_sample_options(args), progress=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = train_run(args.data, args.out, _model_config(args), _train_config(args))
+    print(f"trained model written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from globeflow.api import load
+    from globeflow.data import read_dataset, write_parquet
+
+    model = load(args.model, device=args.device)
+    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
+    pred = _predict_points(model, data, args)
+    columns = dict(data.extra)
+    columns["pred_latitude"] = pred[:, 0]
+    columns["pred_longitude"] = pred[:, 1]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(args.out, None, data.latitude, data.longitude, extra=columns)
+    print(f"{len(pred)} predictions written to {args.out}")
+    return 0
+
+
+def evaluate_run(model_dir: str | Path, data_path: str | Path, options: dict, *, device: str = "cpu") -> dict:
+    """Metrics of ``model_dir``'s point estimates on ``data_path`` (which must have coordinates)."""
+    from globeflow.api import load
+    from globeflow.data import read_dataset
+    from globeflow.metrics import distance_metrics
+
+    model = load(model_dir, device=device)
+    data = read_dataset(data_path, require_coords=True, expected_dim=model.embedding_dim)
+    start = time.perf_counter()
+    pred = model.predict(data.embeddings, **options, progress=True)
+    elapsed = time.perf_counter() - start
+    metrics = distance_metrics(pred, np.stack([data.latitude, data.longitude], axis=1))
+    metrics["predict_seconds"] = elapsed
+    return metrics
+
+
+def format_metrics(metrics: dict, title: str = "") -> str:
+    """A one-row markdown table in the style of the paper's Table 1."""
+    keys = ["geoscore", "distance_km", "median_distance_km", "acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km", "n"]
+    head = "| " + " | ".join(["model"] + keys) + " |"
+    sep = "|" + "---|" * (len(keys) + 1)
+    cells = []
+    for k in keys:
+        v = metrics[k]
+        cells.append(str(v) if k == "n" else (f"{100 * v:.1f}%" if k.startswith("acc_") else f"{v:.1f}"))
+    return "\n".join([head, sep, "| " + " | ".join([title or "model"] + cells) + " |"])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from globeflow.training.checkpoint import save_json
+
+    options = _sample_options(args)
+    metrics = evaluate_run(args.model, args.data, options, device=args.device)
+    metrics["settings"] = {k: v for k, v in options.items()}
+    save_json(args.out, metrics)
+    print(format_metrics(metrics, title=Path(args.model).name))
+    print(f"metrics written to {args.out}")
+    return 0
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from globeflow.data import SyntheticWorld, write_world_dataset
+
+    world = SyntheticWorld.make(num_types=args.types, dim=args.dim, sigma=args.sigma, seed=args.seed)
+    paths = write_world_dataset(args.out, world, args.train, args.test, seed=args.seed)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic world → train RFM → evaluate, compared with the Bayes-optimal GeoScore."""
+    from globeflow.data import SyntheticWorld, read_dataset, write_world_dataset
+    from globeflow.training import TrainConfig
+    from globeflow.training.checkpoint import save_json
+
+    out = Path(args.out)
+    quick = args.quick
+    world = SyntheticWorld.make(num_types=4, dim=32, seed=args.seed)
+    paths = write_world_dataset(out / "data", world, 2000 if quick else 20000, 200 if quick else 1000, seed=args.seed)
+    print(f"synthetic world with {world.num_types} scene types written to {out / 'data'}")
+    model_cfg = ModelConfig(method="rfm", width=64 if quick else 128, depth=2 if quick else 3)
+    train_cfg = TrainConfig(
+        train_steps=60 if quick else 2000,
+        batch_size=128 if quick else 256,
+        warmup_steps=10 if quick else 100,
+        lr=2e-3,
+        optimizer="adamw",
+        weight_decay=0.0,
+        ema_decay=0.99,
+        checkpoint_every=1000,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    run_dir = train_run(paths["train"], out / "run", model_cfg, train_cfg)
+    options = {"guidance": 2.0, "sample_steps": 16, "seed": 0, "solver": None, "precision": "float32"}
+    metrics = evaluate_run(run_dir, paths["test"], options)
+    test = read_dataset(paths["test"])
+    best = world.best_geoscore(test.embeddings, test.latitude, test.longitude)
+    metrics["best_achievable_geoscore"] = best
+    save_json(out / "metrics.json", metrics)
+    print(format_metrics(metrics, title="RFM S² (demo)"))
+    print(f"best achievable GeoScore on this world (Bayes-optimal estimate): {best:.1f}")
+    print(f"model: {run_dir}  metrics: {out / 'metrics.json'}")
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "synthetic": cmd_synthetic,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from globeflow.data import DataError
+    from globeflow.training.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"globeflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The interface every globeflow method shares, and the machinery of the generative ones.
+
+A method is a trained geolocator: embeddings (B, D) in, locations out as float64 numpy arrays
+of (latitude, longitude) in degrees, longitude in [−180, 180).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from globeflow.geometry import sphere
+from globeflow.geometry.coords import xyz_to_latlon
+from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
+from globeflow.paths.noising import NoisingPath
+from globeflow.paths.schedules import Schedule, make_schedule
+
+__all__ = ["Method", "GenerativeMethod", "as_embedding"]
+
+#: Bound on points (samples × embeddings, before guidance doubling) per forward pass in
+#: :meth:`GenerativeMethod.sample`: 64 Ki points of a d = 512 network need ~1 GB of activations.
+MAX_POINTS_PER_CHUNK = 1 << 16
+
+
+def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
+    """Validate and convert embeddings (numpy or torch, shape (B, D)) to float32 on ``device``.
+
+    Raises ``ValueError`` naming ``name`` for a wrong rank, a wrong D, or non-finite values.
+    """
+    if not isinstance(emb, (Tensor, np.ndarray)):
+        try:
+            emb = np.asarray(emb, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}: expected an array of shape (B, {dim}), got {type(emb).__name__}") from err
+    t = torch.as_tensor(emb)
+    if t.dim() == 1 and t.shape[0] == dim:
+        raise ValueError(f"{name}: expected shape (B, {dim}), got a single vector {tuple(t.shape)}; use emb[None]")
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected shape (B, {dim}), got {tuple(t.shape)}")
+    if t.shape[1] != dim:
+        raise ValueError(
+            f"{name}: embedding length {t.shape[1]} does not match the model's embedding dimension {dim}"
+        )
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name}: expected floating-point values, got dtype {t.dtype}")
+    t = t.to(device=device, dtype=torch.float32)
+    finite = torch.isfinite(t).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        raise ValueError(f"{name}: non-finite (NaN or inf) values in rows {bad}")
+    return t
+
+
+class Method(abc.ABC):
+    """A trained geolocator. Subclasses set ``name`` and implement :meth:`sample_xyz`."""
+
+    name: ClassVar[str] = ""
+    embedding_dim: int
+
+    @abc.abstractmethod
+    def sample_xyz(
+        self, emb: Tensor, num_samples: int, *, generator: torch.Generator, **options: Any
+    ) -> Tensor:
+        """Samples as unit vectors: ``emb`` (B, D) validated float32 -> (B, S, 3)."""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """JSON-serialisable description from which :func:`globeflow.methods.build_method` rebuilds it."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def sample(
+        self,
+        emb: Any,
+        num_samples: int = 1,
+        *,
+        guidance: float = 0.0,
+        sample_steps: int = 16,
+        seed: int = 0,
+        **options: Any,
+    ) -> np.ndarray:
+        """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64."""
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        xyz = self.sample_xyz(
+            emb_t, num_samples, generator=generator, guidance=guidance, sample_steps=sample_steps, **options
+        )
+        return xyz_to_latlon(xyz)
+
+    def predict(
+        self,
+        emb: Any,
+        *,
+        guidance: float = 2.0,
+        sample_steps: int = 16,
+        seed: int = 0,
+        strategy: str = "sample",
+        **options: Any,
+    ) -> np.ndarray:
+        """Point estimate per embedding: (B, D) -> (B, 2) degrees.
+
+        ``strategy="sample"``: the end point of one denoising trajectory (the paper's estimate,
+        sharpened by guidance ω = 2 by default, Sec. 4).
+        """
+        if strategy != "sample":
+            raise ValueError(f"strategy: unknown value {strategy!r}; available: 'sample'")
+        return self.sample(emb, 1, guidance=guidance, sample_steps=sample_steps, seed=seed, **options)[:, 0]
+
+
+class GenerativeMethod(Method, nn.Module):
+    """A network ψ, a schedule κ(t) and a noising path, trained with condition dropout.
+
+    Subclasses choose the path and implement :meth:`_denoise` (noise -> samples in R³ or S²).
+    """
+
+    path_cls: ClassVar[type[NoisingPath]]
+    solvers: ClassVar[dict[str, int]]
+    default_solver: ClassVar[str]
+
+    def __init__(
+        self,
+        net_config: AdaLNMLPConfig,
+        schedule: Schedule | None = None,
+        *,
+        cond_drop: float = 0.1,
+    ) -> None:
+        nn.Module.__init__(self)
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
+        self.net = AdaLNMLP(net_config)
+        self.schedule = schedule if schedule is not None else make_schedule()
+        self.path = self.path_cls()
+        self.cond_drop = float(cond_drop)
+        self.embedding_dim = net_config.cond_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def config(self) -> dict:
+        return {
+            "method": self.name,
+            "net": self.net.config_dict(),
+            "schedule": self.schedule.config(),
+            "cond_drop": self.cond_drop,
+        }
+
+    # -- training -------------------------------------------------------------------------
+    def _train_kappa(self, t: Tensor) -> Tensor:
+        return self.schedule.kappa(t)
+
+    def loss(
+        self, x0: Tensor, emb: Tensor, generator: torch.Generator, net: nn.Module | None = None
+    ) -> Tensor:
+        """Mean regression loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar.
+
+        Draws t ~ U[0, 1], the noise and the condition dropout (null embedding = zeros, for
+        classifier-free guidance, Sec. 3.3) from ``generator`` (on the CPU, so runs are
+        reproducible whatever the device). ``net`` lets a trainer pass a DDP wrapper.
+        """
+        net = self.net if net is None else net
+        b, device = x0.shape[0], x0.device
+        t = torch.rand(b, 1, generator=generator, dtype=torch.float64)
+        kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
+        noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype).to(device)
+        drop = (torch.rand(b, generator=generator) < self.cond_drop).to(device)
+        x_t, target = self.path.interpolate(x0, kappa, noise)
+        emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
+        pred = net(x_t, emb, kappa.squeeze(-1))
+        return self.path.loss(pred, target, x_t).mean()
+
+    # -- sampling -------------------------------------------------------------------------
+    def guided_field(self, emb: Tensor, guidance: float):
+        """The network as a function of (x (B, S, 3), κ), with guidance (Eq. 13) if ω ≠ 0.
+
+        The conditional and unconditional halves go through the network as one batch of 2B
+        embeddings; the condition path runs on embeddings, not on samples.
+        """
+        cond = self.net.embed_condition(emb)
+        if guidance != 0.0:
+            null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
+            cond = torch.cat([cond, null], dim=0)
+
+        def field(x: Tensor, kappa: Tensor) -> Tensor:
+            mods, head = self.net.modulations(cond, kappa)
+            if guidance == 0.0:
+                return self.net.forward_with(x, mods, head)
+            out_c, out_u = self.net.forward_with(torch.cat([x, x], dim=0), mods, head).chunk(2, dim=0)
+            return out_c + guidance * (out_c - out_u)
+
+        return field
+
+    @abc.abstractmethod
+    def _denoise(
+        self, field, noise: Tensor, *, num_steps: int, solver: str, trajectory: list[Tensor] | None
+    ) -> Tensor:
+        """Integrate from ``noise`` (B, S, 3) to unit vectors (B, S, 3)."""
+
+    def sample_xyz(
+        self,
+        emb: Tensor,
+        num_samples: int,
+        *,
+        generator: torch.Generator,
+        guidance: float = 0.0,
+        sample_steps: int = 16,
+        solver: str | None = None,
+        precision: str = "float32",
+        max_points: int = MAX_POINTS_PER_CHUNK,
+        trajectory: list[Tensor] | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Samples from the model for each embedding: ``emb`` (B, D) -> (B, S, 3) unit vectors.
+
+        ``precision="bfloat16"`` runs the network's matrix products in bfloat16 (autocast)
+        while the state, the solver and the coordinate input layer stay in float32.
+        """
+        solver = self.default_solver if solver is None else solver
+        if solver not in self.solvers:
+            raise ValueError(f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}")
+        if not isinstance(sample_steps, int) or sample_steps < 1:
+            raise ValueError(f"sample_steps must be a positive integer, got {sample_steps!r}")
+        guidance = float(guidance)
+        if not np.isfinite(guidance):
+            raise ValueError(f"guidance must be finite, got {guidance}")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        b = emb.shape[0]
+        # All noise is drawn up front so that results do not depend on the chunking.
+        noise = self.path.sample_noise((b, num_samples), generator=generator).to(emb.device)
+        per_chunk = max(1, max_points // num_samples)
+        out = []
+        with torch.inference_mode(), torch.autocast(
+            device_type=emb.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"
+        ):
+            starts = range(0, b, per_chunk)
+            bar = tqdm(starts, desc=f"sampling {self.name}", unit="chunk", disable=not progress or len(starts) < 2)
+            for start in bar:
+                sl = slice(start, start + per_chunk)
+                field = self.guided_field(emb[sl], guidance)
+                traj = [] if trajectory is not None else None
+                out.append(self._denoise(field, noise[sl], num_steps=sample_steps, solver=solver, trajectory=traj))
+                if trajectory is not None:
+                    trajectory.append(torch.stack(traj, dim=0))
+        return torch.cat(out, dim=0).float()

@@ -1,0 +1,188 @@
+"""The three generative methods learn a known conditional distribution, and their sampling contract.
+
+World: three classes (one-hot embeddings), class k ~ vMF(μ_k, κ_k) with κ = (30, 8, 150). For a
+vMF the mean resultant length is R = coth κ − 1/κ, so the class-wise sample mean direction and
+its length test both the location and the spread the model learned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import globeflow
+from globeflow.geometry import latlon_to_xyz, vmf_sample
+from globeflow.methods import METHODS, create_method
+from globeflow.training import TrainConfig, train
+
+MUS = torch.tensor(latlon_to_xyz(np.array([40.0, -20.0, 10.0]), np.array([-100.0, 30.0, 170.0])), dtype=torch.float32)
+KAPPAS = torch.tensor([30.0, 8.0, 150.0])
+TRUE_R = (1.0 / torch.tanh(KAPPAS) - 1.0 / KAPPAS).numpy()
+
+
+def _world(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randint(0, 3, (n,), generator=g)
+    x = vmf_sample(MUS[c], KAPPAS[c], 1, generator=g)[:, 0]
+    return x, torch.nn.functional.one_hot(c, 3).float()
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def trained(request, tmp_path_factory):
+    name = request.param
+    torch.manual_seed(0)
+    method = create_method(name, 3, width=128, depth=3)
+    x0, emb = _world(8192, seed=0)
+    out = tmp_path_factory.mktemp(f"run_{name}")
+    cfg = TrainConfig(
+        train_steps=600, batch_size=256, lr=2e-3, warmup_steps=50, weight_decay=0.0,
+        optimizer="adamw", ema_decay=0.99, checkpoint_every=10_000, progress=False,
+    )
+    train(method, x0, emb, out, cfg)
+    globeflow.api.save(method_with_ema(method, out), out)
+    return name, globeflow.load(out), out
+
+
+def method_with_ema(method, out):
+    from globeflow.training import load_weights
+
+    method.net.load_state_dict(load_weights(out / "model.safetensors"))
+    return method
+
+
+def _class_stats(model, guidance: float, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    xyz = model.sample_xyz(torch.eye(3), n, generator=torch.Generator().manual_seed(1), guidance=guidance)
+    mean = xyz.mean(dim=1)
+    r = mean.norm(dim=-1)
+    cos = (torch.nn.functional.normalize(mean, dim=-1) * MUS).sum(-1).clamp(-1, 1)
+    return np.degrees(torch.acos(cos).numpy()), r.numpy()
+
+
+def test_recovers_class_conditional_vmf(trained):
+    name, model, _ = trained
+    angle_deg, r = _class_stats(model, guidance=0.0)
+    # Mean direction within a few degrees (the broadest class spreads over ~20°).
+    assert np.all(angle_deg < 4.0), (name, angle_deg)
+    # Spread: mean resultant length within 0.05 of coth κ − 1/κ (uniform would give 0).
+    assert np.all(np.abs(r - TRUE_R) < 0.05), (name, r, TRUE_R)
+    # The broad class must stay broad and the sharp one sharp: the ordering of spreads is learned.
+    assert r[1] < r[0] < r[2], (name, r)
+
+
+def test_guidance_sharpens(trained):
+    name, model, _ = trained
+    _, r0 = _class_stats(model, guidance=0.0)
+    _, r2 = _class_stats(model, guidance=2.0)
+    # Spread 1 − R shrinks on average over the classes (Eq. 13 pushes away from p(y | ∅)).
+    assert np.mean(1.0 - r2) < 0.8 * np.mean(1.0 - r0), (name, r0, r2)
+
+
+def test_save_load_identical_predictions(trained, tmp_path):
+    name, model, run_dir = trained
+    emb = np.eye(3, dtype=np.float32).repeat(4, axis=0)
+    again = globeflow.load(run_dir)
+    a = model.predict(emb, guidance=2.0, sample_steps=16, seed=7)
+    b = again.predict(emb, guidance=2.0, sample_steps=16, seed=7)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (12, 2) and a.dtype == np.float64
+    c = again.predict(emb, guidance=2.0, sample_steps=16, seed=8)
+    assert not np.allclose(a, c), "a different seed must give different samples"
+
+
+def test_sample_contract_and_chunking(trained):
+    name, model, _ = trained
+    emb = torch.eye(3)
+    s = model.sample(emb, num_samples=64, guidance=0.0, sample_steps=8, seed=0)
+    assert s.shape == (3, 64, 2) and s.dtype == np.float64
+    assert np.all(np.abs(s[..., 0]) <= 90.0)
+    assert np.all((s[..., 1] >= -180.0) & (s[..., 1] < 180.0))
+    # Noise is drawn before chunking: the chunk size cannot change the samples.
+    chunked = model.sample(emb.numpy(), num_samples=64, sample_steps=8, seed=0, max_points=64)
+    # (float32 rounding differs with the batch shape of the matmuls: metres, not kilometres)
+    np.testing.assert_allclose(s, chunked, atol=1e-3)
+
+
+def test_bfloat16_sampling_close_to_float32(trained):
+    name, model, _ = trained
+    emb = np.eye(3, dtype=np.float32)
+    a = latlon_to_xyz(*np.moveaxis(model.sample(emb, 256, guidance=2.0, seed=3), -1, 0))
+    b = latlon_to_xyz(*np.moveaxis(model.sample(emb, 256, guidance=2.0, seed=3, precision="bfloat16"), -1, 0))
+    km = 6371.0 * 2 * np.arctan2(np.linalg.norm(a - b, axis=-1), np.linalg.norm(a + b, axis=-1))
+    assert np.median(km) < 25.0, (name, np.median(km))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_guided_field_is_eq13_in_one_batch(name):
+    torch.manual_seed(0)
+    method = create_method(name, 5, width=32, depth=2)
+    for p in method.net.parameters():  # non-zero last layers so the test has something to see
+        torch.nn.init.normal_(p, std=0.2)
+    emb = torch.randn(4, 5)
+    x = torch.randn(4, 6, 3)
+    kappa = torch.tensor(0.3)
+    w = 2.0
+    guided = method.guided_field(emb, w)(x, kappa)
+    cond = method.net(x, emb, kappa)
+    uncond = method.net(x, torch.zeros_like(emb), kappa)
+    torch.testing.assert_close(guided, cond + w * (cond - uncond), rtol=1e-5, atol=1e-5)
+    # Broadcasting the condition over samples equals repeating the embedding per sample.
+    flat = method.net(x.reshape(-1, 3), emb.repeat_interleave(6, dim=0), kappa)
+    torch.testing.assert_close(cond.reshape(-1, 3), flat, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_second_order_solver_converges_faster(name):
+    """Heun with N steps is closer to a 256-step reference than Euler/DDIM with 2N evaluations."""
+    torch.manual_seed(1)
+    method = create_method(name, 4, width=32, depth=2)
+    for p in method.net.parameters():
+        torch.nn.init.normal_(p, std=0.15)
+    emb = torch.randn(8, 4)
+    first = method.default_solver
+
+    def run(solver: str, steps: int) -> torch.Tensor:
+        return method.sample_xyz(emb, 16, generator=torch.Generator().manual_seed(0), sample_steps=steps, solver=solver)
+
+    ref = run("heun", 256)
+    err_first = (run(first, 16) - ref).norm(dim=-1).mean()
+    err_heun = (run("heun", 8) - ref).norm(dim=-1).mean()
+    assert err_heun < err_first, (name, float(err_heun), float(err_first))
+
+
+def test_every_rfm_iterate_on_sphere():
+    torch.manual_seed(2)
+    method = create_method("rfm", 4, width=32, depth=2)
+    for p in method.net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    for solver in method.solvers:
+        traj: list[torch.Tensor] = []
+        method.sample_xyz(torch.randn(3, 4), 5, generator=torch.Generator().manual_seed(0), solver=solver,
+                          sample_steps=10, trajectory=traj)
+        norms = traj[0].norm(dim=-1)
+        assert traj[0].shape == (11, 3, 5, 3)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)
+
+
+def test_paper_network_sizes():
+    """Appendix C: d = 512, N = 12 on 1024-d embeddings ≈ 36 M parameters; d = 256 ≈ 9.2 M."""
+    big = create_method("rfm", 1024, width=512, depth=12).net.num_parameters()
+    small = create_method("rfm", 1024, width=256, depth=12).net.num_parameters()
+    assert math.isclose(big / 1e6, 36.0, abs_tol=0.5), big
+    assert math.isclose(small / 1e6, 9.2, abs_tol=0.3), small
+
+
+def test_bad_embeddings_are_named():
+    method = create_method("rfm", 4, width=16, depth=1)
+    with pytest.raises(ValueError, match="embedding dimension 4"):
+        method.predict(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        method.predict(np.array([[0, 0, np.nan, 0]], np.float32))
+    with pytest.raises(ValueError, match=r"shape \(B, 4\)"):
+        method.predict(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="solver"):
+        method.sample(np.zeros((1, 4)), 2, solver="rk45")
+    with pytest.raises(ValueError, match="num_samples"):
+        method.sample(np.zeros((1, 4)), 0)
