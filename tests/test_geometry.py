@@ -39,6 +39,8 @@ R = 6371.0
 F64 = torch.float64
 
 
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -515,10 +517,33 @@ def test_uniform_log_prob():
 # --------------------------------------------------------------------------------------
 
 
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes/weights on [−1, 1] by Newton on the three-term recurrence.
+
+    (numpy's ``leggauss`` calls a dense eigensolver, which can take seconds when its BLAS
+    threads compete with torch's.)
+    """
+    x = np.cos(np.pi * (np.arange(1, n + 1) - 0.25) / (n + 0.5))
+    for _ in range(50):
+        p0, p1 = np.ones_like(x), x.copy()
+        for j in range(2, n + 1):
+            p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
+        dp = n * (x * p1 - p0) / (x * x - 1)
+        dx = p1 / dp
+        x = x - dx
+        if np.abs(dx).max() < 1e-15:
+            break
+    p0, p1 = np.ones_like(x), x.copy()
+    for j in range(2, n + 1):
+        p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
+    dp = n * (x * p1 - p0) / (x * x - 1)
+    return x, 2.0 / ((1 - x * x) * dp * dp)
+
+
 @functools.lru_cache(maxsize=1)
 def _sphere_quadrature(n_z: int = 500, n_phi: int = 500):
     """Nodes and weights integrating exactly-ish over S²: Gauss–Legendre in z, trapezoid in φ."""
-    z, wz = np.polynomial.legendre.leggauss(n_z)
+    z, wz = _gauss_legendre(n_z)
     phi = np.arange(n_phi) * (2 * np.pi / n_phi)
     zz, pp = np.meshgrid(z, phi, indexing="ij")
     r = np.sqrt(1 - zz**2)
@@ -528,9 +553,14 @@ def _sphere_quadrature(n_z: int = 500, n_phi: int = 500):
 
 
 def test_quadrature_itself_is_exact_on_known_integrals():
+    z, wz = _gauss_legendre(50)
+    np.testing.assert_allclose(z, np.polynomial.legendre.leggauss(50)[0][::-1], rtol=0, atol=1e-14)
+    for k in range(0, 99, 2):  # exact for polynomials of degree ≤ 2n − 1
+        assert float((wz * z**k).sum()) == pytest.approx(2 / (k + 1), rel=1e-13), k
     pts, w = _sphere_quadrature()
     assert float(w.sum()) == pytest.approx(4 * math.pi, rel=1e-13)
     assert float((w * pts[:, 0] ** 2).sum()) == pytest.approx(4 * math.pi / 3, rel=1e-12)
+    assert float((w * pts[:, 0] ** 2 * pts[:, 1] ** 2 * pts[:, 2] ** 2).sum()) == pytest.approx(4 * math.pi / 105, rel=1e-12)
 
 
 @pytest.mark.parametrize("kappa", [1e-6, 1e-3, 1.0, 50.0, 500.0])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import globeflow
+import globeflow.training
 from globeflow.geometry import latlon_to_xyz, vmf_sample
 from globeflow.methods import METHODS, create_method
 from globeflow.training import TrainConfig, train
@@ -42,15 +43,9 @@ def trained(request, tmp_path_factory):
         optimizer="adamw", ema_decay=0.99, checkpoint_every=10_000, progress=False,
     )
     train(method, x0, emb, out, cfg)
-    globeflow.api.save(method_with_ema(method, out), out)
+    # The trainer wrote the EMA weights; the config is the run directory's other half.
+    globeflow.training.save_json(out / "config.json", {"model": method.config()})
     return name, globeflow.load(out), out
-
-
-def method_with_ema(method, out):
-    from globeflow.training import load_weights
-
-    method.net.load_state_dict(load_weights(out / "model.safetensors"))
-    return method
 
 
 def _class_stats(model, guidance: float, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
@@ -135,21 +130,32 @@ def test_guided_field_is_eq13_in_one_batch(name):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_second_order_solver_converges_faster(name):
-    """Heun with N steps is closer to a 256-step reference than Euler/DDIM with 2N evaluations."""
+    """Heun beats the first-order sampler at equal cost and, for the ODE methods, is second order.
+
+    The network's noise-level features oscillate fast in κ (sinusoids of 1000 κ); with random
+    weights that makes the field rough in κ and no integrator reaches its asymptotic regime,
+    so the κ-dependence is switched off here (last layer of the time MLP zeroed). The network
+    output is an arbitrary ambient vector, so on S² this also checks that slopes are projected
+    where they are evaluated (projecting elsewhere leaks the normal part: first order).
+    """
     torch.manual_seed(1)
     method = create_method(name, 4, width=32, depth=2)
     for p in method.net.parameters():
-        torch.nn.init.normal_(p, std=0.15)
+        torch.nn.init.normal_(p, std=0.1)
+    torch.nn.init.zeros_(method.net.time_mlp[2].weight)
     emb = torch.randn(8, 4)
-    first = method.default_solver
 
-    def run(solver: str, steps: int) -> torch.Tensor:
-        return method.sample_xyz(emb, 16, generator=torch.Generator().manual_seed(0), sample_steps=steps, solver=solver)
+    def err(solver: str, steps: int) -> float:
+        x = method.sample_xyz(emb, 16, generator=torch.Generator().manual_seed(0), sample_steps=steps, solver=solver)
+        return float((x - ref).norm(dim=-1).mean())
 
-    ref = run("heun", 256)
-    err_first = (run(first, 16) - ref).norm(dim=-1).mean()
-    err_heun = (run("heun", 8) - ref).norm(dim=-1).mean()
-    assert err_heun < err_first, (name, float(err_heun), float(err_first))
+    ref = method.sample_xyz(emb, 16, generator=torch.Generator().manual_seed(0), sample_steps=512, solver="heun")
+    first_32, heun_8, heun_16 = err(method.default_solver, 32), err("heun", 8), err("heun", 16)
+    assert heun_16 < first_32, (name, heun_16, first_32)
+    if name != "diffusion":  # diffusion's last step is Euler in σ ∝ √t: not second order here
+        assert heun_8 / heun_16 > 3.0, (name, heun_8, heun_16)
+        mid_8, mid_16 = err("midpoint", 8), err("midpoint", 16)
+        assert mid_8 / mid_16 > 3.0, (name, mid_8, mid_16)
 
 
 def test_every_rfm_iterate_on_sphere():

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +33,8 @@ SPHERE = Sphere()
 EUCLID = Euclidean()
 
 
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -47,7 +51,7 @@ def _rotation(axis: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.eye(3, dtype=F64) + math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
 
 
-def _rk4_reference(f, x: torch.Tensor, n: int = 4000) -> torch.Tensor:
+def _rk4_reference(f, x: torch.Tensor, n: int = 1000) -> torch.Tensor:
     """Classical RK4 in R³ from κ = 1 to κ = 0, uniform in κ (an independent reference)."""
     h = -1.0 / n
     for i in range(n):
@@ -84,20 +88,20 @@ def test_diffusion_path_formula():
     eps = p.sample_noise((len(x0),), generator=_gen(2), dtype=F64)
     assert eps.shape == x0.shape and eps.dtype == F64
     x_t, target = p.interpolate(x0, kappa, eps)
-    for i in range(len(x0)):
-        k = float(kappa[i])
-        ref = math.sqrt(1 - k) * x0[i] + math.sqrt(k) * eps[i]
-        torch.testing.assert_close(x_t[i], ref, rtol=0, atol=1e-15)
+    k = kappa.numpy()
+    ref = np.sqrt(1 - k) * x0.numpy() + np.sqrt(k) * eps.numpy()
+    np.testing.assert_allclose(x_t.numpy(), ref, rtol=0, atol=1e-15)
     assert torch.equal(target, eps)
     # concrete numbers: κ = 0.36 → 0.8 x₀ + 0.6 ε
-    x1, t1 = p.interpolate(torch.tensor([[1.0, 0.0, 0.0]], dtype=F64), torch.tensor([[0.36]], dtype=F64),
-                           torch.tensor([[0.0, 2.0, -1.0]], dtype=F64))
+    x1, _ = p.interpolate(torch.tensor([[1.0, 0.0, 0.0]], dtype=F64), torch.tensor([[0.36]], dtype=F64),
+                          torch.tensor([[0.0, 2.0, -1.0]], dtype=F64))
     torch.testing.assert_close(x1, torch.tensor([[0.8, 1.2, -0.6]], dtype=F64), rtol=0, atol=1e-15)
     # variance preserving: for Gaussian "data" x₀ ~ N(0, I), Var x_t = I at any κ
-    z = torch.randn(200_000, 3, generator=_gen(3), dtype=F64)
-    e = torch.randn(200_000, 3, generator=_gen(4), dtype=F64)
-    xt, _ = p.interpolate(z, torch.full((200_000, 1), 0.7, dtype=F64), e)
-    assert (xt.var(0) - 1).abs().max() < 5 * math.sqrt(2 / 200_000)
+    m = 50_000
+    z = torch.randn(m, 3, generator=_gen(3), dtype=F64)
+    e = torch.randn(m, 3, generator=_gen(4), dtype=F64)
+    xt, _ = p.interpolate(z, torch.full((m, 1), 0.7, dtype=F64), e)
+    assert (xt.var(0) - 1).abs().max() < 5 * math.sqrt(2 / m)
 
 
 def test_flow_path_formula_and_target_is_derivative():
@@ -246,11 +250,16 @@ def _time_dependent_field(x, kappa):
     return torch.linalg.cross(omega.expand_as(x), x, dim=-1)
 
 
+@functools.lru_cache(maxsize=1)
+def _time_dependent_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    x1 = _rand_sphere(32, 32)
+    return x1, _rk4_reference(_time_dependent_field, x1)  # RK4 error ~1e-12 ≪ the errors measured
+
+
 @pytest.mark.parametrize("method,order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
 def test_sphere_time_dependent_field_convergence_order(method, order):
     schedule = make_schedule("skewed_sigmoid")
-    x1 = _rand_sphere(32, 32)
-    exact = _rk4_reference(_time_dependent_field, x1)
+    x1, exact = _time_dependent_problem()
     assert (exact.norm(dim=-1) - 1).abs().max() < 1e-12  # the reference flow preserves the norm
     errs = [_sphere_error(method, n, schedule, x1, _time_dependent_field, exact) for n in (16, 32, 64, 128)]
     ratios = [errs[i] / errs[i + 1] for i in range(3)]
@@ -328,8 +337,8 @@ def test_euclidean_linear_system_matrix_exponential(method, order, schedule_name
         target = 2.0**order
         assert all(0.8 * target < r < 1.25 * target for r in ratios[1:]), (field.__name__, errs, ratios)
         # and with many steps the answer is the matrix exponential
-        fine = _euclid_error(method, 2000, schedule, x1, field, exact)
-        assert fine < (1e-2 if order == 1 else 1e-5), fine
+        fine = _euclid_error(method, 500, schedule, x1, field, exact)
+        assert fine < (1e-2 if order == 1 else 5e-5), fine
 
 
 def test_euclidean_exactness_for_low_degree_fields():

@@ -45,13 +45,6 @@ from globeflow.training import checkpoint as ckpt_mod  # noqa: E402
 HELPERS = Path(__file__).resolve().parent / "_training_helpers.py"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threading only adds overhead (severe on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- LAMB

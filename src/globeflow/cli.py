@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, tr
     """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible)."""
     import torch
 
-    from globeflow.api import CONFIG_FILE, save
+    from globeflow.api import CONFIG_FILE
     from globeflow.data import read_dataset
     from globeflow.geometry import latlon_to_xyz
     from globeflow.methods import create_method
@@ -203,21 +204,13 @@ def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, tr
                 f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    save_json(config_path, resolved)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes files
+        save_json(config_path, resolved)
     x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
     emb = torch.from_numpy(data.embeddings)
+    # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
     train(method, x0, emb, out, train_cfg)
-    save(method_from_ema(method, out), out, extra={k: v for k, v in resolved.items() if k != "model"})
     return out
-
-
-def method_from_ema(method, out: Path):
-    """The method with the EMA weights the trainer wrote to ``out/model.safetensors``."""
-    from globeflow.api import WEIGHTS_FILE
-    from globeflow.training.checkpoint import load_weights
-
-    method.net.load_state_dict(load_weights(Path(out) / WEIGHTS_FILE))
-    return method
 
 
 def _sample_options(args: argparse.Namespace) -> dict:

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from globeflow.geometry import sphere
 from globeflow.geometry.coords import xyz_to_latlon
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 from globeflow.paths.noising import NoisingPath

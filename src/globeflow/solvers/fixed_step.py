@@ -49,22 +49,26 @@ def integrate(
     kappas = schedule.kappa(ts)
     if trajectory is not None:
         trajectory.append(x)
+
+    def slope(x_eval: Tensor, kappa: Tensor) -> Tensor:
+        return manifold.tangent(x_eval, field(x_eval, kappa))
+
     for i in range(num_steps):
         k0 = kappas[i].to(x.dtype)
         k1 = kappas[i + 1].to(x.dtype)
         h = k1 - k0
-        v0 = field(x, k0)
+        v0 = slope(x, k0)
         if method == "euler":
             x = manifold.step(x, v0, h)
         elif method == "heun":
-            # Predictor to κ₁, then the trapezoid of the two slopes, both taken at x.
+            # Predictor to κ₁, then the trapezoid of the two slopes, both expressed at x.
             x_pred = manifold.step(x, v0, h)
-            v1 = manifold.to_tangent(x, field(x_pred, k1))
+            v1 = manifold.transport(x_pred, x, slope(x_pred, k1))
             x = manifold.step(x, 0.5 * (v0 + v1), h)
         else:  # midpoint: slope at the half step in *t*, where the schedule puts it
             k_mid = schedule.kappa(0.5 * (ts[i] + ts[i + 1])).to(x.dtype)
             x_mid = manifold.step(x, v0, k_mid - k0)
-            x = manifold.step(x, manifold.to_tangent(x, field(x_mid, k_mid)), h)
+            x = manifold.step(x, manifold.transport(x_mid, x, slope(x_mid, k_mid)), h)
         if trajectory is not None:
             trajectory.append(x)
     return x
