@@ -97,7 +97,9 @@ class TrainConfig:
         warmup_steps: linear warm-up length (>= 0), then cosine decay to
             ``final_lr_ratio * lr`` at ``train_steps``.
         weight_decay: decoupled weight decay on matrices (biases / norm params: none).
-        optimizer: ``"lamb"`` or ``"adamw"``.
+        optimizer: ``"adamw"`` (default) or ``"lamb"`` (the paper's, for long large-batch
+            runs: its trust ratio ‖w‖/‖u‖ grows the zero-initialised last layer of each
+            residual block only by a factor ~(1 + lr) per step, so short runs underfit).
         ema_decay: EMA decay in [0, 1].
         grad_clip: max global gradient norm; None or 0 disables clipping.
         seed: seeds batch sampling, the loss generator and torch's global RNG.
@@ -117,7 +119,7 @@ class TrainConfig:
     lr: float = 8e-4
     warmup_steps: int = 500
     weight_decay: float = 0.05
-    optimizer: str = "lamb"
+    optimizer: str = "adamw"
     ema_decay: float = 0.999
     grad_clip: float | None = 1.0
     seed: int = 0
