@@ -11,6 +11,7 @@ import pytest
 
 from globeflow.data import SyntheticWorld, nats_to_paper_nll, read_dataset, write_world_dataset
 from globeflow.data import synthetic as syn
+from globeflow.geometry import great_circle_km, latlon_to_xyz, xyz_to_latlon
 
 LOG_4PI = math.log(4 * math.pi)
 
@@ -23,8 +24,13 @@ def _fibonacci_sphere(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.degrees(np.arcsin(z)), lon
 
 
+def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Great-circle angle (radians) between unit vectors, accurate at 0 and π."""
+    return np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), np.sum(a * b, axis=-1))
+
+
 def _xyz(lat: float, lon: float) -> np.ndarray:
-    return syn._latlon_to_xyz(np.float64(lat), np.float64(lon))
+    return latlon_to_xyz(np.float64(lat), np.float64(lon))
 
 
 def _single_vmf_world(kappa: float, lat: float = 40.0, lon: float = 179.0) -> SyntheticWorld:
@@ -82,7 +88,7 @@ def test_made_world_density_integrates_to_one() -> None:
 @pytest.mark.parametrize("kappa", [1e-3, 1.0, 40.0, 400.0])
 def test_vmf_component_integrates_to_one(kappa: float) -> None:
     lat, lon = _fibonacci_sphere(300_000)
-    logp = syn._vmf_log_prob(syn._latlon_to_xyz(lat, lon), _xyz(-20.0, 60.0), kappa)
+    logp = syn._vmf_log_prob(latlon_to_xyz(lat, lon), _xyz(-20.0, 60.0), kappa)
     assert abs(np.exp(logp).mean() * 4 * math.pi - 1.0) < 1e-3
 
 
@@ -176,14 +182,14 @@ def test_conditional_samples_match_vmf_moments(kappa: float) -> None:
     n = 40_000
     samples = world.sample_conditional(np.zeros((1, 2)), n, seed=1)
     assert samples.shape == (1, n, 2)
-    xyz = syn._latlon_to_xyz(samples[0, :, 0], samples[0, :, 1])
+    xyz = latlon_to_xyz(samples[0, :, 0], samples[0, :, 1])
     mean_vec = xyz.mean(axis=0)
     r_bar = np.linalg.norm(mean_vec)
     expected = 1 / math.tanh(kappa) - 1 / kappa
     # Var(cos theta) = 1 - coth^2 k + 1/k^2 for vMF on S^2; allow 5 standard errors.
     var_cos = 1 - 1 / math.tanh(kappa) ** 2 + 1 / kappa**2
     assert abs(r_bar - expected) < 5 * math.sqrt(var_cos / n) + 1e-12
-    angle = float(syn._angle(mean_vec / r_bar, world.means[0, 0]))
+    angle = float(_angle(mean_vec / r_bar, world.means[0, 0]))
     assert angle < 5 * math.sqrt((1 - expected) / n)
 
 
@@ -198,7 +204,7 @@ def test_extreme_kappa_sampling_is_stable() -> None:
     cos = tiny @ mu[0]
     assert abs(cos.mean()) < 0.05 and abs(cos.var() - 1 / 3) < 0.03
     # kappa = 1e7: angles ~ Rayleigh with scale 1/sqrt(kappa); E[theta^2] = 2/kappa.
-    theta = syn._angle(huge, mu)
+    theta = _angle(huge, mu)
     assert np.mean(theta**2) == pytest.approx(2e-7, rel=0.1)
 
 
@@ -218,7 +224,7 @@ def test_conditional_samples_follow_type_posterior() -> None:
     n = 20_000
     samples = world.sample_conditional(emb, n, seed=5)
     for i in range(2):
-        xyz = syn._latlon_to_xyz(samples[i, :, 0], samples[i, :, 1])
+        xyz = latlon_to_xyz(samples[i, :, 0], samples[i, :, 1])
         frac0 = np.mean(xyz @ world.means[0, 0] > xyz @ world.means[1, 0])
         assert abs(frac0 - post[i, 0]) < 4 * math.sqrt(post[i, 0] * post[i, 1] / n)
 
@@ -251,7 +257,7 @@ def test_sample_marginals() -> None:
     resid = emb - world.prototypes[types]
     assert resid.std() == pytest.approx(world.sigma, rel=0.02)
     # Every location lies near some component of its own type (no padding drawn).
-    y = syn._latlon_to_xyz(lat, lon)
+    y = latlon_to_xyz(lat, lon)
     cos = np.einsum("ni,nmi->nm", y, world.means[types])
     cos[world.weights[types] == 0] = -np.inf
     nearest = np.argmax(cos, axis=1)
@@ -285,8 +291,8 @@ def test_best_geoscore_beats_blind_guess() -> None:
     world = SyntheticWorld.make(num_types=4, dim=32, seed=0)
     emb, lat, lon = world.sample(400, seed=9)
     best = world.best_geoscore(emb, lat, lon, num_candidates=128, seed=0)
-    blind_lat, blind_lon = syn._xyz_to_latlon(world.means[0, 0])
-    d = syn._great_circle_km(np.float64(blind_lat), np.float64(blind_lon), lat, lon)
+    blind_lat, blind_lon = xyz_to_latlon(world.means[0, 0])
+    d = great_circle_km(np.float64(blind_lat), np.float64(blind_lon), lat, lon)
     blind = float(np.mean(5000 * np.exp(-d / 1492.7)))
     assert blind < best <= 5000
     # The estimate is deterministic given the seed.
@@ -298,21 +304,6 @@ def test_best_geoscore_sharp_world_is_near_perfect() -> None:
     emb, lat, lon = world.sample(200, seed=0)
     # Angular spread ~ 1/sqrt(kappa) ~ 20 km, so the best score is ~ 5000 exp(-20/1493).
     assert 4900 < world.best_geoscore(emb, lat, lon, num_candidates=64) <= 5000
-
-
-def test_great_circle_km() -> None:
-    r = syn.EARTH_RADIUS_KM
-    assert syn._great_circle_km(0.0, 0.0, 0.0, 180.0) == pytest.approx(math.pi * r, rel=1e-12)
-    assert syn._great_circle_km(90.0, 0.0, -90.0, 0.0) == pytest.approx(math.pi * r, rel=1e-12)
-    assert syn._great_circle_km(10.0, 179.9, 10.0, -179.9) == pytest.approx(
-        r * math.radians(0.2) * math.cos(math.radians(10.0)), rel=1e-5
-    )
-    # 1 mm apart: the atan2 form keeps full precision where arccos would return ~0.
-    assert syn._great_circle_km(0.0, 0.0, 0.0, math.degrees(1e-6 / r)) == pytest.approx(1e-6, rel=1e-9)
-    # Paris -> London against the textbook haversine formula.
-    la1, lo1, la2, lo2 = map(math.radians, (48.8566, 2.3522, 51.5074, -0.1278))
-    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
-    assert syn._great_circle_km(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(2 * r * math.asin(math.sqrt(h)), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- serialisation

@@ -29,6 +29,8 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from globeflow.data.readers import write_parquet
+from globeflow.geometry.coords import EARTH_RADIUS_KM, great_circle_km, latlon_to_xyz, xyz_to_latlon
+from globeflow.metrics.distance import geoscore
 
 __all__ = [
     "SyntheticWorld",
@@ -36,10 +38,8 @@ __all__ = [
     "write_world_dataset",
 ]
 
-EARTH_RADIUS_KM = 6371.0
-# GeoGuessr-style score: 5000 * exp(-d / 1492.7 km).
+# The best possible per-point GeoScore (zero distance).
 GEOSCORE_MAX = 5000.0
-GEOSCORE_SCALE_KM = 1492.7
 
 _FORMAT = "globeflow.synthetic_world"
 _FORMAT_VERSION = 1
@@ -197,7 +197,7 @@ class SyntheticWorld:
         comps = _categorical(rng, self.weights[types])
         xyz = _vmf_sample(rng, self.means[types, comps], self.kappas[types, comps])
         emb = self.prototypes[types] + self.sigma * rng.standard_normal((n, self.dim))
-        lat, lon = _xyz_to_latlon(xyz)
+        lat, lon = np.moveaxis(xyz_to_latlon(xyz), -1, 0)
         out = (emb.astype(np.float32), lat, lon)
         return out + (types.astype(np.int64),) if return_types else out
 
@@ -207,7 +207,7 @@ class SyntheticWorld:
         Shapes: emb (n, D) -> (n, num_samples, 2) with [..., 0] latitude and [..., 1]
         longitude in degrees, float64.
         """
-        return np.stack(_xyz_to_latlon(self._sample_conditional_xyz(emb, num_samples, seed)), axis=-1)
+        return xyz_to_latlon(self._sample_conditional_xyz(emb, num_samples, seed))
 
     def _sample_conditional_xyz(self, emb: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
         """(n, D) -> (n, S, 3) unit vectors from p(y | c)."""
@@ -247,7 +247,7 @@ class SyntheticWorld:
                 f"latitude/longitude must both have shape (n,) or (n, S) with n = {log_post.shape[0]}; "
                 f"got {lat.shape} and {lon.shape}"
             )
-        y = _latlon_to_xyz(lat if lat.ndim == 2 else lat[:, None], lon if lon.ndim == 2 else lon[:, None])
+        y = latlon_to_xyz(lat if lat.ndim == 2 else lat[:, None], lon if lon.ndim == 2 else lon[:, None])
         comp = self._component_log_prob(y)  # (n, S, K, M)
         with np.errstate(divide="ignore"):  # log 0 for padded components is intended (-inf)
             log_w = np.log(self.weights)
@@ -287,8 +287,8 @@ class SyntheticWorld:
         lon = np.asarray(longitude, np.float64)
         if lat.shape != (estimates.shape[0],) or lon.shape != lat.shape:
             raise ValueError(f"latitude/longitude must have shape ({estimates.shape[0]},), got {lat.shape}, {lon.shape}")
-        d_km = _great_circle_km(estimates[:, 0], estimates[:, 1], lat, lon)
-        return float(np.mean(GEOSCORE_MAX * np.exp(-d_km / GEOSCORE_SCALE_KM)))
+        d_km = great_circle_km(estimates[:, 0], estimates[:, 1], lat, lon)
+        return float(np.mean(geoscore(d_km)))
 
     def bayes_point_estimate(self, emb: np.ndarray, num_candidates: int = 256, seed: int = 0) -> np.ndarray:
         """The point estimates used by :meth:`best_geoscore`. Shapes: emb (n, D) -> (n, 2) lat/lon degrees."""
@@ -311,7 +311,7 @@ class SyntheticWorld:
             score[:, s:] /= s
             idx = np.argmax(score, axis=1)
             best[lo : lo + chunk] = np.take_along_axis(cands, idx[:, None, None], axis=1)[:, 0]
-        return np.stack(_xyz_to_latlon(best), axis=-1)
+        return xyz_to_latlon(best)
 
     def conditional_entropy(self, n: int = 20_000, seed: int = 0) -> float:
         """Monte Carlo estimate of H(Y | C) = E[-log p(y | c)] in nats per steradian.
@@ -489,28 +489,5 @@ def _categorical(rng: np.random.Generator, probs: np.ndarray, size: int | None =
     return idx[:, 0] if size is None else idx
 
 
-def _latlon_to_xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Degrees -> unit vectors. Shapes: (...), (...) -> (..., 3)."""
-    la, lo = np.radians(lat), np.radians(lon)
-    cl = np.cos(la)
-    return np.stack([cl * np.cos(lo), cl * np.sin(lo), np.sin(la)], axis=-1)
-
-
-def _xyz_to_latlon(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors (..., 3) -> latitude, longitude in degrees (...). atan2 keeps poles accurate."""
-    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    return np.degrees(np.arctan2(z, np.hypot(x, y))), np.degrees(np.arctan2(y, x))
-
-
-def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Great-circle angle in radians between unit vectors, atan2(|a x b|, a.b): accurate at 0 and pi."""
-    return np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), np.sum(a * b, axis=-1))
-
-
-def _great_circle_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Great-circle distance in km (R = 6371 km); inputs in degrees, broadcast."""
-    return EARTH_RADIUS_KM * _angle(_latlon_to_xyz(lat1, lon1), _latlon_to_xyz(lat2, lon2))
-
-
 def _geoscore(angle_rad: np.ndarray) -> np.ndarray:
-    return GEOSCORE_MAX * np.exp(-EARTH_RADIUS_KM * angle_rad / GEOSCORE_SCALE_KM)
+    return geoscore(EARTH_RADIUS_KM * angle_rad)
