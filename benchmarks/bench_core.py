@@ -550,7 +550,7 @@ def markdown(res: Results) -> str:
     m, st = res.machine, res.settings
     lines = [
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
-        f"{m['threads']} threads (torch default). Settings: {st['images']} images x {st['samples']} samples "
+        f"{m['threads']} threads ({'--threads' if st.get('threads') else 'torch default'}). Settings: {st['images']} images x {st['samples']} samples "
         f"= {st['images'] * st['samples']} points, {st['steps']} Euler steps, guidance {st['guidance']}, "
         f"train batch {st['train_batch']} x {st['train_steps']} steps per run; best of {st['repeats']} "
         f"interleaved runs after a warm-up. Load average at start/end: {m.get('loadavg_start')} / "
