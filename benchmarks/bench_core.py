@@ -628,7 +628,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--train-steps", type=int, default=5, help="optimizer steps per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (best reported), after one warm-up")
-    p.add_argument("--mm-repeats", type=int, default=5)
+    p.add_argument("--mm-repeats", type=int, default=8, help="matmul timing runs (best reported)")
     p.add_argument("--ref-steps", type=int, default=256, help="steps of the accuracy reference (0: skip)")
     p.add_argument("--ref-images", type=int, default=8, help="embeddings in the accuracy reference")
     p.add_argument("--no-proposed", dest="proposed", action="store_false",

@@ -160,3 +160,14 @@ def test_quick_demo(tmp_path, capsys):
     assert "best achievable GeoScore" in out and "true p(y | c)" in out
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert 0 <= metrics["geoscore"] <= 5000 and metrics["best_achievable_geoscore"] > 0
+
+
+def test_unavailable_device_is_reported(run_dir, world_files, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["evaluate", "--model", str(run_dir), "--data", str(world_files["test"]),
+                 "--out", str(tmp_path / "m.json"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "CUDA is not available" in err and "Traceback" not in err

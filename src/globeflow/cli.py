@@ -353,12 +353,28 @@ COMMANDS = {
 }
 
 
+def _check_device(name: str) -> None:
+    """Reject unknown or unavailable devices here rather than deep inside torch."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(f"--device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name}: MPS is not available on this machine")
+
+
 def main(argv: list[str] | None = None) -> int:
     from globeflow.data import DataError
     from globeflow.training.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "device"):
+            _check_device(args.device)
         return COMMANDS[args.command](args)
     except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"globeflow {args.command}: error: {err}", file=sys.stderr)

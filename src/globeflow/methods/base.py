@@ -163,15 +163,16 @@ class GenerativeMethod(Method, nn.Module):
         """Mean regression loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar.
 
         Draws t ~ U[0, 1], the noise and the condition dropout (null embedding = zeros, for
-        classifier-free guidance, Sec. 3.3) from ``generator`` (on the CPU, so runs are
-        reproducible whatever the device). ``net`` lets a trainer pass a DDP wrapper.
+        classifier-free guidance, Sec. 3.3) from ``generator``, on the generator's own device
+        (a CUDA generator cannot fill CPU tensors, and vice versa). ``net`` lets a trainer
+        pass a DDP wrapper.
         """
         net = self.net if net is None else net
-        b, device = x0.shape[0], x0.device
-        t = torch.rand(b, 1, generator=generator, dtype=torch.float64)
+        b, device, g_device = x0.shape[0], x0.device, generator.device
+        t = torch.rand(b, 1, generator=generator, device=g_device)
         kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
-        noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype).to(device)
-        drop = (torch.rand(b, generator=generator) < self.cond_drop).to(device)
+        noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype, device=g_device).to(device)
+        drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)
         emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
         pred = net(x_t, emb, kappa.squeeze(-1))
