@@ -151,18 +151,40 @@ def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int, inner: int = 3) -> float:
-    """Best GFLOP/s of F.linear (nn.Linear's kernel: x @ W^T + b) with x (m, k), W (n, k)."""
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int, inner: int = 3,
+                  kernel: str = "aten") -> float:
+    """Best GFLOP/s of x @ W^T + b with x (m, k), W (n, k).
+
+    ``kernel="aten"``: F.linear, nn.Linear's kernel (MKL for fp32, oneDNN for bf16 on CPU);
+    ``kernel="onednn"``: torch.ops.mkldnn._linear_pointwise (oneDNN), which globeflow's fp32
+    inference path uses.
+    """
     x = torch.randn(m, k).to(dtype)
     w = (torch.randn(n, k) / math.sqrt(k)).to(dtype)
     b = torch.zeros(n).to(dtype)
+    if kernel == "onednn":
+        op = torch.ops.mkldnn._linear_pointwise
+
+        def one():
+            op(x, w, b, "none", [], "")
+    else:
+        def one():
+            F.linear(x, w, b)
+
     with torch.inference_mode():
         def run():
             for _ in range(inner):
-                F.linear(x, w, b)
+                one()
 
         times = timeit(run, repeats, warmup=2)
     return 2.0 * m * k * n * inner / min(times) / 1e9
+
+
+def _onednn_linear_available() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    except Exception:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,17 +296,20 @@ def machine_info() -> dict:
 def bench_matmul(args, shape: NetShape, res: Results) -> None:
     rows = 2 * args.images * args.samples  # rows of one guided forward pass
     d, h = shape.dim, shape.dim * shape.expansion
-    for dtype, name in [(torch.float32, "fp32"), (torch.bfloat16, "bf16")]:
-        sq = matmul_gflops(2048, 2048, 2048, dtype, args.mm_repeats)
-        up = matmul_gflops(rows, d, h, dtype, args.mm_repeats)
-        down = matmul_gflops(rows, h, d, dtype, args.mm_repeats)
-        res.matmul[name] = {
-            "square_2048": sq,
-            f"up_{rows}x{d}x{h}": up,
-            f"down_{rows}x{h}x{d}": down,
-            "peak": max(sq, up, down),
-        }
-        print(f"  matmul {name}: 2048^3 {sq:.0f}, up {up:.0f}, down {down:.0f} GFLOP/s", flush=True)
+    kernels = [(torch.float32, "fp32", "aten"), (torch.bfloat16, "bf16", "aten")]
+    if _onednn_linear_available():
+        kernels.insert(1, (torch.float32, "fp32", "onednn"))
+    for dtype, name, kernel in kernels:
+        sq = matmul_gflops(2048, 2048, 2048, dtype, args.mm_repeats, kernel=kernel)
+        up = matmul_gflops(rows, d, h, dtype, args.mm_repeats, kernel=kernel)
+        down = matmul_gflops(rows, h, d, dtype, args.mm_repeats, kernel=kernel)
+        tag = "" if kernel == "aten" else f" {kernel}"
+        entry = res.matmul.setdefault(name, {"peak": 0.0})
+        entry[f"square_2048{tag}"] = sq
+        entry[f"up_{rows}x{d}x{h}{tag}"] = up
+        entry[f"down_{rows}x{h}x{d}{tag}"] = down
+        entry["peak"] = max(entry["peak"], sq, up, down)
+        print(f"  matmul {name}{tag}: 2048^3 {sq:.0f}, up {up:.0f}, down {down:.0f} GFLOP/s", flush=True)
 
 
 def build_pair(official, shape: NetShape, seed: int):
@@ -443,6 +468,23 @@ class _no_grad_sampling:
         return False
 
 
+class _aten_mlp:
+    """Run globeflow's block MLPs on the portable ATen path (nn.Linear; MKL GEMM for fp32)."""
+
+    def __enter__(self):
+        from globeflow.nets import adaln_mlp
+
+        self._mod = adaln_mlp
+        self._saved = getattr(adaln_mlp, "USE_ONEDNN_MLP", None)
+        adaln_mlp.USE_ONEDNN_MLP = False
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            self._mod.USE_ONEDNN_MLP = self._saved
+        return False
+
+
 def bench_sample(args, official, shape: NetShape, res: Results) -> None:
     from globeflow.methods import create_method  # noqa: F401  (import cost outside timings)
 
@@ -472,9 +514,9 @@ def bench_sample(args, official, shape: NetShape, res: Results) -> None:
     noise = method.path.sample_noise((B, S), generator=torch.Generator().manual_seed(5))
     fns, flops, peaks = {}, {}, {}
 
-    def gf_run(key, precision, no_grad=False):
+    def gf_run(key, precision, no_grad=False, aten=False):
         def run():
-            with _no_grad_sampling() if no_grad else _nullcontext():
+            with _no_grad_sampling() if no_grad else _nullcontext(), _aten_mlp() if aten else _nullcontext():
                 ends[key] = method.sample_xyz(emb, S, generator=torch.Generator().manual_seed(4), guidance=w,
                                               sample_steps=args.steps, precision=precision)
 
@@ -483,8 +525,10 @@ def bench_sample(args, official, shape: NetShape, res: Results) -> None:
         peaks[key] = res.matmul["fp32" if precision == "float32" else "bf16"]["peak"]
 
     gf_run("globeflow_fp32", "float32")
+    if args.variants:
+        gf_run("globeflow_fp32_aten", "float32", aten=True)
     gf_run("globeflow_bf16", "bfloat16")
-    if args.proposed:
+    if args.variants:
         gf_run("globeflow_bf16_no_grad", "bfloat16", no_grad=True)
     if off_net is not None:
         def run_off():
@@ -565,6 +609,7 @@ def markdown(res: Results) -> str:
             for k, v in mm.items():
                 if k != "peak":
                     lines.append(f"| matmul {name} {k} | {v:.0f} | GFLOP/s | | |")
+            lines.append(f"| matmul {name} peak (best of the above) | {mm['peak']:.0f} | GFLOP/s | | |")
     for key, r in res.train.items():
         rel = f"{r['speedup_vs_official']:.2f}x" if "speedup_vs_official" in r else ""
         lines.append(
@@ -574,6 +619,7 @@ def markdown(res: Results) -> str:
     labels = {
         "globeflow_fp32": "sample globeflow fp32",
         "globeflow_bf16": "sample globeflow bf16",
+        "globeflow_fp32_aten": "sample globeflow fp32, ATen nn.Linear path (before this change)",
         "globeflow_bf16_no_grad": "sample globeflow bf16, no_grad in place of inference_mode (proposed)",
         "official": "sample official fp32",
     }
@@ -631,8 +677,9 @@ def main(argv=None) -> int:
     p.add_argument("--mm-repeats", type=int, default=8, help="matmul timing runs (best reported)")
     p.add_argument("--ref-steps", type=int, default=256, help="steps of the accuracy reference (0: skip)")
     p.add_argument("--ref-images", type=int, default=8, help="embeddings in the accuracy reference")
-    p.add_argument("--no-proposed", dest="proposed", action="store_false",
-                   help="skip the bf16 run under no_grad (the proposed base.py change)")
+    p.add_argument("--no-variants", dest="variants", action="store_false",
+                   help="skip the extra globeflow runs: fp32 on the ATen nn.Linear path, and bf16 under "
+                        "no_grad in place of inference_mode (the proposed base.py change)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-official", action="store_true")

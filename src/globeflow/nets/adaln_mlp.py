@@ -58,6 +58,44 @@ def noise_level_features(level: Tensor, num_channels: int, scale: float = 1000.0
     return (feats - feats.mean(dim=-1, keepdim=True)) / feats.std(dim=-1, keepdim=True)
 
 
+#: Inference fast path of the block MLP on the CPU in float32: two oneDNN matrix products with
+#: the bias and the exact (erf) GELU fused into the first (``torch.ops.mkldnn._linear_pointwise``,
+#: the kernel behind torch.compile's CPU linear fusions). oneDNN's float32 GEMM is ~15-25 %
+#: faster than the MKL GEMM behind ``nn.Linear`` at these shapes on AVX-512 CPUs; results
+#: differ from the ATen path by float rounding only (summation order). Taken only without
+#: autograd and without autocast (bfloat16 stays on autocast's ``nn.Linear``); set to ``False``
+#: to always use the ATen path.
+USE_ONEDNN_MLP = True
+_onednn_status: bool | None = None
+
+
+def _onednn_mlp_available() -> bool:
+    """Whether ``torch.ops.mkldnn._linear_pointwise`` exists and agrees with ATen (probed once)."""
+    global _onednn_status
+    if _onednn_status is None:
+        _onednn_status = False
+        try:
+            if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+                # Deterministic probe (no RNG: the global generator must not move).
+                x = torch.linspace(-3.0, 3.0, 4 * 16).reshape(4, 16)
+                w = torch.linspace(-0.5, 0.5, 8 * 16).reshape(8, 16).flip(0)
+                b = torch.linspace(-0.2, 0.2, 8)
+                with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):
+                    out = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+                    ref = nn.functional.gelu(nn.functional.linear(x, w, b))
+                _onednn_status = bool(out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-5, atol=1e-5))
+        except Exception:  # any failure (op missing, build without oneDNN): the portable path
+            _onednn_status = False
+    return _onednn_status
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class _Block(nn.Module):
     def __init__(self, dim: int, expansion: int) -> None:
         super().__init__()
@@ -77,7 +115,27 @@ class _Block(nn.Module):
         # Under bfloat16 autocast the MLP runs in bfloat16 but the residual stream h stays
         # float32 (addcmul promotes to h's dtype): the skip path then carries the coordinates
         # at full precision.
-        return torch.addcmul(h, self.mlp(x), gate).to(h.dtype)
+        return torch.addcmul(h, self._mlp(x), gate).to(h.dtype)
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        up, act, down = self.mlp
+        if (
+            USE_ONEDNN_MLP
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and up.weight.dtype == torch.float32
+            and down.weight.dtype == torch.float32
+            and isinstance(act, nn.GELU)
+            and act.approximate == "none"
+            and not torch.is_grad_enabled()
+            and not _cpu_autocast_enabled()
+            and _onednn_mlp_available()
+        ):
+            lp = torch.ops.mkldnn._linear_pointwise
+            y = lp(x.reshape(-1, x.shape[-1]), up.weight, up.bias, "gelu", [], "none")
+            y = lp(y, down.weight, down.bias, "none", [], "")
+            return y.view(*x.shape[:-1], y.shape[-1])
+        return self.mlp(x)
 
 
 class AdaLNMLP(nn.Module):
