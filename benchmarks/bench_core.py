@@ -13,8 +13,16 @@ Measures, on the current machine (CPU by default):
 * accuracy: both networks get the *same* weights (official state_dict mapped onto globeflow's),
   then (a) the raw velocity fields on identical inputs, (b) end points of globeflow fp32 vs
   bf16 for the same noise, (c) globeflow's sampler (exp map, official convention) vs the
-  official sampler (x + dt·v then projection) for the same weights and noise; great-circle
-  distances in km (R = 6371).
+  official sampler (x + dt·v then projection) for the same weights and noise, with a check
+  that globeflow's network under the official update rule reproduces the official end points,
+  (d) the error of each 16-step sampler against a fine-step (256) exp-map reference;
+  great-circle distances in km (R = 6371).
+
+Implementations are timed interleaved (one run of each per round, best of ``--repeats``
+rounds after a warm-up) so that they share the background load of a shared machine. Two extra
+globeflow rows (``--no-variants`` skips them) isolate the fp32 oneDNN block-MLP path
+(``adaln_mlp.USE_ONEDNN_MLP``) and the effect of sampling under ``no_grad`` rather than
+``inference_mode`` (autocast caches bf16 weight casts only outside inference mode).
 
 The networks have random weights (the zero-initialised last layer of every block is
 re-initialised so that the blocks are not the identity); timings do not depend on the values.
@@ -26,6 +34,7 @@ Usage::
 
     python benchmarks/bench_core.py                      # defaults: 64 images x 16 samples
     python benchmarks/bench_core.py --json out.json --repeats 5
+    python benchmarks/bench_core.py --threads 1          # stable timings on a busy machine
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import itertools
 import json
 import math
 import platform
@@ -58,7 +68,7 @@ def load_official():
     spec = importlib.util.find_spec("plonk")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("diff-plonk is not installed (pip install --no-deps diff-plonk geoopt)")
-    root = list(spec.submodule_search_locations)[0]
+    root = next(iter(spec.submodule_search_locations))
     # Stub parent packages: their __init__ would import torchvision / lightning.
     for name, sub in [
         ("plonk", ""),
@@ -90,11 +100,11 @@ def load_official():
 
 
 def _dist_version(name: str) -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version(name)
-    except Exception:  # pragma: no cover - informational only
+    except PackageNotFoundError:  # pragma: no cover - informational only
         return "?"
 
 
@@ -183,7 +193,7 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int, inne
 def _onednn_linear_available() -> bool:
     try:
         return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-    except Exception:
+    except (AttributeError, RuntimeError):
         return False
 
 
@@ -435,7 +445,7 @@ def globeflow_official_convention(method, emb, noise, args, guidance, precision,
         else:
             gammas = 1.0 - method.schedule.kappa(time_grid(steps))
             x = noise
-            for g0, g1 in zip(gammas[:-1], gammas[1:]):
+            for g0, g1 in itertools.pairwise(gammas):
                 v = f(x, g0.float())
                 x = F.normalize(x + (g1 - g0).float() * v.float(), dim=-1)
             out = x
@@ -593,12 +603,12 @@ def bench_sample(args, official, shape: NetShape, res: Results) -> None:
 def markdown(res: Results) -> str:
     m, st = res.machine, res.settings
     lines = [
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
+        (f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
         f"{m['threads']} threads ({'--threads' if st.get('threads') else 'torch default'}). Settings: {st['images']} images x {st['samples']} samples "
         f"= {st['images'] * st['samples']} points, {st['steps']} Euler steps, guidance {st['guidance']}, "
         f"train batch {st['train_batch']} x {st['train_steps']} steps per run; best of {st['repeats']} "
         f"interleaved runs after a warm-up. Load average at start/end: {m.get('loadavg_start')} / "
-        f"{m.get('loadavg_end')}.",
+        f"{m.get('loadavg_end')}."),
         "",
         "| Measurement | Value | Unit | % of matmul peak | vs official |",
         "|---|---:|---|---:|---:|",
@@ -712,7 +722,7 @@ def main(argv=None) -> int:
     print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(vars(res) if not hasattr(res, "__dataclass_fields__") else res.__dict__, f, indent=2)
+            json.dump(vars(res), f, indent=2)
     return 0
 
 

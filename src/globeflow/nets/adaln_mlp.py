@@ -84,7 +84,7 @@ def _onednn_mlp_available() -> bool:
                     out = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
                     ref = nn.functional.gelu(nn.functional.linear(x, w, b))
                 _onednn_status = bool(out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-5, atol=1e-5))
-        except Exception:  # any failure (op missing, build without oneDNN): the portable path
+        except Exception:  # noqa: BLE001 - any failure (op missing, no oneDNN): the portable path
             _onednn_status = False
     return _onednn_status
 

@@ -57,8 +57,12 @@ class Schedule:
 class SkewedSigmoid(Schedule):
     """Eq. 15: κ(t) = (σ(α) − σ(α + t(β − α))) / (σ(α) − σ(β)).
 
-    α = −3, β = 7 (the paper's default) spends more of [0, 1] at low noise, where fine-grained
-    location is decided; α = −3, β = 3 is the standard (symmetric) sigmoid of Table A.
+    α = −3, β = 7 is the paper's stated default and globeflow's; α = −3, β = 3 is the standard
+    (symmetric) sigmoid of Table A. Taken literally, (−3, 7) spends about half of [0, 1] at
+    κ > 0.9 (near the noise). Since σ(−x) = 1 − σ(x), this curve is 1 − κ_off(1 − t), where κ_off is
+    the official implementation's schedule (``SigmoidScheduler(start=−7, end=3)`` on the signal
+    level). κ_off spends about half of [0, 1] at κ < 0.1 (near the data), which is what Sec. 3.4
+    describes. It is this formula with α = −7, β = 3. See docs/core.md.
     """
 
     alpha: float = -3.0
