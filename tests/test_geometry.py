@@ -39,8 +39,6 @@ R = 6371.0
 F64 = torch.float64
 
 
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -523,20 +521,22 @@ def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     (numpy's ``leggauss`` calls a dense eigensolver, which can take seconds when its BLAS
     threads compete with torch's.)
     """
-    x = np.cos(np.pi * (np.arange(1, n + 1) - 0.25) / (n + 0.5))
-    for _ in range(50):
+
+    def value_and_slope(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P_n(x) and P_n'(x) by the recurrence."""
         p0, p1 = np.ones_like(x), x.copy()
         for j in range(2, n + 1):
             p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
-        dp = n * (x * p1 - p0) / (x * x - 1)
-        dx = p1 / dp
+        return p1, n * (x * p1 - p0) / (x * x - 1)
+
+    x = np.cos(np.pi * (np.arange(1, n + 1) - 0.25) / (n + 0.5))
+    for _ in range(50):
+        p, dp = value_and_slope(x)
+        dx = p / dp
         x = x - dx
         if np.abs(dx).max() < 1e-15:
             break
-    p0, p1 = np.ones_like(x), x.copy()
-    for j in range(2, n + 1):
-        p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
-    dp = n * (x * p1 - p0) / (x * x - 1)
+    _, dp = value_and_slope(x)
     return x, 2.0 / ((1 - x * x) * dp * dp)
 
 

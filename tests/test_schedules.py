@@ -12,7 +12,6 @@ from globeflow.paths import SCHEDULES, Cosine, Linear, SkewedSigmoid, make_sched
 F64 = torch.float64
 
 
-
 # (name, params) covering every schedule and a spread of sigmoid parameters
 CASES = [
     ("skewed_sigmoid", {}),

@@ -33,8 +33,6 @@ SPHERE = Sphere()
 EUCLID = Euclidean()
 
 
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -45,8 +45,6 @@ from globeflow.training import checkpoint as ckpt_mod  # noqa: E402
 HELPERS = Path(__file__).resolve().parent / "_training_helpers.py"
 
 
-
-
 # --------------------------------------------------------------------------- LAMB
 
 

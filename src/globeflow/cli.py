@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -207,13 +206,21 @@ def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, tr
                 f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes files
+    if _is_main_process():  # under torchrun only rank 0 writes files
         save_json(config_path, resolved)
     x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
     emb = torch.from_numpy(data.embeddings)
     # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
     train(method, x0, emb, out, train_cfg)
     return out
+
+
+def _is_main_process() -> bool:
+    """True unless this is a non-zero rank launched by torchrun."""
+    from globeflow.training.distributed import env_world
+
+    world = env_world()
+    return world is None or world[0] == 0
 
 
 def _sample_options(args: argparse.Namespace) -> dict:
@@ -232,7 +239,7 @@ def _predict_points(model, data, args: argparse.Namespace) -> np.ndarray:
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = train_run(args.data, args.out, _model_config(args), _train_config(args))
-    if os.environ.get("RANK", "0") == "0":
+    if _is_main_process():
         print(f"trained model written to {out}")
     return 0
 
