@@ -7,6 +7,7 @@ of (latitude, longitude) in degrees, longitude in [−180, 180).
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,19 +15,27 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from globeflow.geometry.coords import xyz_to_latlon
+from globeflow.geometry.coords import latlon_to_xyz, xyz_to_latlon
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 from globeflow.paths.noising import NoisingPath
 from globeflow.paths.schedules import Schedule, make_schedule
 
-__all__ = ["Method", "GenerativeMethod", "as_embedding"]
+__all__ = [
+    "GenerativeMethod",
+    "Method",
+    "SamplesWithLogProb",
+    "as_embedding",
+    "as_latlon",
+]
 
 #: Bound on points (samples × embeddings, before guidance doubling) per forward pass in
 #: :meth:`GenerativeMethod.sample`: 64 Ki points of a d = 512 network need ~1 GB of activations.
 MAX_POINTS_PER_CHUNK = 1 << 16
 
 
-def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
+def as_embedding(
+    emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb"
+) -> Tensor:
     """Validate and convert embeddings (numpy or torch, shape (B, D)) to float32 on ``device``.
 
     Raises ``ValueError`` naming ``name`` for a wrong rank, a wrong D, or non-finite values.
@@ -35,10 +44,14 @@ def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name
         try:
             emb = np.asarray(emb, dtype=np.float32)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name}: expected an array of shape (B, {dim}), got {type(emb).__name__}") from err
+            raise ValueError(
+                f"{name}: expected an array of shape (B, {dim}), got {type(emb).__name__}"
+            ) from err
     t = torch.as_tensor(emb)
     if t.dim() == 1 and t.shape[0] == dim:
-        raise ValueError(f"{name}: expected shape (B, {dim}), got a single vector {tuple(t.shape)}; use emb[None]")
+        raise ValueError(
+            f"{name}: expected shape (B, {dim}), got a single vector {tuple(t.shape)}; use emb[None]"
+        )
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape (B, {dim}), got {tuple(t.shape)}")
     if t.shape[1] != dim:
@@ -55,15 +68,71 @@ def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name
     return t
 
 
+def as_latlon(latlon: Any, batch: int, *, name: str = "latlon") -> np.ndarray:
+    """Validate (B, 2) or (B, P, 2) latitude/longitude degrees for ``batch`` embeddings -> float64.
+
+    Raises ``ValueError`` naming ``name`` for a wrong shape, non-finite values or a latitude
+    outside [-90, 90] (longitudes are taken modulo 360).
+    """
+    try:
+        a = np.asarray(
+            latlon.detach().cpu() if isinstance(latlon, Tensor) else latlon,
+            dtype=np.float64,
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{name}: expected numbers of shape (B, 2) or (B, P, 2), got {type(latlon).__name__}"
+        ) from err
+    if a.ndim not in (2, 3) or a.shape[-1] != 2:
+        raise ValueError(
+            f"{name}: expected shape (B, 2) or (B, P, 2) in degrees, got {a.shape}"
+        )
+    if a.shape[0] != batch:
+        raise ValueError(f"{name}: {a.shape[0]} rows for {batch} embeddings")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: non-finite (NaN or inf) values")
+    if (np.abs(a[..., 0]) > 90.0).any():
+        raise ValueError(
+            f"{name}: latitude outside [-90, 90] (is the order (latitude, longitude)?)"
+        )
+    return a
+
+
+@dataclass(frozen=True)
+class SamplesWithLogProb:
+    """Samples with the model's log-density at each of them.
+
+    ``latlon`` (B, S, 2) degrees float64; ``log_prob`` (B, S) natural log of the density, per
+    steradian on S² when the method's ``density_space`` is ``"S2"`` (per unit volume of R³
+    when it is ``"R3"``; not comparable); ``xyz`` (B, S, 3) the same samples as unit vectors.
+    """
+
+    latlon: np.ndarray
+    log_prob: np.ndarray
+    xyz: np.ndarray
+
+
 class Method(abc.ABC):
-    """A trained geolocator. Subclasses set ``name`` and implement :meth:`sample_xyz`."""
+    """A trained geolocator. Subclasses set ``name`` and implement :meth:`sample_xyz`.
+
+    Methods with a likelihood also implement :meth:`log_prob_xyz` and set ``density_space``:
+    ``"S2"`` for a density on the sphere per steradian (the uniform law is −log 4π), ``"R3"``
+    for a density of the ambient R³ distribution (flow matching and diffusion in R³; not
+    comparable with S² densities, Sec. 4.2 of the paper), ``None`` for no likelihood.
+    """
 
     name: ClassVar[str] = ""
+    density_space: ClassVar[str | None] = None
     embedding_dim: int
 
     @abc.abstractmethod
     def sample_xyz(
-        self, emb: Tensor, num_samples: int, *, generator: torch.Generator, **options: Any
+        self,
+        emb: Tensor,
+        num_samples: int,
+        *,
+        generator: torch.Generator,
+        **options: Any,
     ) -> Tensor:
         """Samples as unit vectors: ``emb`` (B, D) validated float32 -> (B, S, 3)."""
 
@@ -71,9 +140,97 @@ class Method(abc.ABC):
     def config(self) -> dict:
         """JSON-serialisable description from which :func:`globeflow.methods.build_method` rebuilds it."""
 
+    def log_prob_xyz(
+        self, emb: Tensor, x: Tensor, *, guidance: float = 0.0, **options: Any
+    ) -> Tensor:
+        """Log-density at unit vectors: ``emb`` (B, D) validated float32, ``x`` (B, P, 3) -> (B, P)."""
+        raise NotImplementedError(f"method {self.name!r} has no likelihood")
+
+    def sample_with_log_prob_xyz(
+        self,
+        emb: Tensor,
+        num_samples: int,
+        *,
+        generator: torch.Generator,
+        guidance: float = 0.0,
+        **options: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """Samples (B, S, 3) and their log-density (B, S).
+
+        The default draws samples then evaluates :meth:`log_prob_xyz` at them (right for
+        closed-form densities); ODE methods override it to carry log p along the solve.
+        """
+        x = self.sample_xyz(
+            emb, num_samples, generator=generator, guidance=guidance, **options
+        )
+        like_options = {k: v for k, v in options.items() if k in self.log_prob_options}
+        return x, self.log_prob_xyz(emb, x, guidance=guidance, **like_options)
+
+    #: Keyword options of :meth:`log_prob_xyz` that :meth:`sample_with_log_prob_xyz` passes on.
+    log_prob_options: ClassVar[tuple[str, ...]] = ()
+
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    def _check_likelihood(self) -> None:
+        if self.density_space is None:
+            raise NotImplementedError(
+                f"method {self.name!r} has no likelihood (density_space is None)"
+            )
+
+    def log_prob(
+        self, emb: Any, latlon: Any, *, guidance: float = 0.0, **options: Any
+    ) -> np.ndarray:
+        """Natural-log density of the model at locations: (B, D), (B, 2) -> (B,) float64.
+
+        ``latlon`` may also be (B, P, 2) (P locations per embedding) -> (B, P). Units follow
+        ``density_space`` (per steradian on S²).
+        """
+        self._check_likelihood()
+        emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
+        a = as_latlon(latlon, emb_t.shape[0])
+        pts = a if a.ndim == 3 else a[:, None]
+        x = torch.as_tensor(
+            latlon_to_xyz(pts[..., 0], pts[..., 1]),
+            dtype=torch.float32,
+            device=self.device,
+        )
+        out = self.log_prob_xyz(emb_t, x, guidance=float(guidance), **options)
+        out = out.detach().double().cpu().numpy()
+        return out if a.ndim == 3 else out[:, 0]
+
+    def sample_with_log_prob(
+        self,
+        emb: Any,
+        num_samples: int = 1,
+        *,
+        guidance: float = 0.0,
+        sample_steps: int = 16,
+        seed: int = 0,
+        **options: Any,
+    ) -> SamplesWithLogProb:
+        """``num_samples`` locations per embedding, each with the model's log-density there."""
+        self._check_likelihood()
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(
+                f"num_samples must be a positive integer, got {num_samples!r}"
+            )
+        emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        x, logp = self.sample_with_log_prob_xyz(
+            emb_t,
+            num_samples,
+            generator=generator,
+            guidance=float(guidance),
+            sample_steps=sample_steps,
+            **options,
+        )
+        return SamplesWithLogProb(
+            latlon=xyz_to_latlon(x),
+            log_prob=logp.detach().double().cpu().numpy(),
+            xyz=x.detach().double().cpu().numpy(),
+        )
 
     def sample(
         self,
@@ -87,11 +244,18 @@ class Method(abc.ABC):
     ) -> np.ndarray:
         """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64."""
         if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+            raise ValueError(
+                f"num_samples must be a positive integer, got {num_samples!r}"
+            )
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         xyz = self.sample_xyz(
-            emb_t, num_samples, generator=generator, guidance=guidance, sample_steps=sample_steps, **options
+            emb_t,
+            num_samples,
+            generator=generator,
+            guidance=guidance,
+            sample_steps=sample_steps,
+            **options,
         )
         return xyz_to_latlon(xyz)
 
@@ -103,16 +267,42 @@ class Method(abc.ABC):
         sample_steps: int = 16,
         seed: int = 0,
         strategy: str = "sample",
+        ensemble_size: int = 32,
         **options: Any,
     ) -> np.ndarray:
         """Point estimate per embedding: (B, D) -> (B, 2) degrees.
 
         ``strategy="sample"``: the end point of one denoising trajectory (the paper's estimate,
-        sharpened by guidance ω = 2 by default, Sec. 4).
+        sharpened by guidance ω = 2 by default, Sec. 4). ``strategy="ensemble"`` (Appendix A):
+        draw ``ensemble_size`` samples and keep the one where the model's density is highest.
         """
-        if strategy != "sample":
-            raise ValueError(f"strategy: unknown value {strategy!r}; available: 'sample'")
-        return self.sample(emb, 1, guidance=guidance, sample_steps=sample_steps, seed=seed, **options)[:, 0]
+        if strategy == "sample":
+            return self.sample(
+                emb,
+                1,
+                guidance=guidance,
+                sample_steps=sample_steps,
+                seed=seed,
+                **options,
+            )[:, 0]
+        if strategy == "ensemble":
+            if not isinstance(ensemble_size, int) or ensemble_size < 1:
+                raise ValueError(
+                    f"ensemble_size must be a positive integer, got {ensemble_size!r}"
+                )
+            res = self.sample_with_log_prob(
+                emb,
+                ensemble_size,
+                guidance=guidance,
+                sample_steps=sample_steps,
+                seed=seed,
+                **options,
+            )
+            best = res.log_prob.argmax(axis=1)
+            return res.latlon[np.arange(len(best)), best]
+        raise ValueError(
+            f"strategy: unknown value {strategy!r}; available: 'sample', 'ensemble'"
+        )
 
 
 class GenerativeMethod(Method, nn.Module):
@@ -158,7 +348,11 @@ class GenerativeMethod(Method, nn.Module):
         return self.schedule.kappa(t)
 
     def loss(
-        self, x0: Tensor, emb: Tensor, generator: torch.Generator, net: nn.Module | None = None
+        self,
+        x0: Tensor,
+        emb: Tensor,
+        generator: torch.Generator,
+        net: nn.Module | None = None,
     ) -> Tensor:
         """Mean regression loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar.
 
@@ -171,8 +365,12 @@ class GenerativeMethod(Method, nn.Module):
         b, device, g_device = x0.shape[0], x0.device, generator.device
         t = torch.rand(b, 1, generator=generator, device=g_device)
         kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
-        noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype, device=g_device).to(device)
-        drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
+        noise = self.path.sample_noise(
+            (b,), generator=generator, dtype=x0.dtype, device=g_device
+        ).to(device)
+        drop = (
+            torch.rand(b, generator=generator, device=g_device) < self.cond_drop
+        ).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)
         emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
         pred = net(x_t, emb, kappa.squeeze(-1))
@@ -194,14 +392,22 @@ class GenerativeMethod(Method, nn.Module):
             mods, head = self.net.modulations(cond, kappa)
             if guidance == 0.0:
                 return self.net.forward_with(x, mods, head)
-            out_c, out_u = self.net.forward_with(torch.cat([x, x], dim=0), mods, head).chunk(2, dim=0)
+            out_c, out_u = self.net.forward_with(
+                torch.cat([x, x], dim=0), mods, head
+            ).chunk(2, dim=0)
             return out_c + guidance * (out_c - out_u)
 
         return field
 
     @abc.abstractmethod
     def _denoise(
-        self, field, noise: Tensor, *, num_steps: int, solver: str, trajectory: list[Tensor] | None
+        self,
+        field,
+        noise: Tensor,
+        *,
+        num_steps: int,
+        solver: str,
+        trajectory: list[Tensor] | None,
     ) -> Tensor:
         """Integrate from ``noise`` (B, S, 3) to unit vectors (B, S, 3)."""
 
@@ -226,29 +432,55 @@ class GenerativeMethod(Method, nn.Module):
         """
         solver = self.default_solver if solver is None else solver
         if solver not in self.solvers:
-            raise ValueError(f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}")
+            raise ValueError(
+                f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}"
+            )
         if not isinstance(sample_steps, int) or sample_steps < 1:
-            raise ValueError(f"sample_steps must be a positive integer, got {sample_steps!r}")
+            raise ValueError(
+                f"sample_steps must be a positive integer, got {sample_steps!r}"
+            )
         guidance = float(guidance)
         if not np.isfinite(guidance):
             raise ValueError(f"guidance must be finite, got {guidance}")
         if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+            raise ValueError(
+                f"precision must be 'float32' or 'bfloat16', got {precision!r}"
+            )
         b = emb.shape[0]
         # All noise is drawn up front so that results do not depend on the chunking.
-        noise = self.path.sample_noise((b, num_samples), generator=generator).to(emb.device)
+        noise = self.path.sample_noise((b, num_samples), generator=generator).to(
+            emb.device
+        )
         per_chunk = max(1, max_points // num_samples)
         out = []
-        with torch.inference_mode(), torch.autocast(
-            device_type=emb.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device_type=emb.device.type,
+                dtype=torch.bfloat16,
+                enabled=precision == "bfloat16",
+            ),
         ):
             starts = range(0, b, per_chunk)
-            bar = tqdm(starts, desc=f"sampling {self.name}", unit="chunk", disable=not progress or len(starts) < 2)
+            bar = tqdm(
+                starts,
+                desc=f"sampling {self.name}",
+                unit="chunk",
+                disable=not progress or len(starts) < 2,
+            )
             for start in bar:
                 sl = slice(start, start + per_chunk)
                 field = self.guided_field(emb[sl], guidance)
                 traj = [] if trajectory is not None else None
-                out.append(self._denoise(field, noise[sl], num_steps=sample_steps, solver=solver, trajectory=traj))
+                out.append(
+                    self._denoise(
+                        field,
+                        noise[sl],
+                        num_steps=sample_steps,
+                        solver=solver,
+                        trajectory=traj,
+                    )
+                )
                 if trajectory is not None:
                     trajectory.append(torch.stack(traj, dim=0))
         return torch.cat(out, dim=0).float()
