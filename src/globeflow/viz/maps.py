@@ -1,0 +1,216 @@
+"""PNG maps of a predictive density on the Equal Earth projection, with an offline basemap.
+
+The Equal Earth projection (Šavrič, Patterson & Jenny 2018) is equal-area — a colour patch's
+size on the map is its probability's share of the Earth's surface — and has closed forms both
+ways up to one Newton solve for the inverse, so it is done here in numpy (no cartopy):
+
+    sin θ = (√3/2) sin φ,
+    x = 2√3 λ cos θ / (3 (9A₄θ⁸ + 7A₃θ⁶ + 3A₂θ² + A₁)),   y = A₄θ⁹ + A₃θ⁷ + A₂θ³ + A₁θ,
+
+A₁ = 1.340264, A₂ = −0.081106, A₃ = 0.000893, A₄ = 0.003796. The density image is drawn by
+inverse projection of every output pixel (sharp at any size); coastlines and country borders
+are Natural Earth 1:110m (public domain), shipped in ``globeflow/viz/data`` (see NOTICE.md
+there and ``scripts/make_basemap.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import contourpy
+import numpy as np
+
+from globeflow.density.maps import DensityMap
+from globeflow.geometry.coords import EARTH_RADIUS_KM, wrap_longitude
+from globeflow.training.checkpoint import atomic_write
+
+__all__ = ["equal_earth", "equal_earth_inverse", "load_basemap", "plot_density_map"]
+
+_A1, _A2, _A3, _A4 = 1.340264, -0.081106, 0.000893, 0.003796
+_M = math.sqrt(3.0) / 2.0
+
+
+def _dy(theta: np.ndarray) -> np.ndarray:
+    t2 = theta * theta
+    return _A1 + 3 * _A2 * t2 + t2**3 * (7 * _A3 + 9 * _A4 * t2)
+
+
+def equal_earth(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project degrees (...,), (...,) to Equal Earth map coordinates x, y (unit sphere)."""
+    phi = np.deg2rad(np.asarray(lat, dtype=np.float64))
+    lam = np.deg2rad(np.asarray(lon, dtype=np.float64))
+    theta = np.arcsin(_M * np.sin(phi))
+    t2 = theta * theta
+    y = theta * (_A1 + _A2 * t2 + t2**3 * (_A3 + _A4 * t2))
+    x = 2.0 * math.sqrt(3.0) * lam * np.cos(theta) / (3.0 * _dy(theta))
+    return x, y
+
+
+def equal_earth_inverse(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map coordinates -> latitude, longitude (degrees) and a mask of points on the map."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    y_max = equal_earth(np.array(90.0), np.array(0.0))[1]
+    yc = np.clip(y, -y_max, y_max)
+    theta = yc / _A1
+    for _ in range(8):  # Newton on y(θ) = yc: monotone, converges to 1e-15 in ~5 steps
+        t2 = theta * theta
+        f = theta * (_A1 + _A2 * t2 + t2**3 * (_A3 + _A4 * t2)) - yc
+        theta = theta - f / _dy(theta)
+    lam = 3.0 * x * _dy(theta) / (2.0 * math.sqrt(3.0) * np.cos(theta))
+    lat = np.rad2deg(np.arcsin(np.clip(np.sin(theta) / _M, -1.0, 1.0)))
+    on_map = (np.abs(lam) <= math.pi) & (np.abs(y) <= y_max)
+    return lat, np.rad2deg(lam), on_map
+
+
+@functools.lru_cache(maxsize=1)
+def load_basemap() -> tuple[np.ndarray, ...]:
+    """Coastline and border rings of Natural Earth 1:110m countries: each (K, 2) (lon, lat) degrees."""
+    ref = resources.files("globeflow.viz") / "data" / "ne_110m_countries.npz"
+    with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as d:
+        pts = d["lonlat"].astype(np.float64) / float(d["scale"])
+        off = d["ring_offsets"]
+    return tuple(pts[a:b] for a, b in zip(off[:-1], off[1:]))
+
+
+def _outline(n: int = 361) -> np.ndarray:
+    """The map's boundary (meridians ±180°) as a closed (2n, 2) path of x, y."""
+    lat = np.linspace(-90.0, 90.0, n)
+    xr, yr = equal_earth(lat, np.full(n, 180.0))
+    xl, yl = equal_earth(lat[::-1], np.full(n, -180.0))
+    return np.concatenate([np.stack([xr, yr], 1), np.stack([xl, yl], 1)])
+
+
+def _contour_lines(dmap: DensityMap, threshold: float) -> list[np.ndarray]:
+    """Iso-lines {log p = threshold} of the raster as (K, 2) (lon, lat) paths."""
+    from globeflow.viz.export import _padded
+
+    lat, lon, v = _padded(dmap.lat, dmap.lon, dmap.log_prob)
+    gen = contourpy.contour_generator(x=lon, y=lat, z=v, line_type=contourpy.LineType.Separate)
+    return list(gen.lines(float(threshold)))
+
+
+def plot_density_map(
+    dmap: DensityMap,
+    out_png: str | os.PathLike,
+    *,
+    samples: np.ndarray | None = None,
+    estimate: Sequence[float] | None = None,
+    truth: Sequence[float] | None = None,
+    regions: Sequence[tuple[float, float]] | None = None,
+    title: str | None = None,
+    width_px: int = 1600,
+    floor_mass: float = 0.999,
+) -> Path:
+    """Draw ``dmap`` on an Equal Earth world map and write it to ``out_png`` (atomically).
+
+    ``samples`` (S, 2) latitude/longitude degrees drawn as dots; ``estimate`` and ``truth``
+    (lat, lon) as a star and a cross; ``regions`` [(level, log-density threshold), …] as
+    contours (e.g. from :func:`globeflow.viz.export.region_thresholds`). The colour is
+    log₁₀ of the density per km²; pixels outside the map's top-``floor_mass`` HPD region are
+    left uncoloured so that the basemap shows through.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection, PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Polygon
+
+    to_km2 = 2.0 * math.log(EARTH_RADIUS_KM)  # log p per sr − log R² = log p per km²
+
+    def scale(v: np.ndarray | float) -> np.ndarray | float:
+        return (v - to_km2) / math.log(10.0)
+
+    x_max = float(equal_earth(np.array(0.0), np.array(180.0))[0])
+    y_max = float(equal_earth(np.array(90.0), np.array(0.0))[1])
+    nx = int(width_px)
+    ny = int(round(nx * y_max / x_max))
+    xs = np.linspace(-x_max, x_max, nx)
+    ys = np.linspace(y_max, -y_max, ny)
+    gx, gy = np.meshgrid(xs, ys)
+    lat, lon, on_map = equal_earth_inverse(gx, gy)
+    img = np.full(gx.shape, np.nan)
+    img[on_map] = dmap.interpolate(lat[on_map], wrap_longitude(lon[on_map]))
+    floor = float(dmap.hpd_threshold(floor_mass)) if floor_mass < 1.0 else -np.inf
+    vmax = float(np.nanmax(img))
+    img = np.where(img >= floor, scale(img), np.nan)
+
+    dpi = 200
+    fig = Figure(figsize=(nx / dpi * 1.08, ny / dpi * 1.45), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.02, 0.17, 0.96, 0.74))
+    ax.set_axis_off()
+    ax.set_aspect("equal")
+    ax.set_xlim(-x_max * 1.01, x_max * 1.01)
+    ax.set_ylim(-y_max * 1.02, y_max * 1.02)
+    outline = _outline()
+    ax.add_patch(Polygon(outline, closed=True, facecolor="#eef3f7", edgecolor="none", zorder=0))
+    rings = load_basemap()
+    proj = [np.stack(equal_earth(r[:, 1], r[:, 0]), 1) for r in rings]
+    land = [Polygon(p, closed=True) for p in proj]
+    ax.add_collection(PatchCollection(land, facecolor="#e3e0d8", edgecolor="none", zorder=1))
+    for lat_g in range(-60, 61, 30):
+        g = np.stack(equal_earth(np.full(181, lat_g), np.linspace(-180, 180, 181)), 1)
+        ax.plot(g[:, 0], g[:, 1], color="#c8ced4", lw=0.3, zorder=1.5)
+    for lon_g in range(-150, 151, 30):
+        g = np.stack(equal_earth(np.linspace(-90, 90, 91), np.full(91, lon_g)), 1)
+        ax.plot(g[:, 0], g[:, 1], color="#c8ced4", lw=0.3, zorder=1.5)
+    im = ax.imshow(
+        img,
+        extent=(-x_max, x_max, -y_max, y_max),
+        origin="upper",
+        cmap="magma_r",
+        vmin=scale(floor) if np.isfinite(floor) else None,
+        vmax=scale(vmax),
+        interpolation="nearest",
+        alpha=0.85,
+        zorder=2,
+    )
+    ax.add_collection(LineCollection(proj, colors="#5a5a5a", linewidths=0.25, zorder=3))
+    ax.add_patch(Polygon(outline, closed=True, facecolor="none", edgecolor="#7a828a", lw=0.6, zorder=3))
+    handles = []
+    styles = [("#0b6e4f", "-"), ("#1f5fa8", "--"), ("#6a3d9a", ":")]
+    for k, (level, tau) in enumerate(sorted(regions or [], key=lambda lt: lt[0])):
+        color, ls = styles[k % len(styles)]
+        lines = [np.stack(equal_earth(ln[:, 1], ln[:, 0]), 1) for ln in _contour_lines(dmap, tau)]
+        lc = LineCollection(lines, colors=color, linewidths=0.9, linestyles=ls, zorder=4)
+        lc.set_label(f"{100 * level:g}% region")
+        ax.add_collection(lc)
+        handles.append(lc)
+    if samples is not None:
+        s = np.asarray(samples, dtype=np.float64).reshape(-1, 2)
+        sx, sy = equal_earth(s[:, 0], s[:, 1])
+        ax.scatter(sx, sy, s=1.2, c="#08306b", alpha=0.55, lw=0, zorder=5)
+        handles.append(
+            Line2D([], [], ls="", marker=".", color="#08306b", label=f"{len(s)} samples")
+        )
+    for point, marker, color, size, label in (
+        (estimate, "*", "#ffd92f", 110, "estimate"),
+        (truth, "X", "#00bcd4", 55, "true location"),
+    ):
+        if point is not None:
+            px, py = equal_earth(np.array(point[0]), np.array(point[1]))
+            handles.append(
+                ax.scatter(px, py, s=size, marker=marker, c=color, edgecolors="black",
+                           linewidths=0.6, zorder=6, label=label)
+            )
+    if handles:
+        ax.legend(handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85,
+                  bbox_to_anchor=(0.0, -0.02))
+    cax = fig.add_axes((0.3, 0.09, 0.4, 0.025))
+    cb = fig.colorbar(im, cax=cax, orientation="horizontal")
+    cb.set_label("log$_{10}$ probability density per km$^2$", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9, y=0.97)
+    fig.text(0.99, 0.01, "Equal Earth projection · Natural Earth 1:110m", ha="right",
+             fontsize=5, color="#808080")
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+    return atomic_write(out_png, write)
