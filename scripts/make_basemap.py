@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import struct
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def read_polygons(shp: bytes) -> list[list[np.ndarray]]:
         n_parts, n_points = struct.unpack("<ii", body[36:44])
         parts = list(struct.unpack(f"<{n_parts}i", body[44 : 44 + 4 * n_parts])) + [n_points]
         pts = np.frombuffer(body, "<f8", 2 * n_points, 44 + 4 * n_parts).reshape(-1, 2)
-        out.append([pts[a:b] for a, b in zip(parts[:-1], parts[1:])])
+        out.append([pts[a:b] for a, b in itertools.pairwise(parts)])
     return out
 
 
@@ -103,8 +104,7 @@ def main() -> None:
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_bytes(buf.getvalue())
-    print(f"{OUT}: {len(names)} countries, {len(rings)} rings, {offsets[-1]} points, "
-          f"{len(buf.getvalue())} bytes")
+    print(f"{OUT}: {len(names)} countries, {len(rings)} rings, {offsets[-1]} points, {len(buf.getvalue())} bytes")
 
 
 if __name__ == "__main__":

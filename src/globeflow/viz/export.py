@@ -11,6 +11,7 @@ polygons that meet along it. A region around a pole includes the pole's edge of 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -28,8 +29,8 @@ from globeflow.training.checkpoint import atomic_write
 __all__ = [
     "hpd_level_raster",
     "hpd_polygons",
-    "regions_geojson",
     "region_thresholds",
+    "regions_geojson",
     "save_density_npz",
     "write_esri_ascii",
     "write_geojson",
@@ -79,9 +80,7 @@ def _clean_ring(ring: np.ndarray, ccw: bool) -> np.ndarray | None:
     return r if (area > 0) == ccw else r[::-1].copy()
 
 
-def hpd_polygons(
-    lat: np.ndarray, lon: np.ndarray, log_prob: np.ndarray, threshold: float
-) -> list[list[np.ndarray]]:
+def hpd_polygons(lat: np.ndarray, lon: np.ndarray, log_prob: np.ndarray, threshold: float) -> list[list[np.ndarray]]:
     """Polygons of {log p ≥ threshold} on a raster: pixel centres ``lat`` (H,), ``lon`` (W,),
     ``log_prob`` (H, W). Each polygon is [exterior, *holes], each ring (K, 2) of closed
     (longitude, latitude) positions, exterior counter-clockwise, holes clockwise."""
@@ -91,13 +90,11 @@ def hpd_polygons(
     top = float(np.nanmax(v))
     if top < threshold:
         return []
-    gen = contourpy.contour_generator(
-        x=lon_p, y=lat_p, z=v, fill_type=contourpy.FillType.OuterOffset
-    )
+    gen = contourpy.contour_generator(x=lon_p, y=lat_p, z=v, fill_type=contourpy.FillType.OuterOffset)
     points, offsets = gen.filled(float(threshold), max(top, threshold) + 1.0)
     polygons = []
     for pts, off in zip(points, offsets):
-        rings = [pts[a:b] for a, b in zip(off[:-1], off[1:])]
+        rings = [pts[a:b] for a, b in itertools.pairwise(off)]
         shell = _clean_ring(rings[0], ccw=True)
         if shell is None:
             continue
@@ -154,9 +151,7 @@ def regions_geojson(
     so that smaller regions draw on top), with the level's threshold, area and mass as
     properties (see :func:`region_thresholds`), plus ``properties`` on every feature."""
     features = []
-    for region in sorted(
-        region_thresholds(dmap, levels, sample_log_prob), key=lambda r: -r["level"]
-    ):
+    for region in sorted(region_thresholds(dmap, levels, sample_log_prob), key=lambda r: -r["level"]):
         polys = hpd_polygons(dmap.lat, dmap.lon, dmap.log_prob, region["threshold_log_prob"])
         features.append(
             {
@@ -181,9 +176,7 @@ def write_geojson(path: str | os.PathLike, collection: dict[str, Any]) -> Path:
     return atomic_write(path, write)
 
 
-def hpd_level_raster(
-    dmap: DensityMap, thresholds: Sequence[tuple[float, float]]
-) -> np.ndarray:
+def hpd_level_raster(dmap: DensityMap, thresholds: Sequence[tuple[float, float]]) -> np.ndarray:
     """Integer raster (H, W): the smallest level (in %, e.g. 50, 90) whose region holds the
     pixel, 0 outside all; ``thresholds`` = [(level, log-density threshold), …]."""
     out = np.zeros(dmap.log_prob.shape, dtype=np.int16)
@@ -224,9 +217,7 @@ def write_esri_ascii(
     return atomic_write(path, write)
 
 
-def save_density_npz(
-    path: str | os.PathLike, dmap: DensityMap, *, level_raster: np.ndarray | None = None
-) -> Path:
+def save_density_npz(path: str | os.PathLike, dmap: DensityMap, *, level_raster: np.ndarray | None = None) -> Path:
     """Atomically save a map's arrays (no pickle): lat, lon, log_prob raster, equal-area cells
     (z_edges, n_cols, cell_log_prob), num_evaluations, and optionally the HPD level raster."""
     arrays = {

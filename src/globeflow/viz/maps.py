@@ -16,6 +16,7 @@ there and ``scripts/make_basemap.py``).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ def load_basemap() -> tuple[np.ndarray, ...]:
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as d:
         pts = d["lonlat"].astype(np.float64) / float(d["scale"])
         off = d["ring_offsets"]
-    return tuple(pts[a:b] for a, b in zip(off[:-1], off[1:]))
+    return tuple(pts[a:b] for a, b in itertools.pairwise(off))
 
 
 def _outline(n: int = 361) -> np.ndarray:
@@ -116,8 +117,8 @@ def plot_density_map(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection, PatchCollection
-    from matplotlib.lines import Line2D
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Polygon
 
     to_km2 = 2.0 * math.log(EARTH_RADIUS_KM)  # log p per sr − log R² = log p per km²
@@ -128,7 +129,7 @@ def plot_density_map(
     x_max = float(equal_earth(np.array(0.0), np.array(180.0))[0])
     y_max = float(equal_earth(np.array(90.0), np.array(0.0))[1])
     nx = int(width_px)
-    ny = int(round(nx * y_max / x_max))
+    ny = round(nx * y_max / x_max)
     xs = np.linspace(-x_max, x_max, nx)
     ys = np.linspace(y_max, -y_max, ny)
     gx, gy = np.meshgrid(xs, ys)
@@ -185,9 +186,7 @@ def plot_density_map(
         s = np.asarray(samples, dtype=np.float64).reshape(-1, 2)
         sx, sy = equal_earth(s[:, 0], s[:, 1])
         ax.scatter(sx, sy, s=1.2, c="#08306b", alpha=0.55, lw=0, zorder=5)
-        handles.append(
-            Line2D([], [], ls="", marker=".", color="#08306b", label=f"{len(s)} samples")
-        )
+        handles.append(Line2D([], [], ls="", marker=".", color="#08306b", label=f"{len(s)} samples"))
     for point, marker, color, size, label in (
         (estimate, "*", "#ffd92f", 110, "estimate"),
         (truth, "X", "#00bcd4", 55, "true location"),
@@ -195,20 +194,21 @@ def plot_density_map(
         if point is not None:
             px, py = equal_earth(np.array(point[0]), np.array(point[1]))
             handles.append(
-                ax.scatter(px, py, s=size, marker=marker, c=color, edgecolors="black",
-                           linewidths=0.6, zorder=6, label=label)
+                ax.scatter(
+                    px, py, s=size, marker=marker, c=color, edgecolors="black", linewidths=0.6, zorder=6, label=label
+                )
             )
     if handles:
-        ax.legend(handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85,
-                  bbox_to_anchor=(0.0, -0.02))
+        ax.legend(
+            handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.02)
+        )
     cax = fig.add_axes((0.3, 0.09, 0.4, 0.025))
     cb = fig.colorbar(im, cax=cax, orientation="horizontal")
     cb.set_label("log$_{10}$ probability density per km$^2$", fontsize=7)
     cb.ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=9, y=0.97)
-    fig.text(0.99, 0.01, "Equal Earth projection · Natural Earth 1:110m", ha="right",
-             fontsize=5, color="#808080")
+    fig.text(0.99, 0.01, "Equal Earth projection · Natural Earth 1:110m", ha="right", fontsize=5, color="#808080")
 
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
