@@ -11,6 +11,7 @@ from globeflow.density import (
     EqualAreaGrid,
     compare_to_exact,
     density_map,
+    density_map_for_method,
     exact_log_prob_raster,
     log_prob_fn_from_method,
 )
@@ -124,9 +125,12 @@ def test_density_map_without_samples_finds_a_sharp_mode_and_honours_the_budget()
     assert abs(dmap.mass() - 1.0) < 0.01
     i, j = np.unravel_index(np.argmax(dmap.log_prob), dmap.log_prob.shape)
     assert abs(dmap.lat[i] + 12.3) <= 2.0 and abs(dmap.lon[j] + 77.0) <= 2.0
-    with pytest.warns(UserWarning, match="max_evaluations"):
+    with pytest.warns(UserWarning) as record:
         capped = density_map(log_prob, 2.0, max_evaluations=650)
     assert capped.num_evaluations <= 650
+    messages = " ".join(str(r.message) for r in record)
+    # Stopped early, the mode is under-resolved and the map says so.
+    assert "max_evaluations" in messages and "of the probability" in messages
 
 
 def test_density_map_rejects_bad_input():
@@ -185,3 +189,12 @@ def test_log_prob_fn_from_method_chunks_and_matches_the_method():
     np.testing.assert_allclose(dmap.interpolate(ll[:, 0], ll[:, 1]), got, atol=0.05)
     with pytest.raises(ValueError, match="emb"):
         log_prob_fn_from_method(method, np.zeros((2, 3), np.float32))
+    dmap2, samples = density_map_for_method(method, emb, 2.0, num_samples=200, seed=3)
+    assert samples.log_prob.shape == (1, 200) and abs(dmap2.mass() - 1.0) < 0.01
+    assert dmap2.sample_abs_error[1] < 0.05
+
+
+def test_density_map_warns_when_mass_is_missing():
+    log_prob, _ = vmf_mixture([(0.0, 0.0)], [10.0], [1.0])
+    with pytest.warns(UserWarning, match="holds 0.5"):
+        density_map(lambda x: log_prob(x) + math.log(0.5), 4.0)

@@ -39,6 +39,7 @@ __all__ = [
     "LogProbFn",
     "compare_to_exact",
     "density_map",
+    "density_map_for_method",
     "exact_log_prob_raster",
     "log_prob_fn_from_method",
     "raster_axes",
@@ -283,6 +284,15 @@ def density_map(
         sll = xyz_to_latlon(s)
         d = np.abs(grid.interpolate(values, sll[:, 0], sll[:, 1], order=order) - slp)
         sample_err = (float(d.mean()), float(d.max()))
+    mass = float(np.exp(values).sum() * grid.cell_area)
+    if abs(mass - 1.0) > 0.02:
+        # A normalised density must integrate to 1: a deficit means mass the grid never saw
+        # (modes narrower than base_deg with no sample in them) or an unnormalised log_prob_fn.
+        warnings.warn(
+            f"density_map: the map holds {mass:.3f} of the probability (expected 1); "
+            "pass samples_xyz of the density, or a smaller base_deg",
+            stacklevel=2,
+        )
     return DensityMap(
         lat=lat_r,
         lon=lon_r,
@@ -336,3 +346,39 @@ def compare_to_exact(dmap: DensityMap, exact_log_prob: np.ndarray, *, mass_fract
         "cell_mass": dmap.mass(),
         "num_evaluations": dmap.num_evaluations,
     }
+
+
+def density_map_for_method(
+    method: Any,
+    emb: Any,
+    resolution_deg: float = 1.0,
+    *,
+    num_samples: int = 1000,
+    seed: int = 0,
+    guidance: float = 0.0,
+    sample_options: dict[str, Any] | None = None,
+    log_prob_options: dict[str, Any] | None = None,
+    chunk_size: int = 8192,
+    **map_options: Any,
+) -> tuple[DensityMap, Any]:
+    """Density map of a trained method for ONE embedding ``emb`` (D,) or (1, D).
+
+    Draws ``num_samples`` samples with their exact log-densities
+    (``method.sample_with_log_prob``; ODE methods carry log p along the solve, so these come
+    at the cost of sampling), uses them to seed the refinement and to check the map, and
+    evaluates the exact density elsewhere through :func:`log_prob_fn_from_method`. Returns the
+    map and the samples (a ``SamplesWithLogProb`` of one row: latlon (1, S, 2), log_prob (1, S),
+    xyz (1, S, 3)), whose log-densities give the credible regions
+    (:func:`globeflow.density.regions.credible_regions`).
+    """
+    fn = log_prob_fn_from_method(method, emb, chunk_size=chunk_size, guidance=guidance, **(log_prob_options or {}))
+    e = np.asarray(emb.detach().cpu() if hasattr(emb, "detach") else emb, dtype=np.float32).reshape(1, -1)
+    samples = method.sample_with_log_prob(e, num_samples, guidance=guidance, seed=seed, **(sample_options or {}))
+    dmap = density_map(
+        fn,
+        resolution_deg,
+        samples_xyz=samples.xyz[0],
+        sample_log_prob=samples.log_prob[0],
+        **map_options,
+    )
+    return dmap, samples

@@ -1,0 +1,115 @@
+"""Accuracy and cost of :func:`globeflow.density.density_map` against the exact per-pixel map.
+
+Closed-form vMF mixtures (κ from 10, continent scale, to 10⁴, ~60 km) and, with ``--run``, a
+trained model's exact ODE likelihood (compare at a coarser ``--model-resolution`` when the
+exact map is slow). Prints one JSON line per case:
+
+    python scripts/bench_density_map.py [--resolution 1] [--run RUN_DIR --data FILE --rows 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from globeflow.density import compare_to_exact, density_map, exact_log_prob_raster, log_prob_fn_from_method
+from globeflow.geometry import latlon_to_xyz, vmf_log_prob, vmf_sample
+
+CASES = {
+    "vmf_k10": ([(30.0, 10.0)], [10.0], [1.0]),
+    "vmf_k100": ([(45.0, -100.0)], [100.0], [1.0]),
+    "vmf_k1e3": ([(-20.0, 140.0)], [1e3], [1.0]),
+    "vmf_k1e4": ([(48.85, 2.35)], [1e4], [1.0]),
+    "mixture6": (
+        [(48.85, 2.35), (35.0, 139.0), (-33.0, 151.0), (40.0, -74.0), (0.0, 179.5), (80.0, 0.0)],
+        [1e4, 3e3, 300.0, 30.0, 1e3, 100.0],
+        [0.3, 0.2, 0.15, 0.15, 0.1, 0.1],
+    ),
+}
+
+
+def mixture(centres, kappas, weights):
+    lat, lon = np.array(centres, dtype=np.float64).T
+    mu = torch.as_tensor(latlon_to_xyz(lat, lon))
+    k = torch.as_tensor(kappas, dtype=torch.float64)
+    logw = torch.as_tensor(weights, dtype=torch.float64).log()
+
+    def log_prob(xyz):
+        x = torch.as_tensor(np.asarray(xyz, dtype=np.float64))[:, None, :]
+        return torch.logsumexp(vmf_log_prob(x, mu[None], k[None]) + logw, dim=1).numpy()
+
+    def sample(n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        comp = torch.multinomial(logw.exp(), n, replacement=True, generator=g)
+        return vmf_sample(mu, k, n, generator=g)[comp, torch.arange(n)].numpy()
+
+    return log_prob, sample
+
+
+class Timed:
+    """Wraps a log_prob_fn to time its calls apart from the map's own work."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, xyz):
+        t = time.perf_counter()
+        out = self.fn(xyz)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def report(name, dmap, exact, seconds, fn_seconds, exact_seconds=None):
+    err = compare_to_exact(dmap, exact)
+    row = {"case": name, "resolution_deg": dmap.resolution_deg, **err}
+    row["map_seconds_excluding_log_prob"] = round(seconds - fn_seconds, 3)
+    row["log_prob_seconds"] = round(fn_seconds, 3)
+    if exact_seconds is not None:
+        row["exact_map_seconds"] = round(exact_seconds, 3)
+    row["sample_abs_error_mean_max"] = dmap.sample_abs_error
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resolution", type=float, default=1.0)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--run", help="a trained run directory (api.load)")
+    ap.add_argument("--data", help="embeddings file for --run (globeflow data reader)")
+    ap.add_argument("--rows", type=int, nargs="*", default=[0])
+    ap.add_argument("--model-resolution", type=float, default=4.0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for name, case in CASES.items():
+        log_prob, sample = mixture(*case)
+        s = sample(args.samples)
+        fn = Timed(log_prob)
+        t = time.perf_counter()
+        dmap = density_map(fn, args.resolution, samples_xyz=s, sample_log_prob=log_prob(s))
+        seconds = time.perf_counter() - t
+        _, _, exact = exact_log_prob_raster(log_prob, args.resolution)
+        report(name, dmap, exact, seconds, fn.seconds)
+    if args.run:
+        from globeflow import api
+        from globeflow.data.readers import read_dataset
+
+        method = api.load(args.run)
+        data = read_dataset(args.data)
+        for row in args.rows:
+            emb = np.asarray(data.embeddings[row], dtype=np.float32)
+            fn = Timed(log_prob_fn_from_method(method, emb))
+            res = method.sample_with_log_prob(emb[None], args.samples, seed=row)
+            t = time.perf_counter()
+            dmap = density_map(fn, args.model_resolution, samples_xyz=res.xyz[0], sample_log_prob=res.log_prob[0])
+            seconds = time.perf_counter() - t
+            t = time.perf_counter()
+            _, _, exact = exact_log_prob_raster(fn.fn, args.model_resolution, chunk_size=8192)
+            report(f"model_row{row}", dmap, exact, seconds, fn.seconds, time.perf_counter() - t)
+
+
+if __name__ == "__main__":
+    main()
