@@ -23,7 +23,6 @@ import numpy as np
 
 from globeflow.density.maps import DensityMap
 from globeflow.density.regions import hpd_area_km2, hpd_threshold
-from globeflow.geometry.coords import EARTH_RADIUS_KM
 from globeflow.training.checkpoint import atomic_write
 
 __all__ = [
@@ -116,7 +115,6 @@ def region_thresholds(
     {log p ≥ τ} (a check of the threshold against the map).
     """
     lv = np.asarray(levels, dtype=np.float64).reshape(-1)
-    total = np.exp(dmap.cell_log_prob).sum()
     out = []
     if sample_log_prob is not None:
         tau = hpd_threshold(sample_log_prob, lv)
@@ -126,15 +124,14 @@ def region_thresholds(
         area = np.array([dmap.region_area_km2(t) for t in tau])
         se = np.full(lv.shape, np.nan)
     for a, t, ar, e in zip(lv, tau, area, se):
-        inside = dmap.cell_log_prob >= t
         out.append(
             {
                 "level": float(a),
                 "threshold_log_prob": float(t),
                 "area_km2": float(ar),
                 "area_se_km2": None if np.isnan(e) else float(e),
-                "area_km2_map": float(inside.sum() * dmap.grid.cell_area * EARTH_RADIUS_KM**2),
-                "mass": float(np.exp(dmap.cell_log_prob[inside]).sum() / total),
+                "area_km2_map": dmap.region_area_km2(t),
+                "mass": dmap.region_mass(t),
             }
         )
     return out
