@@ -63,4 +63,7 @@ def build_method(config: dict) -> GenerativeMethod:
         raise ValueError(f"model config: missing or malformed field {err}") from None
     if name not in METHODS:
         raise ValueError(f"model config: unknown method {name!r}; known: {sorted(METHODS)}")
-    return METHODS[name](net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)
+    convention = config.get("noise_convention", "kappa")
+    return METHODS[name](
+        net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop, noise_convention=convention
+    )

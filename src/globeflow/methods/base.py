@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from globeflow.geometry import sphere
 from globeflow.geometry.coords import latlon_to_xyz, xyz_to_latlon
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 from globeflow.paths.noising import NoisingPath
 from globeflow.paths.schedules import Schedule, make_schedule
+from globeflow.solvers.likelihood import DIVERGENCES, LIKELIHOOD_SOLVERS, DivergenceField, integrate_with_divergence
 
 __all__ = [
     "GenerativeMethod",
@@ -31,6 +33,11 @@ __all__ = [
 #: Bound on points (samples × embeddings, before guidance doubling) per forward pass in
 #: :meth:`GenerativeMethod.sample`: 64 Ki points of a d = 512 network need ~1 GB of activations.
 MAX_POINTS_PER_CHUNK = 1 << 16
+#: The same bound for the likelihood ODE, whose state carries 2–3 tangents per point.
+MAX_POINTS_PER_LIKELIHOOD_CHUNK = 1 << 13
+#: How a network reads the noise level: globeflow's own take κ and predict dx/dκ; published
+#: PLONK checkpoints take γ = 1 − κ and predict dx/dγ.
+NOISE_CONVENTIONS = ("kappa", "gamma")
 
 
 def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
@@ -184,23 +191,23 @@ class Method(abc.ABC):
         num_samples: int = 1,
         *,
         guidance: float = 0.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         seed: int = 0,
         **options: Any,
     ) -> SamplesWithLogProb:
-        """``num_samples`` locations per embedding, each with the model's log-density there."""
+        """``num_samples`` locations per embedding, each with the model's log-density there.
+
+        ``sample_steps`` (default: the method's own) sets the steps of a fixed-step solver.
+        """
         self._check_likelihood()
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        if sample_steps is not None:
+            options["sample_steps"] = sample_steps
         x, logp = self.sample_with_log_prob_xyz(
-            emb_t,
-            num_samples,
-            generator=generator,
-            guidance=float(guidance),
-            sample_steps=sample_steps,
-            **options,
+            emb_t, num_samples, generator=generator, guidance=float(guidance), **options
         )
         return SamplesWithLogProb(
             latlon=xyz_to_latlon(x),
@@ -224,12 +231,7 @@ class Method(abc.ABC):
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         xyz = self.sample_xyz(
-            emb_t,
-            num_samples,
-            generator=generator,
-            guidance=guidance,
-            sample_steps=sample_steps,
-            **options,
+            emb_t, num_samples, generator=generator, guidance=guidance, sample_steps=sample_steps, **options
         )
         return xyz_to_latlon(xyz)
 
@@ -251,25 +253,14 @@ class Method(abc.ABC):
         draw ``ensemble_size`` samples and keep the one where the model's density is highest.
         """
         if strategy == "sample":
-            return self.sample(
-                emb,
-                1,
-                guidance=guidance,
-                sample_steps=sample_steps,
-                seed=seed,
-                **options,
-            )[:, 0]
+            return self.sample(emb, 1, guidance=guidance, sample_steps=sample_steps, seed=seed, **options)[:, 0]
         if strategy == "ensemble":
             if not isinstance(ensemble_size, int) or ensemble_size < 1:
                 raise ValueError(f"ensemble_size must be a positive integer, got {ensemble_size!r}")
-            res = self.sample_with_log_prob(
-                emb,
-                ensemble_size,
-                guidance=guidance,
-                sample_steps=sample_steps,
-                seed=seed,
-                **options,
-            )
+            # The densities come from the likelihood solver's own (accurate) defaults, not from
+            # the few steps and the solver of the point sampler.
+            options = {k: v for k, v in options.items() if k not in ("solver", "precision", "progress")}
+            res = self.sample_with_log_prob(emb, ensemble_size, guidance=guidance, seed=seed, **options)
             best = res.log_prob.argmax(axis=1)
             return res.latlon[np.arange(len(best)), best]
         raise ValueError(f"strategy: unknown value {strategy!r}; available: 'sample', 'ensemble'")
@@ -291,10 +282,14 @@ class GenerativeMethod(Method, nn.Module):
         schedule: Schedule | None = None,
         *,
         cond_drop: float = 0.1,
+        noise_convention: str = "kappa",
     ) -> None:
         nn.Module.__init__(self)
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
+        if noise_convention not in NOISE_CONVENTIONS:
+            raise ValueError(f"noise_convention must be one of {NOISE_CONVENTIONS}, got {noise_convention!r}")
+        self.noise_convention = noise_convention
         self.net = AdaLNMLP(net_config)
         self.schedule = schedule if schedule is not None else make_schedule()
         self.path = self.path_cls()
@@ -306,12 +301,25 @@ class GenerativeMethod(Method, nn.Module):
         return next(self.net.parameters()).device
 
     def config(self) -> dict:
-        return {
+        config = {
             "method": self.name,
             "net": self.net.config_dict(),
             "schedule": self.schedule.config(),
             "cond_drop": self.cond_drop,
         }
+        if self.noise_convention != "kappa":
+            config["noise_convention"] = self.noise_convention
+        return config
+
+    # -- the network as a field in κ --------------------------------------------------------
+    def _net_level(self, kappa: Tensor) -> Tensor:
+        """The noise level the network is conditioned on (κ, or γ = 1 − κ for PLONK weights)."""
+        return kappa if self.noise_convention == "kappa" else 1.0 - kappa
+
+    @property
+    def _out_sign(self) -> float:
+        # PLONK networks predict dx/dγ = −dx/dκ.
+        return 1.0 if self.noise_convention == "kappa" else -1.0
 
     # -- training -------------------------------------------------------------------------
     def _train_kappa(self, t: Tensor) -> Tensor:
@@ -339,7 +347,7 @@ class GenerativeMethod(Method, nn.Module):
         drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)
         emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
-        pred = net(x_t, emb, kappa.squeeze(-1))
+        pred = self._out_sign * net(x_t, emb, self._net_level(kappa.squeeze(-1)))
         return self.path.loss(pred, target, x_t).mean()
 
     # -- sampling -------------------------------------------------------------------------
@@ -354,14 +362,39 @@ class GenerativeMethod(Method, nn.Module):
             null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
             cond = torch.cat([cond, null], dim=0)
 
+        sign = self._out_sign
+
         def field(x: Tensor, kappa: Tensor) -> Tensor:
-            mods, head = self.net.modulations(cond, kappa)
+            mods, head = self.net.modulations(cond, self._net_level(kappa))
             if guidance == 0.0:
-                return self.net.forward_with(x, mods, head)
+                return sign * self.net.forward_with(x, mods, head)
             out_c, out_u = self.net.forward_with(torch.cat([x, x], dim=0), mods, head).chunk(2, dim=0)
-            return out_c + guidance * (out_c - out_u)
+            return sign * (out_c + guidance * (out_c - out_u))
 
         return field
+
+    def guided_field_jvp(self, emb: Tensor, guidance: float):
+        """Like :meth:`guided_field`, with directional derivatives (for the divergence).
+
+        Returns ``f(x (B, S, 3), tangents (B, S, K, 3), κ) -> (ψ̂ (B, S, 3), J_ψ̂ · tangents
+        (B, S, K, 3))``; guidance (Eq. 13) is linear in ψ, so its Jacobian combines the same way.
+        """
+        cond = self.net.embed_condition(emb)
+        if guidance != 0.0:
+            null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
+            cond = torch.cat([cond, null], dim=0)
+        sign = self._out_sign
+
+        def field_jvp(x: Tensor, tangents: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+            mods, head = self.net.modulations(cond, self._net_level(kappa))
+            if guidance == 0.0:
+                out, jvp = self.net.forward_with_jvp(x, tangents, mods, head)
+                return sign * out, sign * jvp
+            out, jvp = self.net.forward_with_jvp(torch.cat([x, x]), torch.cat([tangents, tangents]), mods, head)
+            (out_c, out_u), (jvp_c, jvp_u) = out.chunk(2), jvp.chunk(2)
+            return sign * (out_c + guidance * (out_c - out_u)), sign * (jvp_c + guidance * (jvp_c - jvp_u))
+
+        return field_jvp
 
     @abc.abstractmethod
     def _denoise(
@@ -442,3 +475,170 @@ class GenerativeMethod(Method, nn.Module):
                 if trajectory is not None:
                     trajectory.append(torch.stack(traj, dim=0))
         return torch.cat(out, dim=0).float()
+
+    # -- likelihood (Prop. 2) -------------------------------------------------------------
+    #: Options of :meth:`log_prob_xyz`, passed on by :meth:`sample_with_log_prob_xyz`.
+    log_prob_options = ("solver", "divergence", "steps", "atol", "rtol", "max_points", "stats", "seed")
+
+    @abc.abstractmethod
+    def _divergence_field(self, field_jvp) -> DivergenceField:
+        """The likelihood ODE in its variable s ∈ [0, 1] (s = 0: data, s = 1: noise).
+
+        From the guided field with derivatives (:meth:`guided_field_jvp`) to
+        ``f(x, s, probes) -> (dx/ds (..., 3), div (...))`` for
+        :func:`~globeflow.solvers.likelihood.integrate_with_divergence`.
+        """
+
+    @abc.abstractmethod
+    def _base_log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of the noise distribution at s = 1: (..., 3) -> (...)."""
+
+    def _check_likelihood_options(self, solver: str, divergence: str, steps: int, atol: float, rtol: float) -> None:
+        if solver not in LIKELIHOOD_SOLVERS:
+            raise ValueError(f"solver: {solver!r} is not a likelihood solver; choose one of {LIKELIHOOD_SOLVERS}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence: unknown value {divergence!r}; choose one of {DIVERGENCES}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        for field_name, tol in (("atol", atol), ("rtol", rtol)):
+            if not (isinstance(tol, (int, float)) and 0.0 < tol < 1.0):
+                raise ValueError(f"{field_name} must be in (0, 1), got {tol!r}")
+
+    def _solve_chunks(
+        self,
+        emb: Tensor,
+        x: Tensor,
+        *,
+        to_data: bool,
+        guidance: float,
+        solver: str,
+        divergence: str,
+        steps: int,
+        atol: float,
+        rtol: float,
+        max_points: int,
+        seed: int,
+        stats: dict | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Integrate the likelihood ODE for ``x`` (B, P, 3) in chunks of embeddings.
+
+        ``to_data``: from noise (s = 1) to data (s = 0), else from data to noise. Returns the end
+        states (B, P, 3) and log p (B, P) at the *data* end of each path.
+        """
+        self._check_likelihood_options(solver, divergence, steps, atol, rtol)
+        guidance = float(guidance)
+        if not np.isfinite(guidance):
+            raise ValueError(f"guidance must be finite, got {guidance}")
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        b, p = x.shape[:2]
+        per_chunk = max(1, max_points // p)
+        ends, logps, nfe = [], [], 0
+        s0, s1 = (1.0, 0.0) if to_data else (0.0, 1.0)
+        with torch.inference_mode():
+            for start in range(0, b, per_chunk):
+                sl = slice(start, start + per_chunk)
+                # The state runs in the network's dtype: float64 weights give a float64 reference.
+                dtype = self.net.input_mapper.weight.dtype
+                xs = x[sl].to(dtype)
+                field = self._divergence_field(self.guided_field_jvp(emb[sl].to(dtype), guidance))
+                res = integrate_with_divergence(
+                    field,
+                    xs,
+                    s0,
+                    s1,
+                    on_sphere=self.path.on_sphere,
+                    divergence=divergence,
+                    solver=solver,
+                    steps=steps,
+                    atol=atol,
+                    rtol=rtol,
+                    generator=generator,
+                )
+                nfe += res.nfe
+                # log p(x(s_end)) = log p(x(s_start)) − ∫ div ds (see solvers/likelihood.py).
+                if to_data:
+                    logps.append(self._base_log_prob(xs) - res.delta)
+                else:
+                    logps.append(self._base_log_prob(res.x) + res.delta)
+                ends.append(res.x)
+        if stats is not None:
+            stats.update(nfe=nfe, chunks=len(ends), points=b * p)
+        return torch.cat(ends), torch.cat(logps)
+
+    def log_prob_xyz(
+        self,
+        emb: Tensor,
+        x: Tensor,
+        *,
+        guidance: float = 0.0,
+        solver: str = "rk4",
+        divergence: str = "exact",
+        steps: int = 64,
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
+        seed: int = 0,
+        stats: dict | None = None,
+    ) -> Tensor:
+        """log p(x | c) by the ODE from data to noise (Prop. 2): ``emb`` (B, D), ``x`` (B, P, 3) -> (B, P).
+
+        ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``) or ``"rk4"`` (``steps`` fixed
+        steps); ``divergence``: ``"exact"`` trace or ``"hutchinson"`` (unbiased, one probe, drawn
+        with ``seed``). ``stats``, if a dict, receives the number of field evaluations (``nfe``).
+        """
+        _, logp = self._solve_chunks(
+            emb,
+            x,
+            to_data=False,
+            guidance=guidance,
+            solver=solver,
+            divergence=divergence,
+            steps=steps,
+            atol=atol,
+            rtol=rtol,
+            max_points=max_points,
+            seed=seed,
+            stats=stats,
+        )
+        return logp
+
+    def sample_with_log_prob_xyz(
+        self,
+        emb: Tensor,
+        num_samples: int,
+        *,
+        generator: torch.Generator,
+        guidance: float = 0.0,
+        sample_steps: int = 64,
+        solver: str = "rk4",
+        divergence: str = "exact",
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
+        stats: dict | None = None,
+        **_: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
+
+        The ODE is solved accurately (``solver`` ``"dopri5"``, or ``"rk4"`` with
+        ``sample_steps`` steps) rather than with the few-step sampler of :meth:`sample`, so that
+        each sample's log p is the density of the model at that sample. Samples of R³ methods
+        are returned on the sphere but their log p is the R³ density at the unprojected end point.
+        """
+        noise = self.path.sample_noise((emb.shape[0], num_samples), generator=generator).to(emb.device)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        x, logp = self._solve_chunks(
+            emb,
+            noise,
+            to_data=True,
+            guidance=guidance,
+            solver=solver,
+            divergence=divergence,
+            steps=sample_steps,
+            atol=atol,
+            rtol=rtol,
+            max_points=max_points,
+            seed=seed,
+            stats=stats,
+        )
+        return sphere.project(x), logp

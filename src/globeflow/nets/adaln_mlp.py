@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AdaLNMLPConfig", "AdaLNMLP", "noise_level_features"]
+__all__ = ["AdaLNMLP", "AdaLNMLPConfig", "noise_level_features"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class AdaLNMLPConfig:
             raise ValueError(f"network config: dim must be a multiple of 8, got {self.dim}")
 
 
-def noise_level_features(level: Tensor, num_channels: int, scale: float = 1000.0) -> Tensor:
+def noise_level_features(
+    level: Tensor, num_channels: int, scale: float = 1000.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Sinusoidal features of the noise level: (B,) -> (B, num_channels).
 
     Frequencies 10000^{-2i/C} of ``scale · level`` (cosines then sines), then standardised per
@@ -52,8 +54,8 @@ def noise_level_features(level: Tensor, num_channels: int, scale: float = 1000.0
     noise levels remain distinguishable.
     """
     half = num_channels // 2
-    freqs = (1.0 / 10000.0) ** (2.0 * torch.arange(half, dtype=torch.float32, device=level.device) / num_channels)
-    arg = torch.outer(level.to(torch.float32) * scale, freqs)
+    freqs = (1.0 / 10000.0) ** (2.0 * torch.arange(half, dtype=dtype, device=level.device) / num_channels)
+    arg = torch.outer(level.to(dtype) * scale, freqs)
     feats = torch.cat([arg.cos(), arg.sin()], dim=-1)
     return (feats - feats.mean(dim=-1, keepdim=True)) / feats.std(dim=-1, keepdim=True)
 
@@ -138,6 +140,29 @@ class _Block(nn.Module):
         return self.mlp(x)
 
 
+def _linear_primal_bias(z: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer`` on a (…, 1 + K, n) primal+tangents stack: the bias goes to the primal row only."""
+    out = F.linear(z, layer.weight)
+    out[..., 0, :] += layer.bias
+    return out
+
+
+def _layer_norm_jvp(z: Tensor, eps: float) -> Tensor:
+    """Affine-free LayerNorm of the primal row and its derivative along each tangent row.
+
+    n = (h − mean h)/σ with σ = √(var h + eps); dn = (dh_c − n · mean(n ⊙ dh_c))/σ where dh_c
+    is the centred tangent.
+    """
+    h0 = z[..., :1, :]
+    hc = h0 - h0.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(hc.pow(2).mean(dim=-1, keepdim=True) + eps)
+    n = hc * rstd
+    dt = z[..., 1:, :]
+    dtc = dt - dt.mean(dim=-1, keepdim=True)
+    dn = (dtc - n * (n * dtc).mean(dim=-1, keepdim=True)) * rstd
+    return torch.cat([n, dn], dim=-2)
+
+
 class AdaLNMLP(nn.Module):
     """ψ(x_t | c, κ): coordinates in R³ conditioned on an embedding and a noise level.
 
@@ -170,7 +195,8 @@ class AdaLNMLP(nn.Module):
         Returns ([N × (B, 1, 3d)], (B, 1, 2d)).
         """
         level = level.reshape(-1)
-        time = self.time_mlp(noise_level_features(level, self.time_channels))
+        dtype = self.time_mlp[0].weight.dtype
+        time = self.time_mlp(noise_level_features(level, self.time_channels, dtype=dtype))
         cond = (cond_emb + time).unsqueeze(1)  # (B, 1, d): broadcasts over the sample axis
         # Every AdaLN map is SiLU then Linear: the SiLU of the shared condition is computed once.
         act = F.silu(cond)
@@ -183,13 +209,47 @@ class AdaLNMLP(nn.Module):
         # The 3 → d and d → 3 maps are tiny; keeping them out of autocast avoids rounding the
         # input coordinates (and the output velocity) to bfloat16's 8 bits of mantissa.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h = self.input_mapper(x.float())
+            h = self.input_mapper(x.to(self.input_mapper.weight.dtype))
         for block, mod in zip(self.blocks, mods):
             h = block(h, mod)
-        scale, shift = head.float().chunk(2, dim=-1)
+        scale, shift = head.to(self.final_linear.weight.dtype).chunk(2, dim=-1)
         with torch.autocast(device_type=x.device.type, enabled=False):
             h = (1.0 + scale) * self.final_norm(h) + shift
             return self.final_linear(h)
+
+    def forward_with_jvp(self, x: Tensor, tangents: Tensor, mods: list[Tensor], head: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and its directional derivatives along K input directions, in one pass.
+
+        ``x`` (B, S, 3), ``tangents`` (B, S, K, 3) -> (output (B, S, 3), J·tangents (B, S, K, 3)).
+
+        Forward-mode differentiation written out by hand: the primal activations and their K
+        tangents travel as one (B, S, 1 + K, ·) tensor, so every matrix product of the network
+        is one GEMM over (1 + K)× the rows, and no autograd graph is built (this runs under
+        ``torch.inference_mode``). For the divergence on S² two tangents suffice (the tangent
+        plane), three in R³; a Hutchinson probe needs one. Float32 only: a density is a sum of
+        many divergences, so it gets no bfloat16 path (it runs in the weights' dtype).
+        """
+        dtype = self.input_mapper.weight.dtype
+        z = torch.cat([x.unsqueeze(-2), tangents], dim=-2).to(dtype)  # (B, S, 1+K, 3)
+        h = _linear_primal_bias(z, self.input_mapper)
+        for block, mod in zip(self.blocks, mods):
+            gamma, mu, gate = mod.to(dtype).unsqueeze(-2).chunk(3, dim=-1)  # (B, 1, 1, d) each
+            u = _layer_norm_jvp(h, block.norm.eps)
+            u = u * (1.0 + gamma)
+            u[..., 0, :] += mu[..., 0, :]
+            up, _, down = block.mlp
+            a = _linear_primal_bias(u, up)
+            a0 = a[..., :1, :]
+            # d/da GELU(a) = Φ(a) + a φ(a) (the exact, erf-based GELU of nn.GELU()).
+            cdf = 0.5 * (1.0 + torch.erf(a0 * 0.7071067811865476))
+            pdf = torch.exp(-0.5 * a0 * a0) * 0.3989422804014327
+            g = torch.cat([a0 * cdf, a[..., 1:, :] * (cdf + a0 * pdf)], dim=-2)
+            h = torch.addcmul(h, _linear_primal_bias(g, down), gate)
+        scale, shift = head.to(dtype).unsqueeze(-2).chunk(2, dim=-1)
+        u = _layer_norm_jvp(h, self.final_norm.eps) * (1.0 + scale)
+        u[..., 0, :] += shift[..., 0, :]
+        out = _linear_primal_bias(u, self.final_linear)
+        return out[..., 0, :], out[..., 1:, :]
 
     def forward(self, x: Tensor, emb: Tensor, level: Tensor) -> Tensor:
         squeeze = x.dim() == 2
@@ -204,4 +264,3 @@ class AdaLNMLP(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
-
