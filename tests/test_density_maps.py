@@ -128,9 +128,9 @@ def test_density_map_without_samples_finds_a_sharp_mode_and_honours_the_budget()
     with pytest.warns(UserWarning) as record:
         capped = density_map(log_prob, 2.0, max_evaluations=650)
     assert capped.num_evaluations <= 650
-    messages = " ".join(str(r.message) for r in record)
-    # Stopped early, the mode is under-resolved and the map says so.
-    assert "max_evaluations" in messages and "of the probability" in messages
+    assert any("max_evaluations" in str(r.message) for r in record)
+    # Stopped at the coarse grid (8° cells for a ~1° mode): still roughly normalised.
+    assert abs(capped.mass() - 1.0) < 0.05
 
 
 def test_density_map_rejects_bad_input():
