@@ -82,6 +82,10 @@ def main() -> None:
     ap.add_argument("--data", help="embeddings file for --run (globeflow data reader)")
     ap.add_argument("--rows", type=int, nargs="*", default=[0])
     ap.add_argument("--model-resolution", type=float, default=4.0)
+    ap.add_argument("--model-samples", type=int, default=300)
+    ap.add_argument(
+        "--steps", type=int, default=None, help="fixed steps of the likelihood ODE (method default if unset)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     for name, case in CASES.items():
@@ -101,8 +105,9 @@ def main() -> None:
         data = read_dataset(args.data)
         for row in args.rows:
             emb = np.asarray(data.embeddings[row], dtype=np.float32)
-            fn = Timed(log_prob_fn_from_method(method, emb))
-            res = method.sample_with_log_prob(emb[None], args.samples, seed=row)
+            options = {} if args.steps is None else {"steps": args.steps}
+            fn = Timed(log_prob_fn_from_method(method, emb, **options))
+            res = method.sample_with_log_prob(emb[None], args.model_samples, seed=row)
             t = time.perf_counter()
             dmap = density_map(fn, args.model_resolution, samples_xyz=res.xyz[0], sample_log_prob=res.log_prob[0])
             seconds = time.perf_counter() - t

@@ -128,9 +128,11 @@ def test_density_map_without_samples_finds_a_sharp_mode_and_honours_the_budget()
     with pytest.warns(UserWarning) as record:
         capped = density_map(log_prob, 2.0, max_evaluations=650)
     assert capped.num_evaluations <= 650
-    assert any("max_evaluations" in str(r.message) for r in record)
-    # Stopped at the coarse grid (8° cells for a ~1° mode): still roughly normalised.
-    assert abs(capped.mass() - 1.0) < 0.05
+    messages = " ".join(str(r.message) for r in record)
+    # Stopped at the coarse grid (8° cells for a ~1° mode, one node on the peak), the map
+    # cannot be right, and it says so when its mass is off.
+    assert "max_evaluations" in messages
+    assert (abs(capped.mass() - 1.0) > 0.05) == ("of the probability" in messages)
 
 
 def test_density_map_rejects_bad_input():
@@ -143,6 +145,20 @@ def test_density_map_rejects_bad_input():
         density_map(lambda x: np.zeros(3), 4.0)
     with pytest.raises(ValueError, match="samples_xyz"):
         density_map(log_prob, 4.0, samples_xyz=np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="sample_log_prob"):
+        density_map(log_prob, 4.0, samples_xyz=np.ones((5, 3)), sample_log_prob=np.zeros(4))
+
+
+def test_density_with_zero_regions_maps_without_nan():
+    # Uniform on the northern hemisphere, zero (log p = −inf) on the southern one.
+    def log_prob(xyz):
+        return np.where(xyz[:, 2] > 0, -math.log(2 * math.pi), -np.inf)
+
+    dmap = density_map(log_prob, 2.0)
+    assert np.isfinite(dmap.log_prob).all()
+    assert abs(dmap.mass() - 1.0) < 0.02
+    north = dmap.lat > 5
+    np.testing.assert_allclose(dmap.log_prob[north], -math.log(2 * math.pi), atol=1e-6)
 
 
 class _VMFMethod(Method):

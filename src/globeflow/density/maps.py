@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from globeflow.density.grid import EqualAreaGrid
-from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz
+from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_latlon
 
 __all__ = [
     "DensityMap",
@@ -45,6 +45,12 @@ __all__ = [
     "log_prob_fn_from_method",
     "raster_axes",
 ]
+
+_LOG_ZERO = -1000.0
+#: log p more than this many nats below the map's maximum is raised to that floor: it changes
+#: the mass by < 4π·e⁻⁶⁰ relative to the peak, and keeps cubic interpolation from ringing
+#: across a jump to a zero density (a step of 1000 nats would overshoot by ~100).
+DYNAMIC_RANGE_NATS = 60.0
 
 #: log p at unit vectors (P, 3) float64 -> (P,) float64, natural log per steradian, for one embedding.
 LogProbFn = Callable[[np.ndarray], np.ndarray]
@@ -120,7 +126,9 @@ def _call(log_prob_fn: LogProbFn, xyz: np.ndarray) -> np.ndarray:
         raise ValueError(f"log_prob_fn: returned {out.shape[0]} values for {xyz.shape[0]} points")
     if np.isnan(out).any() or np.isposinf(out).any():
         raise ValueError("log_prob_fn: returned NaN or +inf log-densities")
-    return out
+    # A zero density (log p = −inf) would turn interpolation weights into NaN; e^−1000 is 0
+    # in float64 all the same.
+    return np.maximum(out, _LOG_ZERO)
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,8 @@ class DensityMap:
 
     ``lat`` (H,), ``lon`` (W,) pixel centres in degrees (south→north, west→east); ``log_prob``
     (H, W) natural log per steradian at the pixel centres; ``grid`` the finest equal-area level,
-    ``cell_log_prob`` (N,) its values at cell centres, ``cell_exact`` (N,) which of them are
-    exact evaluations (the others are interpolated); ``num_evaluations`` how many points
+    ``cell_log_prob`` (N,) its values at cell centres, ``cell_exact`` (N,) which of them were
+    evaluated exactly at this level (the others are interpolated from the coarser levels); ``num_evaluations`` how many points
     ``log_prob_fn`` was called on in all; ``sample_abs_error`` mean and max |map − exact| at the
     samples passed in (a free a-posteriori error check, NaN without samples).
     """
@@ -247,7 +255,8 @@ def density_map(
     ``base_deg``); ``sample_log_prob`` (S,) their exact log p, used only to report the map's
     error at them. ``min_cell_deg`` (default ``resolution_deg``): the finest cell side (cubic interpolation
     of log p makes finer cells than the raster's unnecessary: measured in the tests);
-    ``tol``: stop refining where the interpolation surplus is below this many nats;
+    ``tol``: stop refining where the interpolation surplus is below this many nats; log p
+    is floored at its maximum − :data:`DYNAMIC_RANGE_NATS` (far tails only);
     ``max_evaluations``: stop refining before exceeding this budget (with a warning).
     """
     lat_r, lon_r = raster_axes(resolution_deg)
@@ -258,11 +267,17 @@ def density_map(
         raise ValueError(f"tol must be positive, got {tol}")
     if min_cell_deg <= 0 or base_deg <= 0:
         raise ValueError("base_deg and min_cell_deg must be positive")
-    s = None
+    if order not in (1, 3):
+        raise ValueError(f"order must be 1 or 3, got {order}")
+    s = slp = None
     if samples_xyz is not None:
         s = np.asarray(samples_xyz, dtype=np.float64)
         if s.ndim != 2 or s.shape[1] != 3 or not np.isfinite(s).all():
             raise ValueError(f"samples_xyz: expected finite (S, 3) unit vectors, got shape {s.shape}")
+        if sample_log_prob is not None:
+            slp = np.asarray(sample_log_prob, dtype=np.float64).reshape(-1)
+            if slp.shape[0] != s.shape[0]:
+                raise ValueError(f"sample_log_prob: {slp.shape[0]} values for {s.shape[0]} samples")
 
     def sample_cells_of(g: EqualAreaGrid) -> np.ndarray:
         m = np.zeros(g.num_cells, bool)
@@ -272,6 +287,7 @@ def density_map(
 
     grid = EqualAreaGrid.build(base_deg)
     values = _call(log_prob_fn, grid.centers_xyz())
+    values = np.maximum(values, values.max() - DYNAMIC_RANGE_NATS)
     exact = np.ones(grid.num_cells, bool)
     err = np.full(grid.num_cells, np.inf)
     evaluations = grid.num_cells
@@ -296,17 +312,20 @@ def density_map(
         parent = fine.parent_index(grid)
         new = split[parent]
         if max_evaluations is not None and evaluations + int(new.sum()) > max_evaluations:
-            warnings.warn(
-                f"density_map: stopped refining at {evaluations} evaluations (max_evaluations={max_evaluations})",
-                stacklevel=2,
-            )
-            break
+            if new.any():
+                warnings.warn(
+                    f"density_map: stopped refining at {evaluations} evaluations (max_evaluations={max_evaluations})",
+                    stacklevel=2,
+                )
+            max_evaluations = evaluations  # from here on, levels by interpolation alone
+            new = np.zeros_like(new)
         centers = fine.centers_latlon()
         interp = grid.interpolate(values, centers[:, 0], centers[:, 1], order=order)
         fine_values = interp.copy()
         idx = np.flatnonzero(new)
         if idx.size:
             fine_values[idx] = _call(log_prob_fn, latlon_to_xyz(centers[idx, 0], centers[idx, 1]))
+            fine_values = np.maximum(fine_values, fine_values.max() - DYNAMIC_RANGE_NATS)
         evaluations += idx.size
         fine_err = err[parent] / 4.0
         # Surplus of a refined cell: the largest of its four children's, shared by all four.
@@ -318,14 +337,9 @@ def density_map(
         exact = new
     ll = np.meshgrid(lat_r, lon_r, indexing="ij")
     raster = grid.interpolate(values, ll[0].ravel(), ll[1].ravel(), order=order)
-    raster = raster.reshape(ll[0].shape)
+    raster = np.maximum(raster.reshape(ll[0].shape), values.max() - DYNAMIC_RANGE_NATS)
     sample_err = (math.nan, math.nan)
-    if s is not None and sample_log_prob is not None:
-        slp = np.asarray(sample_log_prob, dtype=np.float64).reshape(-1)
-        if slp.shape[0] != s.shape[0]:
-            raise ValueError(f"sample_log_prob: {slp.shape[0]} values for {s.shape[0]} samples")
-        from globeflow.geometry.coords import xyz_to_latlon
-
+    if s is not None and slp is not None:
         sll = xyz_to_latlon(s)
         d = np.abs(grid.interpolate(values, sll[:, 0], sll[:, 1], order=order) - slp)
         sample_err = (float(d.mean()), float(d.max()))
