@@ -195,3 +195,31 @@ def test_plot_density_map_writes_a_png(world, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert 400 <= width <= 500 and 250 <= height <= 350
+
+
+def test_density_report_writes_files_and_places_the_truth(tmp_path):
+    from test_density_maps import _VMFMethod
+
+    from globeflow.viz import density_report
+
+    method = _VMFMethod()
+    emb = np.array([35.0, 139.0, math.log(300.0)], dtype=np.float32)
+    summary = density_report(
+        method,
+        emb,
+        out_png=tmp_path / "m.png",
+        geojson=tmp_path / "r.geojson",
+        ascii_grid=tmp_path / "r.asc",
+        truth=(35.0, 139.0),
+        resolution_deg=2.0,
+        num_samples=500,
+    )
+    assert abs(summary["mass"] - 1.0) < 0.01
+    assert summary["truth"]["smallest_level_containing"] == 0.5  # the mode is in every region
+    est = summary["estimate"]
+    assert abs(est[0] - 35.0) < 3 and abs(est[1] - 139.0) < 3
+    assert [r["level"] for r in summary["regions"]] == [0.5, 0.9, 0.95]
+    for name in ("m.png", "r.geojson", "r.asc"):
+        assert (tmp_path / name).stat().st_size > 100
+    far = density_report(method, emb, truth=(-35.0, -41.0), resolution_deg=4.0, num_samples=200)
+    assert far["truth"]["smallest_level_containing"] is None

@@ -9,10 +9,14 @@ from globeflow.viz.export import (
     write_esri_ascii,
     write_geojson,
 )
+from globeflow.viz.maps import plot_density_map
+from globeflow.viz.report import density_report
 
 __all__ = [
+    "density_report",
     "hpd_level_raster",
     "hpd_polygons",
+    "plot_density_map",
     "region_thresholds",
     "regions_geojson",
     "save_density_npz",
