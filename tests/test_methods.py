@@ -17,7 +17,7 @@ import torch
 
 import globeflow
 import globeflow.training
-from globeflow.geometry import latlon_to_xyz, vmf_sample
+from globeflow.geometry import latlon_to_xyz, vmf_log_prob, vmf_sample
 from globeflow.methods import METHODS, create_method
 from globeflow.training import TrainConfig, train
 
@@ -229,3 +229,49 @@ def test_bad_embeddings_are_named():
         method.sample(np.zeros((1, 4)), 2, solver="rk45")
     with pytest.raises(ValueError, match="num_samples"):
         method.sample(np.zeros((1, 4)), 0)
+
+
+def _true_log_prob(cls: int, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | class) of the world, per steradian: (N, 3) -> (N,)."""
+    sel = (CLASS == cls).nonzero().flatten()
+    w = WEIGHT[sel] / WEIGHT[sel].sum()
+    terms = [w[i].log() + vmf_log_prob(x, MUS[j].expand_as(x), KAPPAS[j].expand(x.shape[0])) for i, j in enumerate(sel)]
+    return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+def _polar_quadrature(pole: torch.Tensor, n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss–Legendre in cos θ × uniform φ about ``pole``: nodes (n², 3) and weights (sr), Σ w = 4π.
+
+    Nodes cluster around the pole, where a mode sits, so smooth peaked densities integrate to
+    well below 1e-3.
+    """
+    u, wu = np.polynomial.legendre.leggauss(n)
+    phi = 2 * np.pi * (np.arange(n) + 0.5) / n
+    cos_t, ph = np.meshgrid(u, phi, indexing="ij")
+    sin_t = np.sqrt(1 - cos_t**2)
+    local = np.stack([sin_t * np.cos(ph), sin_t * np.sin(ph), cos_t], -1).reshape(-1, 3)
+    e1 = globeflow.geometry.sphere._any_tangent(pole[None].double())[0].numpy()
+    frame = np.stack([e1, np.cross(pole.double().numpy(), e1), pole.double().numpy()], 1)
+    weights = np.repeat(wu, n) * (2 * np.pi / n)
+    return torch.from_numpy(local @ frame.T).float(), torch.from_numpy(weights).float()
+
+
+def test_learned_density_integrates_to_one_and_approaches_the_truth(trained):
+    """∫ p = 1 ± 2% over S² (ω = 0), and the cross-entropy is close to the true entropy."""
+    name, model, _ = trained
+    if model.density_space != "S2":
+        pytest.skip("R³ densities do not integrate over the sphere")
+    g = torch.Generator().manual_seed(7)
+    for cls in (0, 1):
+        sel = (CLASS == cls).nonzero().flatten()
+        nodes, weights = _polar_quadrature(MUS[sel[0]])
+        # The quadrature itself integrates the true density to 1 (else the check below is moot).
+        assert abs(float((_true_log_prob(cls, nodes).exp() * weights).sum()) - 1) < 2e-3
+        emb = torch.nn.functional.one_hot(torch.tensor([cls]), 3).float()
+        mass = float((model.log_prob_xyz(emb, nodes[None], steps=32)[0].exp() * weights).sum())
+        assert abs(mass - 1.0) < 0.02, (cls, mass)
+        # KL(p_true ‖ p_model) = E_true[log p_true − log p_model] ≥ 0, small for a good fit.
+        comp = sel[torch.multinomial(WEIGHT[sel], 400, replacement=True, generator=g)]
+        y = vmf_sample(MUS[comp], KAPPAS[comp], 1, generator=g)[:, 0]
+        kl = float((_true_log_prob(cls, y) - model.log_prob_xyz(emb, y[None], steps=32)[0]).mean())
+        assert -0.05 < kl < 0.25, (cls, kl)
