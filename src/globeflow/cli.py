@@ -1,10 +1,12 @@
 """Command-line interface: argument parsing and typed configs only; the work is in the library.
 
-    globeflow demo      train and evaluate a small model on the built-in synthetic world
-    globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
-    globeflow train     train a method on embeddings
-    globeflow predict   point estimates for a file of embeddings
-    globeflow evaluate  GeoScore, distances and accuracies against the truth
+globeflow demo      train and evaluate a small model on the built-in synthetic world
+globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
+globeflow train     train a method on embeddings
+globeflow predict   point estimates for a file of embeddings
+globeflow evaluate  GeoScore, distances and accuracies against the truth (--density: NLL,
+                    localizability, credible-region calibration)
+globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument(
-        "--optimizer", choices=("adamw", "lamb"), default="adamw",
+        "--optimizer",
+        choices=("adamw", "lamb"),
+        default="adamw",
         help="adamw (default) or lamb, the paper's optimizer for 1M-step runs (see docs/core.md)",
     )
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -133,6 +137,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
     p.add_argument("--out", required=True, help="output JSON with the metrics")
     _add_sampling_args(p, guidance=2.0)
+    p.add_argument(
+        "--strategy",
+        choices=("sample", "ensemble"),
+        default="sample",
+        help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
+    )
+    p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
+    p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
+    p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
+    p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
+
+    p = sub.add_parser("density", help="density map and credible regions of one row of a file")
+    p.add_argument("--model", required=True, help="run directory of a trained model")
+    p.add_argument("--data", required=True, help="embeddings (.parquet or .npz); coordinates optional")
+    p.add_argument("--row", type=int, default=0, help="row of the file (default 0)")
+    p.add_argument("--out", required=True, help="output PNG map")
+    p.add_argument("--geojson", default=None, help="also write the credible regions as GeoJSON")
+    p.add_argument("--raster", default=None, help="also write the HPD levels as an ESRI ASCII grid (.asc)")
+    p.add_argument("--resolution", type=float, default=1.0, help="map resolution in degrees (default 1)")
+    p.add_argument("--samples", type=_positive_int, default=1000, help="samples with exact log p (default 1000)")
+    p.add_argument("--levels", default="0.5,0.9,0.95", help="credible levels (default 0.5,0.9,0.95)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument("--steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
     return parser
 
 
@@ -260,40 +290,107 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_run(model_dir: str | Path, data_path: str | Path, options: dict, *, device: str = "cpu") -> dict:
-    """Metrics of ``model_dir``'s point estimates on ``data_path`` (which must have coordinates)."""
+def evaluate_run(
+    model_dir: str | Path,
+    data_path: str | Path,
+    options: dict,
+    *,
+    device: str = "cpu",
+    density: dict | None = None,
+) -> dict:
+    """Metrics of ``model_dir``'s point estimates on ``data_path`` (which must have coordinates).
+
+    ``density``: options of :func:`globeflow.metrics.density_metrics` (plus ``rows``, to compute
+    them on the first rows only); None skips the probabilistic metrics.
+    """
     from globeflow.api import load
     from globeflow.data import read_dataset
-    from globeflow.metrics import distance_metrics
+    from globeflow.metrics import density_metrics, distance_metrics
 
     model = load(model_dir, device=device)
     data = read_dataset(data_path, require_coords=True, expected_dim=model.embedding_dim)
+    truth = np.stack([data.latitude, data.longitude], axis=1)
     start = time.perf_counter()
     pred = model.predict(data.embeddings, **options, progress=True)
     elapsed = time.perf_counter() - start
-    metrics = distance_metrics(pred, np.stack([data.latitude, data.longitude], axis=1))
+    metrics = distance_metrics(pred, truth)
     metrics["predict_seconds"] = elapsed
+    if density is not None:
+        if model.density_space is None:
+            raise CLIError(f"--density: method {model.name!r} has no likelihood")
+        density = dict(density)
+        rows = density.pop("rows", None) or len(truth)
+        start = time.perf_counter()
+        metrics.update(density_metrics(model, data.embeddings[:rows], truth[:rows], **density))
+        metrics["density_seconds"] = time.perf_counter() - start
     return metrics
 
 
-def format_metrics(metrics: dict, title: str = "") -> str:
-    """A one-row markdown table in the style of the paper's Table 1."""
-    keys = ["geoscore", "distance_km", "median_distance_km", "acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km", "n"]
+#: Keys of the probabilistic table (Table 2 of the paper, with calibration).
+DENSITY_KEYS = [
+    "nll",
+    "localizability_mean",
+    "hpd50_coverage",
+    "hpd90_coverage",
+    "hpd95_coverage",
+    "hpd90_area_km2_median",
+]
+
+
+def _format_value(key: str, value) -> str:
+    if key == "n" or key == "n_density":
+        return str(value)
+    if key.startswith("acc_") or key.endswith("_coverage"):
+        return f"{100 * value:.1f}%"
+    if key == "nll":
+        return f"{value:.4f}"
+    if key.endswith("area_km2_median"):
+        return f"{value:.4g}"
+    return f"{value:.2f}" if key == "localizability_mean" else f"{value:.1f}"
+
+
+def _table(keys: list[str], metrics: dict, title: str) -> str:
     head = "| " + " | ".join(["model"] + keys) + " |"
     sep = "|" + "---|" * (len(keys) + 1)
-    cells = []
-    for k in keys:
-        v = metrics[k]
-        cells.append(str(v) if k == "n" else (f"{100 * v:.1f}%" if k.startswith("acc_") else f"{v:.1f}"))
+    cells = [_format_value(k, metrics[k]) for k in keys]
     return "\n".join([head, sep, "| " + " | ".join([title or "model"] + cells) + " |"])
+
+
+def format_metrics(metrics: dict, title: str = "") -> str:
+    """Markdown tables in the style of the paper's Table 1 (and Table 2 when densities are present)."""
+    keys = [
+        "geoscore",
+        "distance_km",
+        "median_distance_km",
+        "acc_1km",
+        "acc_25km",
+        "acc_200km",
+        "acc_750km",
+        "acc_2500km",
+        "n",
+    ]
+    out = _table(keys, metrics, title)
+    dkeys = [k for k in DENSITY_KEYS if k in metrics]
+    if dkeys:
+        out += "\n\n" + _table(dkeys + ["n_density"], metrics, title)
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from globeflow.training.checkpoint import save_json
 
-    options = _sample_options(args)
-    metrics = evaluate_run(args.model, args.data, options, device=args.device)
-    metrics["settings"] = {k: v for k, v in options.items()}
+    options = {**_sample_options(args), "strategy": args.strategy}
+    density = None
+    if args.density:
+        density = {
+            "num_samples": args.density_samples,
+            "steps": args.density_steps,
+            "guidance": args.density_guidance,
+            "seed": args.seed,
+            "rows": args.density_rows,
+        }
+    metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density)
+    metrics["settings"] = {**options, **({"density": density} if density else {})}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
     print(f"metrics written to {args.out}")
@@ -351,12 +448,106 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CLIError(f"--levels: expected comma-separated numbers in (0, 1), got {text!r}") from None
+    if not levels or not all(0.0 < v < 1.0 for v in levels):
+        raise CLIError(f"--levels: every level must be in (0, 1), got {text!r}")
+    return levels
+
+
+def cmd_density(args: argparse.Namespace) -> int:
+    """Density map, credible regions and localizability of one row of a file."""
+    from globeflow.api import load
+    from globeflow.data import read_dataset
+    from globeflow.density import density_map_for_method
+    from globeflow.density.localizability import localizability_from_log_prob
+    from globeflow.viz.export import (
+        hpd_level_raster,
+        region_thresholds,
+        regions_geojson,
+        write_esri_ascii,
+        write_geojson,
+    )
+    from globeflow.viz.maps import plot_density_map
+
+    levels = _parse_levels(args.levels)
+    if not 0.05 <= args.resolution <= 10.0:
+        raise CLIError(f"--resolution: expected degrees in [0.05, 10], got {args.resolution}")
+    model = load(args.model, device=args.device)
+    if model.density_space != "S2":
+        raise CLIError(f"method {model.name!r} has no density on the sphere (density_space={model.density_space!r})")
+    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
+    if not 0 <= args.row < len(data):
+        raise CLIError(f"--row: {args.row} is out of range for {args.data} ({len(data)} rows)")
+    emb = data.embeddings[args.row : args.row + 1]
+    options = {"steps": args.steps}
+    start = time.perf_counter()
+    dmap, samples = density_map_for_method(
+        model,
+        emb,
+        args.resolution,
+        num_samples=args.samples,
+        seed=args.seed,
+        guidance=args.guidance,
+        sample_options={"sample_steps": args.steps},
+        log_prob_options=options,
+    )
+    elapsed = time.perf_counter() - start
+    best = int(np.argmax(samples.log_prob[0]))
+    estimate = samples.latlon[0, best]
+    truth = None
+    if data.latitude is not None and np.isfinite(data.latitude[args.row]):
+        truth = (float(data.latitude[args.row]), float(data.longitude[args.row]))
+    regions = region_thresholds(dmap, levels, samples.log_prob[0])
+    loc = localizability_from_log_prob(samples.log_prob)
+    title = f"{Path(args.model).name}: row {args.row}"
+    plot_density_map(
+        dmap,
+        args.out,
+        samples=samples.latlon[0],
+        estimate=estimate,
+        truth=truth,
+        regions=[(r["level"], r["threshold_log_prob"]) for r in regions],
+        title=title,
+    )
+    print(f"estimate (densest of {args.samples} samples): {estimate[0]:.4f}, {estimate[1]:.4f}")
+    print(f"localizability: {loc.bits[0]:.2f} ± {loc.stderr[0]:.2f} bits")
+    if truth is not None:
+        log_p_true = float(model.log_prob(emb, np.array([truth]), guidance=args.guidance, **options)[0])
+        print(f"log p(true location) = {log_p_true:.3f} nats/sr")
+    for r in regions:
+        inside = ""
+        if truth is not None:
+            inside = (
+                "  (contains the true location)"
+                if log_p_true >= r["threshold_log_prob"]
+                else "  (misses the true location)"
+            )
+        print(f"{100 * r['level']:.0f}% credible region: {r['area_km2']:.4g} km²{inside}")
+    print(f"map: {args.out} ({dmap.num_evaluations} exact evaluations, {elapsed:.1f} s)")
+    if args.geojson:
+        props = {"row": args.row, "model": str(args.model)}
+        write_geojson(
+            args.geojson, regions_geojson(dmap, levels, sample_log_prob=samples.log_prob[0], properties=props)
+        )
+        print(f"regions: {args.geojson}")
+    if args.raster:
+        thresholds = [(r["level"], r["threshold_log_prob"]) for r in regions]
+        write_esri_ascii(args.raster, dmap.lat, dmap.lon, hpd_level_raster(dmap, thresholds))
+        print(f"raster: {args.raster}")
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "synthetic": cmd_synthetic,
     "train": cmd_train,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
+    "density": cmd_density,
 }
 
 

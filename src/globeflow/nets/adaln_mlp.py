@@ -153,14 +153,13 @@ def _layer_norm_jvp(z: Tensor, eps: float) -> Tensor:
     n = (h − mean h)/σ with σ = √(var h + eps); dn = (dh_c − n · mean(n ⊙ dh_c))/σ where dh_c
     is the centred tangent.
     """
-    h0 = z[..., :1, :]
-    hc = h0 - h0.mean(dim=-1, keepdim=True)
-    rstd = torch.rsqrt(hc.pow(2).mean(dim=-1, keepdim=True) + eps)
-    n = hc * rstd
-    dt = z[..., 1:, :]
-    dtc = dt - dt.mean(dim=-1, keepdim=True)
-    dn = (dtc - n * (n * dtc).mean(dim=-1, keepdim=True)) * rstd
-    return torch.cat([n, dn], dim=-2)
+    out = z - z.mean(dim=-1, keepdim=True)  # centred primal and tangents
+    rstd = torch.rsqrt(out[..., :1, :].pow(2).mean(dim=-1, keepdim=True) + eps)
+    out.mul_(rstd)  # primal row: n; tangent rows: dh_c / σ
+    n = out[..., :1, :]
+    proj = (out[..., 1:, :] * n).mean(dim=-1, keepdim=True)
+    out[..., 1:, :].sub_(n * proj)
+    return out
 
 
 class AdaLNMLP(nn.Module):
@@ -241,10 +240,12 @@ class AdaLNMLP(nn.Module):
             a = _linear_primal_bias(u, up)
             a0 = a[..., :1, :]
             # d/da GELU(a) = Φ(a) + a φ(a) (the exact, erf-based GELU of nn.GELU()).
-            cdf = 0.5 * (1.0 + torch.erf(a0 * 0.7071067811865476))
-            pdf = torch.exp(-0.5 * a0 * a0) * 0.3989422804014327
-            g = torch.cat([a0 * cdf, a[..., 1:, :] * (cdf + a0 * pdf)], dim=-2)
-            h = torch.addcmul(h, _linear_primal_bias(g, down), gate)
+            cdf = torch.erf(a0 * 0.7071067811865476).add_(1.0).mul_(0.5)
+            primal = a0 * cdf
+            # Tangent rows are scaled by the derivative in place; then the primal row is set.
+            a.mul_(torch.exp(-0.5 * a0 * a0).mul_(0.3989422804014327).mul_(a0).add_(cdf))
+            a[..., :1, :] = primal
+            h = torch.addcmul(h, _linear_primal_bias(a, down), gate)
         scale, shift = head.to(dtype).unsqueeze(-2).chunk(2, dim=-1)
         u = _layer_norm_jvp(h, self.final_norm.eps) * (1.0 + scale)
         u[..., 0, :] += shift[..., 0, :]
