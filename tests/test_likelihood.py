@@ -82,7 +82,9 @@ def test_rigid_rotation_preserves_density_and_ignores_the_normal_part(solver):
     jac = a + 3.0 * torch.eye(3, dtype=torch.float64)
     field = _rfm_field(lambda x: x @ jac.T, lambda x: jac.expand(*x.shape[:-1], 3, 3))
     x0 = _points(64)
-    res = integrate_with_divergence(field, x0, 0.0, 1.0, on_sphere=True, solver=solver, steps=32, atol=1e-10, rtol=1e-10)
+    res = integrate_with_divergence(
+        field, x0, 0.0, 1.0, on_sphere=True, solver=solver, steps=32, atol=1e-10, rtol=1e-10
+    )
     torch.testing.assert_close(res.delta, torch.zeros_like(res.delta), rtol=0, atol=1e-9)
     torch.testing.assert_close(res.x, x0 @ torch.linalg.matrix_exp(a).T, rtol=0, atol=1e-7)
 
@@ -95,7 +97,9 @@ def test_polar_flow_matches_its_closed_form_push_forward(solver):
     e_z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     field = _rfm_field(lambda x: (a * e_z).expand_as(x), lambda x: torch.zeros(*x.shape[:-1], 3, 3, dtype=x.dtype))
     x0 = _points(200, seed=1)
-    res = integrate_with_divergence(field, x0, 0.0, 1.0, on_sphere=True, solver=solver, steps=64, atol=1e-10, rtol=1e-10)
+    res = integrate_with_divergence(
+        field, x0, 0.0, 1.0, on_sphere=True, solver=solver, steps=64, atol=1e-10, rtol=1e-10
+    )
     z0 = x0[:, 2]
     z1 = torch.tanh(a + torch.atanh(z0))
     torch.testing.assert_close(res.x[:, 2], z1, rtol=0, atol=1e-7)
@@ -113,8 +117,14 @@ def test_linear_flow_in_r3_matches_gaussian_push_forward():
         return x @ a.T, probes @ a.T
 
     res = integrate_with_divergence(
-        m._divergence_field(field_jvp), torch.randn(50, 3, dtype=torch.float64), 0.0, 1.0, on_sphere=False,
-        solver="dopri5", atol=1e-11, rtol=1e-11,
+        m._divergence_field(field_jvp),
+        torch.randn(50, 3, dtype=torch.float64),
+        0.0,
+        1.0,
+        on_sphere=False,
+        solver="dopri5",
+        atol=1e-11,
+        rtol=1e-11,
     )
     x0 = res.x @ torch.linalg.inv(torch.linalg.matrix_exp(a)).T
     torch.testing.assert_close(m._base_log_prob(res.x) + res.delta, m._base_log_prob(res.x) + torch.trace(a).expand(50))
