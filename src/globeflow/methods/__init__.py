@@ -47,15 +47,9 @@ def create_method(
 ) -> GenerativeMethod:
     """A new, untrained method ``name`` (``diffusion``, ``flow`` or ``rfm``)."""
     if name not in METHODS:
-        raise ValueError(
-            f"method: unknown name {name!r}; choose one of {sorted(METHODS)}"
-        )
-    net = AdaLNMLPConfig(
-        cond_dim=embedding_dim, dim=width, depth=depth, expansion=expansion
-    )
-    return METHODS[name](
-        net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop
-    )
+        raise ValueError(f"method: unknown name {name!r}; choose one of {sorted(METHODS)}")
+    net = AdaLNMLPConfig(cond_dim=embedding_dim, dim=width, depth=depth, expansion=expansion)
+    return METHODS[name](net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop)
 
 
 def build_method(config: dict) -> GenerativeMethod:
@@ -68,9 +62,5 @@ def build_method(config: dict) -> GenerativeMethod:
     except (KeyError, TypeError) as err:
         raise ValueError(f"model config: missing or malformed field {err}") from None
     if name not in METHODS:
-        raise ValueError(
-            f"model config: unknown method {name!r}; known: {sorted(METHODS)}"
-        )
-    return METHODS[name](
-        net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop
-    )
+        raise ValueError(f"model config: unknown method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name](net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)

@@ -33,9 +33,7 @@ __all__ = [
 MAX_POINTS_PER_CHUNK = 1 << 16
 
 
-def as_embedding(
-    emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb"
-) -> Tensor:
+def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
     """Validate and convert embeddings (numpy or torch, shape (B, D)) to float32 on ``device``.
 
     Raises ``ValueError`` naming ``name`` for a wrong rank, a wrong D, or non-finite values.
@@ -44,20 +42,14 @@ def as_embedding(
         try:
             emb = np.asarray(emb, dtype=np.float32)
         except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"{name}: expected an array of shape (B, {dim}), got {type(emb).__name__}"
-            ) from err
+            raise ValueError(f"{name}: expected an array of shape (B, {dim}), got {type(emb).__name__}") from err
     t = torch.as_tensor(emb)
     if t.dim() == 1 and t.shape[0] == dim:
-        raise ValueError(
-            f"{name}: expected shape (B, {dim}), got a single vector {tuple(t.shape)}; use emb[None]"
-        )
+        raise ValueError(f"{name}: expected shape (B, {dim}), got a single vector {tuple(t.shape)}; use emb[None]")
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape (B, {dim}), got {tuple(t.shape)}")
     if t.shape[1] != dim:
-        raise ValueError(
-            f"{name}: embedding length {t.shape[1]} does not match the model's embedding dimension {dim}"
-        )
+        raise ValueError(f"{name}: embedding length {t.shape[1]} does not match the model's embedding dimension {dim}")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name}: expected floating-point values, got dtype {t.dtype}")
     t = t.to(device=device, dtype=torch.float32)
@@ -80,21 +72,15 @@ def as_latlon(latlon: Any, batch: int, *, name: str = "latlon") -> np.ndarray:
             dtype=np.float64,
         )
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{name}: expected numbers of shape (B, 2) or (B, P, 2), got {type(latlon).__name__}"
-        ) from err
+        raise ValueError(f"{name}: expected numbers of shape (B, 2) or (B, P, 2), got {type(latlon).__name__}") from err
     if a.ndim not in (2, 3) or a.shape[-1] != 2:
-        raise ValueError(
-            f"{name}: expected shape (B, 2) or (B, P, 2) in degrees, got {a.shape}"
-        )
+        raise ValueError(f"{name}: expected shape (B, 2) or (B, P, 2) in degrees, got {a.shape}")
     if a.shape[0] != batch:
         raise ValueError(f"{name}: {a.shape[0]} rows for {batch} embeddings")
     if not np.isfinite(a).all():
         raise ValueError(f"{name}: non-finite (NaN or inf) values")
     if (np.abs(a[..., 0]) > 90.0).any():
-        raise ValueError(
-            f"{name}: latitude outside [-90, 90] (is the order (latitude, longitude)?)"
-        )
+        raise ValueError(f"{name}: latitude outside [-90, 90] (is the order (latitude, longitude)?)")
     return a
 
 
@@ -140,9 +126,7 @@ class Method(abc.ABC):
     def config(self) -> dict:
         """JSON-serialisable description from which :func:`globeflow.methods.build_method` rebuilds it."""
 
-    def log_prob_xyz(
-        self, emb: Tensor, x: Tensor, *, guidance: float = 0.0, **options: Any
-    ) -> Tensor:
+    def log_prob_xyz(self, emb: Tensor, x: Tensor, *, guidance: float = 0.0, **options: Any) -> Tensor:
         """Log-density at unit vectors: ``emb`` (B, D) validated float32, ``x`` (B, P, 3) -> (B, P)."""
         raise NotImplementedError(f"method {self.name!r} has no likelihood")
 
@@ -160,9 +144,7 @@ class Method(abc.ABC):
         The default draws samples then evaluates :meth:`log_prob_xyz` at them (right for
         closed-form densities); ODE methods override it to carry log p along the solve.
         """
-        x = self.sample_xyz(
-            emb, num_samples, generator=generator, guidance=guidance, **options
-        )
+        x = self.sample_xyz(emb, num_samples, generator=generator, guidance=guidance, **options)
         like_options = {k: v for k, v in options.items() if k in self.log_prob_options}
         return x, self.log_prob_xyz(emb, x, guidance=guidance, **like_options)
 
@@ -175,13 +157,9 @@ class Method(abc.ABC):
 
     def _check_likelihood(self) -> None:
         if self.density_space is None:
-            raise NotImplementedError(
-                f"method {self.name!r} has no likelihood (density_space is None)"
-            )
+            raise NotImplementedError(f"method {self.name!r} has no likelihood (density_space is None)")
 
-    def log_prob(
-        self, emb: Any, latlon: Any, *, guidance: float = 0.0, **options: Any
-    ) -> np.ndarray:
+    def log_prob(self, emb: Any, latlon: Any, *, guidance: float = 0.0, **options: Any) -> np.ndarray:
         """Natural-log density of the model at locations: (B, D), (B, 2) -> (B,) float64.
 
         ``latlon`` may also be (B, P, 2) (P locations per embedding) -> (B, P). Units follow
@@ -213,9 +191,7 @@ class Method(abc.ABC):
         """``num_samples`` locations per embedding, each with the model's log-density there."""
         self._check_likelihood()
         if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                f"num_samples must be a positive integer, got {num_samples!r}"
-            )
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         x, logp = self.sample_with_log_prob_xyz(
@@ -244,9 +220,7 @@ class Method(abc.ABC):
     ) -> np.ndarray:
         """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64."""
         if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                f"num_samples must be a positive integer, got {num_samples!r}"
-            )
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         xyz = self.sample_xyz(
@@ -287,9 +261,7 @@ class Method(abc.ABC):
             )[:, 0]
         if strategy == "ensemble":
             if not isinstance(ensemble_size, int) or ensemble_size < 1:
-                raise ValueError(
-                    f"ensemble_size must be a positive integer, got {ensemble_size!r}"
-                )
+                raise ValueError(f"ensemble_size must be a positive integer, got {ensemble_size!r}")
             res = self.sample_with_log_prob(
                 emb,
                 ensemble_size,
@@ -300,9 +272,7 @@ class Method(abc.ABC):
             )
             best = res.log_prob.argmax(axis=1)
             return res.latlon[np.arange(len(best)), best]
-        raise ValueError(
-            f"strategy: unknown value {strategy!r}; available: 'sample', 'ensemble'"
-        )
+        raise ValueError(f"strategy: unknown value {strategy!r}; available: 'sample', 'ensemble'")
 
 
 class GenerativeMethod(Method, nn.Module):
@@ -365,12 +335,8 @@ class GenerativeMethod(Method, nn.Module):
         b, device, g_device = x0.shape[0], x0.device, generator.device
         t = torch.rand(b, 1, generator=generator, device=g_device)
         kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
-        noise = self.path.sample_noise(
-            (b,), generator=generator, dtype=x0.dtype, device=g_device
-        ).to(device)
-        drop = (
-            torch.rand(b, generator=generator, device=g_device) < self.cond_drop
-        ).to(device)
+        noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype, device=g_device).to(device)
+        drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)
         emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
         pred = net(x_t, emb, kappa.squeeze(-1))
@@ -392,9 +358,7 @@ class GenerativeMethod(Method, nn.Module):
             mods, head = self.net.modulations(cond, kappa)
             if guidance == 0.0:
                 return self.net.forward_with(x, mods, head)
-            out_c, out_u = self.net.forward_with(
-                torch.cat([x, x], dim=0), mods, head
-            ).chunk(2, dim=0)
+            out_c, out_u = self.net.forward_with(torch.cat([x, x], dim=0), mods, head).chunk(2, dim=0)
             return out_c + guidance * (out_c - out_u)
 
         return field
@@ -436,21 +400,15 @@ class GenerativeMethod(Method, nn.Module):
                 f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}"
             )
         if not isinstance(sample_steps, int) or sample_steps < 1:
-            raise ValueError(
-                f"sample_steps must be a positive integer, got {sample_steps!r}"
-            )
+            raise ValueError(f"sample_steps must be a positive integer, got {sample_steps!r}")
         guidance = float(guidance)
         if not np.isfinite(guidance):
             raise ValueError(f"guidance must be finite, got {guidance}")
         if precision not in ("float32", "bfloat16"):
-            raise ValueError(
-                f"precision must be 'float32' or 'bfloat16', got {precision!r}"
-            )
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         b = emb.shape[0]
         # All noise is drawn up front so that results do not depend on the chunking.
-        noise = self.path.sample_noise((b, num_samples), generator=generator).to(
-            emb.device
-        )
+        noise = self.path.sample_noise((b, num_samples), generator=generator).to(emb.device)
         per_chunk = max(1, max_points // num_samples)
         out = []
         with (
