@@ -252,10 +252,14 @@ def test_cli_trains_uniform_and_mvmf(tmp_path):
     ll = xyz_to_latlon(x0)
     data = tmp_path / "train.parquet"
     write_parquet(data, emb.numpy(), ll[:, 0], ll[:, 1])
-    assert main(["train", "--method", "uniform", "--data", str(data), "--out", str(tmp_path / "u"), "--no-progress"]) == 0
+    assert (
+        main(["train", "--method", "uniform", "--data", str(data), "--out", str(tmp_path / "u"), "--no-progress"]) == 0
+    )
     assert isinstance(globeflow.load(tmp_path / "u"), Uniform)
     args = ["train", "--method", "mvmf", "--num-components", "32", "--data", str(data), "--out", str(tmp_path / "m")]
     assert main([*args, "--train-steps", "20", "--batch-size", "64", "--warmup-steps", "2", "--no-progress"]) == 0
     m = globeflow.load(tmp_path / "m")
     assert isinstance(m, MvMF) and bool(m.net.prepared) and m.num_components == 32
-    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "e.json")]) == 0
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "ModelConfig"]
+__all__ = ["ModelConfig", "main"]
 
 METHOD_NAMES = ("diffusion", "flow", "rfm", "uniform", "vmf", "vmf_mixture", "mvmf", "locdiffusion")
 
@@ -94,10 +94,17 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--schedule-beta", type=float, default=None, help="β of the (skewed) sigmoid (default 7, sigmoid 3)")
     p.add_argument("--cond-drop", type=float, default=0.1, help="condition dropout for guidance (default 0.1)")
     p.add_argument("--components", type=_positive_int, default=None, help="vmf_mixture: K components (default 3)")
-    p.add_argument("--kappa-link", choices=("softplus", "exp"), default=None, help="vmf, vmf_mixture: κ activation (default softplus)")
+    p.add_argument(
+        "--kappa-link",
+        choices=("softplus", "exp"),
+        default=None,
+        help="vmf, vmf_mixture: κ activation (default softplus)",
+    )
     p.add_argument("--num-components", type=_positive_int, default=None, help="mvmf: c components/cells (default 4096)")
     p.add_argument(
-        "--log-kappa0", type=float, default=None,
+        "--log-kappa0",
+        type=float,
+        default=None,
         help="mvmf: one fixed log κ₀ for every component (default: κ from each cell's size)",
     )
     p.add_argument("--sh-degree", type=_positive_int, default=None, help="locdiffusion: SH degree L (default 31)")

@@ -42,7 +42,7 @@ def num_coefficients(degree: int) -> int:
     return (degree + 1) ** 2
 
 
-def sh_index(l: int, m: int) -> int:  # noqa: E741 - the paper's name for the degree
+def sh_index(l: int, m: int) -> int:
     """Position of Y_lm in the coefficient vector (ordered by degree, then order m = −l..l)."""
     if not -l <= m <= l:
         raise ValueError(f"order m = {m} outside [-{l}, {l}]")
@@ -62,7 +62,7 @@ def _recurrence_tables(degree: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     den_b = torch.where(valid, 4 * lm1 * lm1 - 1, torch.ones(()))
     b = torch.where(valid, torch.sqrt(num_b / den_b), torch.zeros(()))
     ls, ms = [], []
-    for l in range(degree + 1):  # noqa: E741
+    for l in range(degree + 1):
         for m in range(-l, l + 1):
             ls.append(l)
             ms.append(m)
@@ -102,7 +102,7 @@ def real_sph_harm(x: Tensor, degree: int) -> Tensor:
     # Rows P̄_l^m (m = 0..L) built degree by degree; entries with m > l stay zero.
     rows = [torch.zeros(n, big, dtype=torch.float64, device=p.device) for _ in range(big)]
     m_idx = torch.arange(big, device=p.device)
-    for l in range(big):  # noqa: E741
+    for l in range(big):
         row = torch.zeros(n, big, dtype=torch.float64, device=p.device)
         row[:, l] = diag[:, l]
         if l >= 1:

@@ -33,10 +33,10 @@ __all__ = [
     "ModuleMethod",
     "MvMF",
     "RiemannianFlowMatching",
+    "SamplesWithLogProb",
     "Uniform",
     "VMFMixture",
     "VMFRegression",
-    "SamplesWithLogProb",
     "as_embedding",
     "as_latlon",
     "build_method",
@@ -83,9 +83,7 @@ def create_method(
         if options:
             raise ValueError(f"method {name!r}: unknown option(s) {sorted(options)}")
         net = AdaLNMLPConfig(cond_dim=embedding_dim, dim=width, depth=depth, expansion=expansion)
-        return GENERATIVE_METHODS[name](
-            net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop
-        )
+        return GENERATIVE_METHODS[name](net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop)
     cls = BASELINE_METHODS[name]
     sizes = {"width": width, "depth": depth, "expansion": expansion}
     sized = {k: v for k, v in sizes.items() if k in cls.option_names}
@@ -107,6 +105,4 @@ def build_method(config: dict) -> Method:
         cond_drop = float(config.get("cond_drop", 0.1))
     except (KeyError, TypeError) as err:
         raise ValueError(f"model config: missing or malformed field {err}") from None
-    return GENERATIVE_METHODS[name](
-        net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop
-    )
+    return GENERATIVE_METHODS[name](net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)

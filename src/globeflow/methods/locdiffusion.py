@@ -202,7 +202,9 @@ class LocDiffusion(ModuleMethod):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"locdiffusion: {field} must be an integer ≥ {low}, got {value!r}")
         if not (isinstance(radius_km, (int, float)) and 0 < radius_km <= math.pi * EARTH_RADIUS_KM):
-            raise ValueError(f"locdiffusion: radius_km must be in (0, {math.pi * EARTH_RADIUS_KM:.0f}], got {radius_km!r}")
+            raise ValueError(
+                f"locdiffusion: radius_km must be in (0, {math.pi * EARTH_RADIUS_KM:.0f}], got {radius_km!r}"
+            )
         self.degree = degree
         self.timesteps = timesteps
         self.train_anchors = train_anchors

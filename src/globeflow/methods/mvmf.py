@@ -139,9 +139,7 @@ def adaptive_partition(x: np.ndarray | Tensor, num_cells: int) -> Partition:
         ci = (si[idx] >> shift) & 1
         cj = (ti[idx] >> shift) & 1
         children = [
-            (f, level + 1, 2 * i + di, 2 * j + dj, idx[(ci == di) & (cj == dj)], None)
-            for di in (0, 1)
-            for dj in (0, 1)
+            (f, level + 1, 2 * i + di, 2 * j + dj, idx[(ci == di) & (cj == dj)], None) for di in (0, 1) for dj in (0, 1)
         ]
         room = num_cells - len(cells)  # cells this split may produce (2..4)
         if room < 4:

@@ -79,7 +79,7 @@ class VMFMixtureParams:
         network ran.
         """
         dev = generator.device
-        b, k = self.log_w.shape
+        b = self.log_w.shape[0]
         w = self.log_w.detach().to(dev, torch.float64).softmax(dim=-1)
         comp = torch.multinomial(w, num_samples, replacement=True, generator=generator)  # (B, S)
         rows = torch.arange(b, device=dev)[:, None]

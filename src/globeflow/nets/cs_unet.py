@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from globeflow.nets.adaln_mlp import noise_level_features
 
-__all__ = ["CSiren", "CSUNet", "CSUNetConfig"]
+__all__ = ["CSUNet", "CSUNetConfig", "CSiren"]
 
 
 @dataclass(frozen=True)
