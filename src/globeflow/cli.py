@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "ModelConfig"]
+__all__ = ["ModelConfig", "main"]
 
-METHOD_NAMES = ("diffusion", "flow", "rfm")
+METHOD_NAMES = ("diffusion", "flow", "rfm", "uniform", "vmf", "vmf_mixture", "mvmf", "locdiffusion")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,22 @@ class ModelConfig:
     schedule_alpha: float | None = None
     schedule_beta: float | None = None
     cond_drop: float = 0.1
+    # Method-specific (None: the method's default; see docs/methods/).
+    components: int | None = None
+    kappa_link: str | None = None
+    num_components: int | None = None
+    log_kappa0: float | None = None
+    sh_degree: int | None = None
+
+    def method_options(self) -> dict:
+        """Options of ``create_method`` beyond the shared ones, for the chosen method only."""
+        by_method = {
+            "vmf": {"kappa_link": self.kappa_link},
+            "vmf_mixture": {"kappa_link": self.kappa_link, "components": self.components},
+            "mvmf": {"num_components": self.num_components, "log_kappa0": self.log_kappa0},
+            "locdiffusion": {"degree": self.sh_degree},
+        }
+        return {k: v for k, v in by_method.get(self.method, {}).items() if v is not None}
 
     def schedule_params(self) -> dict:
         params = {}
@@ -69,7 +85,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, guidance: float) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width: int, depth: int) -> None:
-    p.add_argument("--method", choices=METHOD_NAMES, default="rfm", help="generative method (default rfm)")
+    p.add_argument("--method", choices=METHOD_NAMES, default="rfm", help="method (default rfm; see docs/methods/)")
     p.add_argument("--train-steps", type=_positive_int, default=steps)
     p.add_argument("--batch-size", type=_positive_int, default=batch)
     p.add_argument("--width", type=_positive_int, default=width, help="network width d")
@@ -79,6 +95,21 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--schedule-alpha", type=float, default=None, help="α of the (skewed) sigmoid (default -3)")
     p.add_argument("--schedule-beta", type=float, default=None, help="β of the (skewed) sigmoid (default 7, sigmoid 3)")
     p.add_argument("--cond-drop", type=float, default=0.1, help="condition dropout for guidance (default 0.1)")
+    p.add_argument("--components", type=_positive_int, default=None, help="vmf_mixture: K components (default 3)")
+    p.add_argument(
+        "--kappa-link",
+        choices=("softplus", "exp"),
+        default=None,
+        help="vmf, vmf_mixture: κ activation (default softplus)",
+    )
+    p.add_argument("--num-components", type=_positive_int, default=None, help="mvmf: c components/cells (default 4096)")
+    p.add_argument(
+        "--log-kappa0",
+        type=float,
+        default=None,
+        help="mvmf: one fixed log κ₀ for every component (default: κ from each cell's size)",
+    )
+    p.add_argument("--sh-degree", type=_positive_int, default=None, help="locdiffusion: SH degree L (default 31)")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -196,6 +227,11 @@ def _model_config(args: argparse.Namespace) -> ModelConfig:
         schedule_alpha=args.schedule_alpha,
         schedule_beta=args.schedule_beta,
         cond_drop=args.cond_drop,
+        components=getattr(args, "components", None),
+        kappa_link=getattr(args, "kappa_link", None),
+        num_components=getattr(args, "num_components", None),
+        log_kappa0=getattr(args, "log_kappa0", None),
+        sh_degree=getattr(args, "sh_degree", None),
     )
 
 
@@ -220,7 +256,13 @@ def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, tr
         schedule=model_cfg.schedule,
         schedule_params=model_cfg.schedule_params(),
         cond_drop=model_cfg.cond_drop,
+        **model_cfg.method_options(),
     )
+    x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
+    emb = torch.from_numpy(data.embeddings)
+    if callable(getattr(method, "prepare", None)):
+        # Data-dependent set-up before training (MvMF places its components on the data).
+        method.prepare(x0, emb)
     out = Path(out)
     resolved = {
         "model": method.config(),
@@ -238,8 +280,14 @@ def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, tr
     out.mkdir(parents=True, exist_ok=True)
     if _is_main_process():  # under torchrun only rank 0 writes files
         save_json(config_path, resolved)
-    x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
-    emb = torch.from_numpy(data.embeddings)
+    if not any(p.requires_grad for p in method.net.parameters()):
+        # Nothing to train (uniform): the run directory is the config and the (empty) weights.
+        if _is_main_process():
+            from globeflow.api import WEIGHTS_FILE
+            from globeflow.training import save_weights
+
+            save_weights(out / WEIGHTS_FILE, method.net.state_dict(), metadata={"step": 0, "method": method.config()})
+        return out
     # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
     train(method, x0, emb, out, train_cfg)
     return out
