@@ -66,15 +66,48 @@ class EfficientNetLite0(ImageEncoder):
         # weights_only: a state dict of tensors, never arbitrary pickled objects.
         state = torch.load(self.weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
-        self.model = model.eval().requires_grad_(False).to(device)
+        model.eval().requires_grad_(False)
+        _fold_batchnorms(model)
+        # NHWC suits the depthwise convolutions of oneDNN and cuDNN (~2x on this CPU).
+        self.model = model.to(device=device, memory_format=torch.channels_last)
         self.dim = 1280
 
     def forward(self, pixels: Tensor) -> Tensor:
-        feats = self.model.extract_features(pixels)  # (B, 1280, h, w)
+        x = pixels.contiguous(memory_format=torch.channels_last)
+        feats = self.model.extract_features(x)  # (B, 1280, h, w)
         return feats.mean(dim=(2, 3))
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "weights": Path(self.weights).name, "pooling": "mean"}
+
+
+_CONV_BN_PAIRS = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
+_BLOCK_CONV_BN_PAIRS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+
+
+def _fold_batchnorms(model: nn.Module) -> None:
+    """Fold every eval-mode BatchNorm into the convolution before it (exact up to rounding).
+
+    BN(conv(x)) = s ⊙ (W * x) + (β − s ⊙ μ) with s = γ / √(σ² + ε): scaling W by s and adding
+    the bias removes a full pass over every feature map (the BNs took ~15 % of the time).
+    """
+
+    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+        if conv is None or not isinstance(bn, nn.BatchNorm2d):
+            return
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+        setattr(owner, bn_name, nn.Identity())
+
+    with torch.no_grad():
+        for conv_name, bn_name in _CONV_BN_PAIRS:
+            fold(model, conv_name, bn_name)
+        for block in model._blocks:
+            for conv_name, bn_name in _BLOCK_CONV_BN_PAIRS:
+                fold(block, conv_name, bn_name)
 
 
 class MiniLM(TextEncoder):

@@ -26,7 +26,24 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 
 class ImageError(ValueError):
-    """A file that is not a readable image (corrupt, truncated, unknown format)."""
+    """A file that is not a readable image; ``reason`` is a short category for summaries:
+    ``"not an image"``, ``"truncated"``, ``"corrupt"``, ``"too large"`` or ``"missing"``."""
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "missing"
+    if isinstance(err, Image.UnidentifiedImageError):
+        return "not an image"
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "too large"
+    if "truncated" in str(err).lower():
+        return "truncated"
+    return "corrupt"
 
 
 def load_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
@@ -46,7 +63,8 @@ def load_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
                 oriented = ImageOps.exif_transpose(img)
                 rgb = to_rgb(oriented)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
+        reason = _reason(err)
+        raise ImageError(f"{name}: {reason} ({type(err).__name__}: {err})", reason) from None
     rgb.info["gps"] = exif_gps
     return rgb
 
