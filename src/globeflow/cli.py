@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "ModelConfig"]
+__all__ = ["ModelConfig", "main"]
 
 METHOD_NAMES = ("diffusion", "flow", "rfm")
 
