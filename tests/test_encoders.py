@@ -97,10 +97,12 @@ def test_exif_orientation_is_applied() -> None:
 
 def _with_gps(img: Image.Image, lat: float, lon: float) -> io.BytesIO:
     exif = Image.Exif()
+
     def dms(v: float) -> tuple[float, float, float]:
         v = abs(v)
         d, m = int(v), int((v - int(v)) * 60)
         return (float(d), float(m), round((v - d - m / 60) * 3600, 4))
+
     gps = exif.get_ifd(0x8825)
     gps.update({1: "N" if lat >= 0 else "S", 2: dms(lat), 3: "E" if lon >= 0 else "W", 4: dms(lon)})
     return _save(img, "JPEG", quality=90, exif=exif)
@@ -166,15 +168,25 @@ def _small_dino():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.Dinov2WithRegistersConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=112,
-        patch_size=28, num_register_tokens=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=112,
+        patch_size=28,
+        num_register_tokens=4,
     )
     return transformers.Dinov2WithRegistersModel(cfg)
 
 
-@pytest.mark.parametrize(("name", "build", "size"), [
-    ("streetclip", _small_clip, 336), ("clip-vit-l-14", lambda: _small_clip(224), 224), ("dinov2-vitl14-reg", _small_dino, 336),
-])
+@pytest.mark.parametrize(
+    ("name", "build", "size"),
+    [
+        ("streetclip", _small_clip, 336),
+        ("clip-vit-l-14", lambda: _small_clip(224), 224),
+        ("dinov2-vitl14-reg", _small_dino, 336),
+    ],
+)
 def test_transformers_encoders_shapes_determinism_cls(name: str, build, size: int) -> None:
     model = build()
     enc = get_encoder(name, model=model)

@@ -37,8 +37,13 @@ def official():
     pytest.importorskip("einops")
     root = next(iter(spec.submodule_search_locations))
     saved = {k: v for k, v in sys.modules.items() if k == "plonk" or k.startswith("plonk.")}
-    for name, sub in [("plonk", ""), ("plonk.models", "/models"), ("plonk.models.networks", "/models/networks"),
-                      ("plonk.models.samplers", "/models/samplers"), ("plonk.utils", "/utils")]:
+    for name, sub in [
+        ("plonk", ""),
+        ("plonk.models", "/models"),
+        ("plonk.models.networks", "/models/networks"),
+        ("plonk.models.samplers", "/models/samplers"),
+        ("plonk.utils", "/utils"),
+    ]:
         mod = types.ModuleType(name)
         mod.__path__ = [root + sub]
         sys.modules[name] = mod
@@ -85,19 +90,29 @@ def test_published_layout_is_recognised(published) -> None:
     files = sorted(p.name for p in (root / "PLONK_YFCC").iterdir())
     assert "config.json" in files and "model.safetensors" in files
     assert json.loads((root / "PLONK_YFCC" / "config.json").read_text()) == {
-        "cond_dim": D, "depth": 2, "dim": WIDTH, "expansion": 4, "input_dim": 3,
+        "cond_dim": D,
+        "depth": 2,
+        "dim": WIDTH,
+        "expansion": 4,
+        "input_dim": 3,
     }
     assert hub.is_plonk_checkpoint(root / "PLONK_YFCC")
-    kinds = {n: type(globeflow.load(root / n)).__name__ for n in ("PLONK_YFCC", "PLONK_YFCC_flow", "PLONK_OSV_5M_diffusion")}
-    assert kinds == {"PLONK_YFCC": "PlonkRFM", "PLONK_YFCC_flow": "PlonkFlowMatching",
-                     "PLONK_OSV_5M_diffusion": "PlonkDiffusion"}
+    kinds = {
+        n: type(globeflow.load(root / n)).__name__ for n in ("PLONK_YFCC", "PLONK_YFCC_flow", "PLONK_OSV_5M_diffusion")
+    }
+    assert kinds == {
+        "PLONK_YFCC": "PlonkRFM",
+        "PLONK_YFCC_flow": "PlonkFlowMatching",
+        "PLONK_OSV_5M_diffusion": "PlonkDiffusion",
+    }
     m = globeflow.load(root / "PLONK_OSV_5M_diffusion")
     assert m.plonk["encoder"] == "streetclip" and m.embedding_dim == D
     assert m.schedule.config() == {"name": "skewed_sigmoid", "alpha": -7.0, "beta": 3.0}
 
 
-@pytest.mark.parametrize(("name", "sign"), [("PLONK_YFCC", -1.0), ("PLONK_YFCC_flow", -1.0),
-                                            ("PLONK_OSV_5M_diffusion", 1.0)])
+@pytest.mark.parametrize(
+    ("name", "sign"), [("PLONK_YFCC", -1.0), ("PLONK_YFCC_flow", -1.0), ("PLONK_OSV_5M_diffusion", 1.0)]
+)
 def test_velocity_field_identical(published, name: str, sign: float) -> None:
     root, nets = published
     model = globeflow.load(root / name)
@@ -111,8 +126,9 @@ def test_velocity_field_identical(published, name: str, sign: float) -> None:
 
 
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
-@pytest.mark.parametrize(("name", "sampler"), [("PLONK_YFCC", "rfm"), ("PLONK_YFCC_flow", "flow"),
-                                               ("PLONK_OSV_5M_diffusion", "diffusion")])
+@pytest.mark.parametrize(
+    ("name", "sampler"), [("PLONK_YFCC", "rfm"), ("PLONK_YFCC_flow", "flow"), ("PLONK_OSV_5M_diffusion", "diffusion")]
+)
 def test_official_sampler_reproduced_for_fixed_noise(official, published, name, sampler, guidance) -> None:
     root, nets = published
     model = globeflow.load(root / name)
@@ -124,12 +140,17 @@ def test_official_sampler_reproduced_for_fixed_noise(official, published, name, 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = getattr(official, sampler)(
-            nets[name], batch, conditioning_keys="emb", scheduler=official.Sigmoid(-7, 3), num_steps=steps,
+            nets[name],
+            batch,
+            conditioning_keys="emb",
+            scheduler=official.Sigmoid(-7, 3),
+            num_steps=steps,
             cfg_rate=guidance,
         ).reshape(b, s, 3)
     ref = F.normalize(ref, dim=-1)  # R³ samplers end off the sphere; globeflow projects
-    ours = model.sample_xyz(emb, s, generator=torch.Generator().manual_seed(3), guidance=guidance,
-                            sample_steps=steps, solver="plonk")
+    ours = model.sample_xyz(
+        emb, s, generator=torch.Generator().manual_seed(3), guidance=guidance, sample_steps=steps, solver="plonk"
+    )
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=0)
     lat = model.sample(emb.numpy(), s, guidance=guidance, sample_steps=steps, seed=3, solver="plonk")
     assert lat.shape == (b, s, 2) and np.isfinite(lat).all()

@@ -20,8 +20,11 @@ def _csv(tmp_path: Path, text: str, name: str = "labels.csv") -> Path:
 
 def test_osv5m_layout_ids_stay_exact_strings(tmp_path: Path) -> None:
     # 12345678901234567 > 2^53: as a float it would become ...568.
-    p = _csv(tmp_path, "id,latitude,longitude,country,region,sub-region,city\n"
-                       "12345678901234567,48.85,2.35,FR,IDF,,Paris\n7,-33.9,151.2,AU,NSW,,Sydney\n")
+    p = _csv(
+        tmp_path,
+        "id,latitude,longitude,country,region,sub-region,city\n"
+        "12345678901234567,48.85,2.35,FR,IDF,,Paris\n7,-33.9,151.2,AU,NSW,,Sydney\n",
+    )
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "7.jpg").write_bytes(b"x")
     t = read_labels(p)
@@ -34,8 +37,10 @@ def test_osv5m_layout_ids_stay_exact_strings(tmp_path: Path) -> None:
     assert t.resolve_image(0, tmp_path / "root") == tmp_path / "root" / "12345678901234567.jpg"
 
 
-@pytest.mark.parametrize(("lat", "lon"), [("LAT", "LON"), ("lat", "lng"), ("Latitude", "Longitude"),
-                                          ("gps_latitude", "gps_longitude"), ("lat", "long")])
+@pytest.mark.parametrize(
+    ("lat", "lon"),
+    [("LAT", "LON"), ("lat", "lng"), ("Latitude", "Longitude"), ("gps_latitude", "gps_longitude"), ("lat", "long")],
+)
 def test_coordinate_column_spellings(tmp_path: Path, lat: str, lon: str) -> None:
     p = _csv(tmp_path, f"IMG_ID,AUTHOR,{lat},{lon}\na/b.jpg,me,10.5,-20.25\nc.jpg,you,,\n")
     t = read_labels(p)
@@ -51,16 +56,19 @@ def test_path_column(tmp_path: Path) -> None:
     assert t.resolve_image(0) == tmp_path / "sub" / "x.png" and t.resolve_image(1) == Path("/abs/y.jpg")
 
 
-@pytest.mark.parametrize(("body", "match"), [
-    ("id,lat,lon\n1,91,0\n", r"row 0, field `lat`.*91"),
-    ("id,lat,lon\n1,0,0\n2,0,-180.5\n", r"row 1, field `lon`.*-180.5"),
-    ("id,lat,lon\n1,abc,0\n", r"row 0, field `lat`.*not a number: 'abc'"),
-    ("id,lat,lon\n1,5,\n", r"row 0.*both given or both empty"),
-    ("id,lat\n1,5\n", r"no longitude column.*lng"),
-    ("lat,lon\n1,2\n", r"no image column"),
-    ("id,lat,lon\n", r"no rows"),
-    ("id,lat,lon\n,1,2\n", r"row 0, field `id`.*empty image reference"),
-])
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("id,lat,lon\n1,91,0\n", r"row 0, field `lat`.*91"),
+        ("id,lat,lon\n1,0,0\n2,0,-180.5\n", r"row 1, field `lon`.*-180.5"),
+        ("id,lat,lon\n1,abc,0\n", r"row 0, field `lat`.*not a number: 'abc'"),
+        ("id,lat,lon\n1,5,\n", r"row 0.*both given or both empty"),
+        ("id,lat\n1,5\n", r"no longitude column.*lng"),
+        ("lat,lon\n1,2\n", r"no image column"),
+        ("id,lat,lon\n", r"no rows"),
+        ("id,lat,lon\n,1,2\n", r"row 0, field `id`.*empty image reference"),
+    ],
+)
 def test_errors_name_row_and_field(tmp_path: Path, body: str, match: str) -> None:
     with pytest.raises(DataError, match=match):
         read_labels(_csv(tmp_path, body))

@@ -109,8 +109,26 @@ def test_bad_shards_name_shard_sample_and_field(tmp_path: Path) -> None:
 def test_globeflow_train_reads_shards(tmp_path: Path) -> None:
     _shards(tmp_path / "shards", sizes=(40, 40))
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(tmp_path / "shards"), "--out", str(run), "--width", "16", "--depth", "1",
-               "--train-steps", "3", "--batch-size", "8", "--warmup-steps", "1", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "shards"),
+            "--out",
+            str(run),
+            "--width",
+            "16",
+            "--depth",
+            "1",
+            "--train-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--warmup-steps",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and (run / "model.safetensors").is_file() and any((run / "data_cache").iterdir())
     import globeflow
 

@@ -186,7 +186,7 @@ def embed_images(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
-    settings = encoder.settings()
+    settings = json.loads(json.dumps(encoder.settings()))  # as stored: tuples become lists
     _check_settings(out, parts, settings)
     parts.mkdir(parents=True, exist_ok=True)
     if rank == 0:
