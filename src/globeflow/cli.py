@@ -385,7 +385,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     rank, world_size, local = world if world is not None else (0, 1, 0)
     device = args.device
     if world_size > 1 and device.startswith("cuda"):
-        device = f"cuda:{local}"  # one GPU per process
+        import torch
+
+        # One GPU per process; more processes than GPUs share them round-robin.
+        device = f"cuda:{local % max(1, torch.cuda.device_count())}"
     encoder = get_encoder(args.encoder, source=args.encoder_path, device=device)
     if not isinstance(encoder, ImageEncoder):
         raise CLIError(f"--encoder {args.encoder} is a text encoder; embed needs an image encoder")
