@@ -64,7 +64,8 @@ def load(
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"model: {config_path} has no 'model' section")
     try:
-        if config["model"].get("convention") == "plonk":  # a PLONK model saved by globeflow.save
+        # A PLONK model saved by globeflow.save keeps the official conventions.
+        if isinstance(config["model"], dict) and config["model"].get("convention") == "plonk":
             method = hub.build_plonk_method(config["model"])
         else:
             method = build_method(config["model"])

@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -394,8 +394,3 @@ def resolve_hub(spec: str) -> tuple[Path, str]:
             f"--local-dir DIR) and load DIR, or set HF_HUB_OFFLINE=1 to use the local cache."
         ) from None
     return Path(local), repo_id
-
-
-def describe(method: Any) -> dict:
-    """The PLONK provenance of a loaded method (empty for globeflow-trained ones)."""
-    return dict(getattr(method, "plonk", {}) or {})
