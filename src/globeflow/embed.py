@@ -166,6 +166,8 @@ def _load(item: EmbedItem, preprocess: Callable) -> tuple[np.ndarray | None, tup
         return None, None, err
     except FileNotFoundError as err:
         return None, None, ImageError(f"{item.path}: missing ({err})", "missing")
+    except (OSError, ValueError, MemoryError) as err:  # e.g. a decodable but degenerate image
+        return None, None, ImageError(f"{item.path}: corrupt ({type(err).__name__}: {err})", "corrupt")
 
 
 def embed_images(
