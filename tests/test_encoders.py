@@ -265,3 +265,16 @@ def test_minilm_for_real() -> None:
     np.testing.assert_allclose(alone, e[0], atol=1e-5)
     with pytest.raises(TypeError, match="single string"):
         enc.encode_texts("a street")
+
+
+def test_transformers_encoder_from_a_local_directory(tmp_path: Path) -> None:
+    model = _small_dino()
+    model.save_pretrained(tmp_path / "dino")
+    enc = get_encoder("dinov2-vitl14-reg", source=tmp_path / "dino")
+    img = _photo(70, 50, 7)
+    np.testing.assert_allclose(
+        enc.encode_images([img]), get_encoder("dinov2-vitl14-reg", model=model).encode_images([img]), atol=1e-6
+    )
+    assert enc.settings()["source"] == str(tmp_path / "dino")
+    with pytest.raises(OSError, match="--encoder-path"):
+        get_encoder("streetclip", source=tmp_path / "missing")

@@ -148,7 +148,6 @@ def get_encoder(
         raise ValueError(f"encoder {name}: model= applies to the transformers encoders only")
     if model is None and source is None:
         source = spec.default_source
-    encoder = spec.build(source=source, model=model, device=device)
-    if model is None and encoder.dim != spec.dim:
-        raise ValueError(f"encoder {name}: the loaded model has D = {encoder.dim}, expected {spec.dim}")
-    return encoder
+    # ``spec.dim`` is that of the default weights; another checkpoint of the same architecture
+    # (e.g. a ViT-B in ``source``) keeps its own D, recorded in ``encoder.settings()``.
+    return spec.build(source=source, model=model, device=device)
