@@ -109,19 +109,11 @@ def _dist_version(name: str) -> str:
 
 
 def official_to_globeflow_state(sd: dict) -> dict:
-    """Map the official GeoAdaLNMLP state_dict onto globeflow's AdaLNMLP names."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("time_embedder.encode_time"):
-            continue  # fixed frequency buffer; globeflow computes it
-        n = k.replace("time_embedder.map_time.", "time_mlp.")
-        n = n.replace("initial_mapper.", "input_mapper.")
-        n = n.replace(".ada_map.", ".ada.")
-        n = n.replace("final_adaln.", "final_ada.")
-        if ".mlp.3." in n:
-            n = n.replace(".mlp.3.", ".mlp.2.")
-        out[n] = v
-    return out
+    """Map the official GeoAdaLNMLP state_dict onto globeflow's AdaLNMLP names (the library's
+    mapping, used by ``globeflow.load`` for published PLONK checkpoints)."""
+    from globeflow.hub import official_to_globeflow_state as convert
+
+    return convert(sd)
 
 
 def randomise_zero_layers(net: torch.nn.Module) -> None:

@@ -1,4 +1,10 @@
-"""Saving and loading trained methods: a run directory holds ``config.json`` + ``model.safetensors``."""
+"""Saving and loading trained methods.
+
+A globeflow run directory holds ``config.json`` (with a ``model`` section) and
+``model.safetensors``. :func:`load` also takes a published PLONK checkpoint: a local
+directory in the hub layout (``config.json`` with the network's arguments +
+``model.safetensors``), or ``"hf:ORG/NAME"`` downloaded with ``huggingface_hub``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import torch
 from globeflow.methods import GenerativeMethod, build_method
 from globeflow.training.checkpoint import CheckpointError, load_json, load_weights, save_json, save_weights
 
-__all__ = ["load", "save", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load", "save"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -26,21 +32,43 @@ def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[st
     return run_dir
 
 
-def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> GenerativeMethod:
-    """Load a method trained by globeflow from its run directory (inference weights = EMA).
+def load(
+    run_dir: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    method: str | None = None,
+) -> GenerativeMethod:
+    """Load a method: a globeflow run directory (inference weights = EMA), a PLONK
+    checkpoint directory, or ``"hf:ORG/NAME[@REVISION]"`` (e.g. ``hf:nicolas-dufour/PLONK_YFCC``).
 
+    ``method`` (``rfm``, ``flow``, ``diffusion``) applies to PLONK checkpoints only, whose
+    config does not say which family they are; by default it is read from the repository
+    or directory name (``PLONK_YFCC_flow`` -> flow, no suffix -> rfm).
     Errors name the directory and what is missing or malformed.
     """
+    from globeflow import hub
+
+    if isinstance(run_dir, str) and run_dir.startswith("hf:"):
+        local, repo = hub.resolve_hub(run_dir)
+        return hub.load_plonk(local, method=method, repo=repo, device=device)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"model: run directory not found: {run_dir}")
+    if hub.is_plonk_checkpoint(run_dir):
+        return hub.load_plonk(run_dir, method=method, device=device)
+    if method is not None:
+        raise ValueError(f"method: applies to PLONK checkpoints only; {run_dir} is a globeflow run")
     config_path = run_dir / CONFIG_FILE
     weights_path = run_dir / WEIGHTS_FILE
     config = load_json(config_path)
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"model: {config_path} has no 'model' section")
     try:
-        method = build_method(config["model"])
+        # A PLONK model saved by globeflow.save keeps the official conventions.
+        if isinstance(config["model"], dict) and config["model"].get("convention") == "plonk":
+            method = hub.build_plonk_method(config["model"])
+        else:
+            method = build_method(config["model"])
     except ValueError as err:
         raise CheckpointError(f"model: {config_path}: {err}") from None
     if not weights_path.is_file():
@@ -51,6 +79,8 @@ def load(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> G
     try:
         method.net.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"model: weights in {weights_path} do not fit the config in {config_path}: {err}") from None
+        raise CheckpointError(
+            f"model: weights in {weights_path} do not fit the config in {config_path}: {err}"
+        ) from None
     method.net.eval()
     return method.to(device)

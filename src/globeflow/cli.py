@@ -1,12 +1,13 @@
 """Command-line interface: argument parsing and typed configs only; the work is in the library.
 
-globeflow demo      train and evaluate a small model on the built-in synthetic world
-globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
-globeflow train     train a method on embeddings
-globeflow predict   point estimates for a file of embeddings
-globeflow evaluate  GeoScore, distances and accuracies against the truth (--density: NLL,
-                    localizability, credible-region calibration)
-globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
+    globeflow demo      train and evaluate a small model on the built-in synthetic world
+    globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
+    globeflow train     train a method on embeddings
+    globeflow predict   point estimates for a file of embeddings, or for photos
+    globeflow evaluate  GeoScore, distances and accuracies against the truth (--density: NLL,
+                        localizability, credible-region calibration)
+    globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
+    globeflow embed     photos (a folder or a metadata CSV) -> Parquet of embeddings
 """
 
 from __future__ import annotations
@@ -153,14 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train", help="train a method on a Parquet/NPZ file of embeddings and coordinates")
-    p.add_argument("--data", required=True, help="training data (.parquet or .npz)")
+    p.add_argument(
+        "--data", required=True, help="training data (.parquet, .npz, or WebDataset shards: .tar, folder, {a..b})"
+    )
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
+    p.add_argument(
+        "--embedding-key", default=None, help="WebDataset: the .npy entry holding the embedding (default: the only one)"
+    )
     _add_train_args(p, steps=10000, batch=512, width=512, depth=12)
 
-    p = sub.add_parser("predict", help="point estimates for each embedding of a file")
-    p.add_argument("--model", required=True, help="run directory of a trained model")
-    p.add_argument("--data", required=True, help="embeddings (.parquet or .npz); coordinates optional")
-    p.add_argument("--out", required=True, help="output Parquet with pred_latitude, pred_longitude")
+    p = sub.add_parser("predict", help="point estimates for each embedding of a file, or for photos")
+    p.add_argument("--model", required=True, help="run directory, PLONK checkpoint directory, or hf:ORG/NAME")
+    p.add_argument("--data", default=None, help="embeddings (.parquet or .npz); coordinates optional")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photos to embed and geolocate (instead of --data)")
+    p.add_argument(
+        "--encoder", default=None, help="image encoder for IMAGE… (default: the model's, else efficientnet-lite0)"
+    )
+    p.add_argument("--encoder-path", default=None, help="hub id or local directory of the encoder's weights")
+    p.add_argument("--out", default=None, help="--data: output Parquet; IMAGE…: output JSONL (default stdout)")
     _add_sampling_args(p, guidance=2.0)
 
     p = sub.add_parser("evaluate", help="GeoScore, distances and accuracies of point estimates")
@@ -194,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("embed", help="embed photos (a folder or a metadata CSV) into a Parquet file")
+    p.add_argument("--encoder", default="efficientnet-lite0", help="encoder name (default efficientnet-lite0, offline)")
+    p.add_argument("--encoder-path", default=None, help="hub id or local directory of the encoder's weights")
+    p.add_argument("--images", required=True, help="folder of photos, or CSV (OSV-5M, YFCC/Im2GPS style)")
+    p.add_argument("--image-root", default=None, help="CSV: folder the image ids/paths are relative to")
+    p.add_argument("--out", required=True, help="output Parquet (resumed if present)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads (default 2)")
+    p.add_argument("--device", default="cpu", help="torch device (under torchrun, cuda means cuda:LOCAL_RANK)")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -235,18 +257,43 @@ def _model_config(args: argparse.Namespace) -> ModelConfig:
     )
 
 
-def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg) -> Path:
+def _read_training_data(data_path: str | Path, out: Path, embedding_key: str | None):
+    """Parquet/NPZ in memory, or WebDataset shards memory-mapped through a cache in ``out``."""
+    from globeflow.data import read_dataset
+    from globeflow.data.webdataset import is_webdataset, read_webdataset
+
+    if is_webdataset(data_path):
+        return read_webdataset(data_path, cache_dir=out / "data_cache", embedding_key=embedding_key)
+    if embedding_key is not None:
+        raise CLIError("--embedding-key applies to WebDataset shards only")
+    return read_dataset(data_path, require_coords=True)
+
+
+def _encoder_of(data_path: str | Path) -> dict | None:
+    """The encoder settings ``globeflow embed`` stored in a Parquet file, if any."""
+    from globeflow.embed import read_embed_metadata
+
+    if Path(data_path).suffix.lower() not in (".parquet", ".pq") or not Path(data_path).is_file():
+        return None
+    try:
+        return read_embed_metadata(data_path)
+    except (OSError, ValueError):
+        return None
+
+
+def train_run(
+    data_path: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg, *, embedding_key: str | None = None
+) -> Path:
     """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible)."""
     import torch
 
     from globeflow.api import CONFIG_FILE
-    from globeflow.data import read_dataset
     from globeflow.geometry import latlon_to_xyz
     from globeflow.methods import create_method
     from globeflow.training import train
     from globeflow.training.checkpoint import load_json, save_json
 
-    data = read_dataset(data_path, require_coords=True)
+    data = _read_training_data(data_path, Path(out), embedding_key)
     method = create_method(
         model_cfg.method,
         data.dim,
@@ -270,6 +317,9 @@ def train_run(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, tr
         "data": {"path": str(Path(data_path).resolve()), "rows": len(data), "embedding_dim": data.dim},
         "cli": dataclasses.asdict(model_cfg),
     }
+    encoder = _encoder_of(data_path)
+    if encoder is not None:  # predict on photos uses the same encoder by default
+        resolved["encoder"] = encoder
     config_path = out / CONFIG_FILE
     if config_path.is_file():
         previous = load_json(config_path)
@@ -316,7 +366,7 @@ def _predict_points(model, data, args: argparse.Namespace) -> np.ndarray:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    out = train_run(args.data, args.out, _model_config(args), _train_config(args))
+    out = train_run(args.data, args.out, _model_config(args), _train_config(args), embedding_key=args.embedding_key)
     if _is_main_process():
         print(f"trained model written to {out}")
     return 0
@@ -326,6 +376,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from globeflow.api import load
     from globeflow.data import read_dataset, write_parquet
 
+    if (args.data is None) == (not args.images):
+        raise CLIError("give either --data FILE or one or more IMAGE paths")
+    if args.images:
+        return _predict_images(args)
+    if args.out is None:
+        raise CLIError("--out is required with --data")
     model = load(args.model, device=args.device)
     data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
     pred = _predict_points(model, data, args)
@@ -335,6 +391,101 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_parquet(args.out, None, data.latitude, data.longitude, extra=columns)
     print(f"{len(pred)} predictions written to {args.out}")
+    return 0
+
+
+def _model_encoder(model_ref: str) -> str | None:
+    """The encoder a model expects: PLONK provenance, or what ``globeflow embed`` recorded."""
+    from globeflow.api import CONFIG_FILE
+    from globeflow.training.checkpoint import load_json
+
+    path = Path(model_ref)
+    if (path / CONFIG_FILE).is_file():
+        cfg = load_json(path / CONFIG_FILE)
+        if isinstance(cfg, dict) and isinstance(cfg.get("encoder"), dict):
+            return cfg["encoder"].get("name")
+    return None
+
+
+def _predict_images(args: argparse.Namespace) -> int:
+    """Embed ``args.images`` and write one JSON line per photo (point estimate, or the error)."""
+    import json
+
+    from globeflow.api import load
+    from globeflow.embed import EmbedItem
+    from globeflow.encoders import DEFAULT_IMAGE_ENCODER, ImageEncoder, get_encoder
+    from globeflow.encoders.preprocess import ImageError, load_image
+
+    model = load(args.model, device=args.device)
+    name = args.encoder or getattr(model, "plonk", {}).get("encoder") or _model_encoder(args.model)
+    name = name or DEFAULT_IMAGE_ENCODER
+    encoder = get_encoder(name, source=args.encoder_path, device=args.device)
+    if not isinstance(encoder, ImageEncoder):
+        raise CLIError(f"--encoder {name} is not an image encoder")
+    if encoder.dim != model.embedding_dim:
+        raise CLIError(
+            f"--encoder {name} gives {encoder.dim}-d embeddings but the model expects {model.embedding_dim}-d"
+        )
+    pixels, good, records = [], [], []
+    for path in args.images:
+        item = EmbedItem(path, Path(path))
+        try:
+            img = load_image(item.path)
+        except (ImageError, FileNotFoundError) as err:
+            print(f"skipped {err}", file=sys.stderr)
+            records.append({"image": path, "error": str(err)})
+            continue
+        pixels.append(encoder.preprocess(img))
+        good.append(len(records))
+        gps = img.info.get("gps")
+        records.append({"image": path, **({"exif_latitude": gps[0], "exif_longitude": gps[1]} if gps else {})})
+    if pixels:
+        emb = np.concatenate([encoder.encode_pixels(np.stack(pixels[i : i + 32])) for i in range(0, len(pixels), 32)])
+        pred = model.predict(emb, **_sample_options(args))
+        for j, (lat, lon) in zip(good, pred):
+            records[j].update(latitude=float(lat), longitude=float(lon))
+    lines = "".join(json.dumps({**r, "model": args.model, "encoder": name}) + "\n" for r in records)
+    if args.out is None:
+        sys.stdout.write(lines)
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(lines, encoding="utf-8")
+        print(f"{len(good)} predictions ({len(records) - len(good)} skipped) written to {args.out}", file=sys.stderr)
+    return 0 if good else 2
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from globeflow.embed import collect_inputs, embed_images
+    from globeflow.encoders import ImageEncoder, get_encoder
+    from globeflow.training.distributed import env_world
+
+    world = env_world()
+    rank, world_size, local = world if world is not None else (0, 1, 0)
+    device = args.device
+    if world_size > 1 and device.startswith("cuda"):
+        import torch
+
+        # One GPU per process; more processes than GPUs share them round-robin.
+        device = f"cuda:{local % max(1, torch.cuda.device_count())}"
+    encoder = get_encoder(args.encoder, source=args.encoder_path, device=device)
+    if not isinstance(encoder, ImageEncoder):
+        raise CLIError(f"--encoder {args.encoder} is a text encoder; embed needs an image encoder")
+    items = collect_inputs(args.images, image_root=args.image_root)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = embed_images(
+        encoder,
+        items,
+        out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        rank=rank,
+        world_size=world_size,
+        progress=not args.no_progress,
+        report=lambda msg: print(msg, file=sys.stderr),
+    )
+    if rank == 0:
+        print(summary.format())
     return 0
 
 
@@ -596,6 +747,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "density": cmd_density,
+    "embed": cmd_embed,
 }
 
 
@@ -622,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             _check_device(args.device)
         return COMMANDS[args.command](args)
-    except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError, ImportError, OSError) as err:
         print(f"globeflow {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

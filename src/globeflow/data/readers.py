@@ -20,10 +20,10 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -147,11 +147,13 @@ def read_dataset(
     require_coords: bool = True,
     expected_dim: int | None = None,
 ) -> GeoDataset:
-    """Read and validate a Parquet or NPZ dataset.
+    """Read and validate a Parquet, NPZ or WebDataset dataset.
 
     Parameters
     ----------
-    path: ``.parquet`` / ``.pq`` or ``.npz`` file (format chosen by suffix).
+    path: ``.parquet`` / ``.pq`` or ``.npz`` file (format chosen by suffix), or WebDataset
+        shards (a ``.tar``, a folder of them, ``shard-{000..009}.tar``): see
+        :func:`globeflow.data.webdataset.read_webdataset` (memory-mapped embeddings).
     require_coords: if True, ``latitude`` and ``longitude`` must be present. If False they
         may be absent (prediction inputs); when present they are validated all the same.
     expected_dim: if given, the embedding dimension D must equal it (the model's input
@@ -168,11 +170,16 @@ def read_dataset(
     shown = os.fspath(path)
     p = Path(shown)
     suffix = p.suffix.lower()
+    from globeflow.data.webdataset import is_webdataset, read_webdataset
+
+    if is_webdataset(shown):
+        return read_webdataset(shown, require_coords=require_coords, expected_dim=expected_dim)
     if suffix not in PARQUET_SUFFIXES + NPZ_SUFFIXES:
         raise DataError(
             shown,
             f"unsupported file suffix {p.suffix!r}; supported formats: "
-            f"Parquet ({', '.join(PARQUET_SUFFIXES)}) and NumPy NPZ ({', '.join(NPZ_SUFFIXES)})",
+            f"Parquet ({', '.join(PARQUET_SUFFIXES)}), NumPy NPZ ({', '.join(NPZ_SUFFIXES)}) "
+            "and WebDataset shards (.tar, a folder of them, or a {000..009} pattern)",
         )
     if not p.exists():
         raise DataError(shown, "file not found")
@@ -201,6 +208,8 @@ def write_parquet(
     latitude: np.ndarray | None = None,
     longitude: np.ndarray | None = None,
     extra: Mapping[str, np.ndarray] | None = None,
+    *,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Atomically write a Parquet file readable by :func:`read_dataset`.
 
@@ -214,6 +223,8 @@ def write_parquet(
     latitude, longitude: (N,) degrees, stored as float64; both or neither.
     extra: further columns, each of leading dimension N. 1-D arrays become plain columns,
         2-D arrays become ``fixed_size_list`` columns (read back as 2-D arrays).
+    metadata: key/value strings stored in the file's schema metadata (e.g. which encoder
+        produced the embeddings).
 
     Raises
     ------
@@ -261,6 +272,8 @@ def write_parquet(
         raise ValueError("nothing to write: no embeddings, coordinates or extra columns given")
 
     table = pa.table(columns)
+    if metadata:
+        table = table.replace_schema_metadata({str(k): str(v) for k, v in metadata.items()})
     # Row groups of ~128 MiB (instead of pyarrow's default 1M rows, i.e. 4 GiB at D = 1024)
     # let readers stream a large file with bounded memory.
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
@@ -318,7 +331,9 @@ def _read_parquet_file(
     if require_coords or has_lat or has_lon:
         for col, has in ((_LAT, has_lat), (_LON, has_lon)):
             if not has:
-                why = "" if require_coords else f" (it is required because `{_LON if col == _LAT else _LAT}` is present)"
+                why = (
+                    "" if require_coords else f" (it is required because `{_LON if col == _LAT else _LAT}` is present)"
+                )
                 raise DataError(path, f"missing column `{col}`{why}; columns found: {found}", field=col)
     with_coords = has_lat and has_lon
 
@@ -428,15 +443,19 @@ def _extra_column(path: str, col: pa.Array, name: str) -> np.ndarray:
     """Convert a passthrough column to numpy; fixed-size lists of numbers become 2-D."""
     try:
         t = col.type
-        if pa.types.is_fixed_size_list(t) and col.null_count == 0 and (
-            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)
+        if (
+            pa.types.is_fixed_size_list(t)
+            and col.null_count == 0
+            and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type))
         ):
             flat = col.flatten()
             if flat.null_count == 0:
                 return flat.to_numpy(zero_copy_only=False).reshape(len(col), t.list_size)
         return col.to_numpy(zero_copy_only=False)
     except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise DataError(path, f"cannot convert passthrough column of type {col.type} to numpy: {exc}", field=name) from None
+        raise DataError(
+            path, f"cannot convert passthrough column of type {col.type} to numpy: {exc}", field=name
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -481,14 +500,20 @@ def _read_npz(
         if require_coords or has_lat or has_lon:
             for col, has in ((_LAT, has_lat), (_LON, has_lon)):
                 if not has:
-                    why = "" if require_coords else f" (it is required because `{_LON if col == _LAT else _LAT}` is present)"
+                    why = (
+                        ""
+                        if require_coords
+                        else f" (it is required because `{_LON if col == _LAT else _LAT}` is present)"
+                    )
                     raise DataError(path, f"missing array `{col}`{why}; arrays found: {found}", field=col)
 
         raw = load(_NPZ_EMBEDDING)
         if raw.ndim != 2:
             raise DataError(path, f"embeddings must be a 2-D array (N, D), got shape {raw.shape}", field=_NPZ_EMBEDDING)
         if not np.issubdtype(raw.dtype, np.floating):
-            raise DataError(path, f"embedding values must be floating point, got dtype {raw.dtype}", field=_NPZ_EMBEDDING)
+            raise DataError(
+                path, f"embedding values must be floating point, got dtype {raw.dtype}", field=_NPZ_EMBEDDING
+            )
         n, dim = raw.shape
         if n == 0:
             raise DataError(path, "file contains no rows", field=_NPZ_EMBEDDING)
@@ -514,7 +539,9 @@ def _read_npz(
             for name in (_LAT, _LON):
                 a = load(name)
                 if a.shape != (n,):
-                    raise DataError(path, f"expected shape ({n},) to match `{_NPZ_EMBEDDING}`, got {a.shape}", field=name)
+                    raise DataError(
+                        path, f"expected shape ({n},) to match `{_NPZ_EMBEDDING}`, got {a.shape}", field=name
+                    )
                 if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
                     raise DataError(path, f"must be numeric (degrees), got dtype {a.dtype}", field=name)
                 coords.append(a.astype(np.float64))
@@ -570,4 +597,3 @@ def _check_coords(path: str, lat: np.ndarray, lon: np.ndarray) -> None:
 def _fixed_size_list(arr: np.ndarray) -> pa.FixedSizeListArray:
     """(N, D) C-contiguous array -> fixed_size_list<D> column without copying the values."""
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
-

@@ -105,7 +105,4 @@ def build_method(config: dict) -> Method:
         cond_drop = float(config.get("cond_drop", 0.1))
     except (KeyError, TypeError) as err:
         raise ValueError(f"model config: missing or malformed field {err}") from None
-    convention = config.get("noise_convention", "kappa")
-    return GENERATIVE_METHODS[name](
-        net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop, noise_convention=convention
-    )
+    return GENERATIVE_METHODS[name](net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)

@@ -35,9 +35,6 @@ __all__ = [
 MAX_POINTS_PER_CHUNK = 1 << 16
 #: The same bound for the likelihood ODE, whose state carries 2–3 tangents per point.
 MAX_POINTS_PER_LIKELIHOOD_CHUNK = 1 << 13
-#: How a network reads the noise level: globeflow's own take κ and predict dx/dκ; published
-#: PLONK checkpoints take γ = 1 − κ and predict dx/dγ.
-NOISE_CONVENTIONS = ("kappa", "gamma")
 
 
 def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
@@ -282,14 +279,10 @@ class GenerativeMethod(Method, nn.Module):
         schedule: Schedule | None = None,
         *,
         cond_drop: float = 0.1,
-        noise_convention: str = "kappa",
     ) -> None:
         nn.Module.__init__(self)
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
-        if noise_convention not in NOISE_CONVENTIONS:
-            raise ValueError(f"noise_convention must be one of {NOISE_CONVENTIONS}, got {noise_convention!r}")
-        self.noise_convention = noise_convention
         self.net = AdaLNMLP(net_config)
         self.schedule = schedule if schedule is not None else make_schedule()
         self.path = self.path_cls()
@@ -301,25 +294,12 @@ class GenerativeMethod(Method, nn.Module):
         return next(self.net.parameters()).device
 
     def config(self) -> dict:
-        config = {
+        return {
             "method": self.name,
             "net": self.net.config_dict(),
             "schedule": self.schedule.config(),
             "cond_drop": self.cond_drop,
         }
-        if self.noise_convention != "kappa":
-            config["noise_convention"] = self.noise_convention
-        return config
-
-    # -- the network as a field in κ --------------------------------------------------------
-    def _net_level(self, kappa: Tensor) -> Tensor:
-        """The noise level the network is conditioned on (κ, or γ = 1 − κ for PLONK weights)."""
-        return kappa if self.noise_convention == "kappa" else 1.0 - kappa
-
-    @property
-    def _out_sign(self) -> float:
-        # PLONK networks predict dx/dγ = −dx/dκ.
-        return 1.0 if self.noise_convention == "kappa" else -1.0
 
     # -- training -------------------------------------------------------------------------
     def _train_kappa(self, t: Tensor) -> Tensor:
@@ -347,7 +327,7 @@ class GenerativeMethod(Method, nn.Module):
         drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)
         emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
-        pred = self._out_sign * net(x_t, emb, self._net_level(kappa.squeeze(-1)))
+        pred = net(x_t, emb, kappa.squeeze(-1))
         return self.path.loss(pred, target, x_t).mean()
 
     # -- sampling -------------------------------------------------------------------------
@@ -362,14 +342,12 @@ class GenerativeMethod(Method, nn.Module):
             null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
             cond = torch.cat([cond, null], dim=0)
 
-        sign = self._out_sign
-
         def field(x: Tensor, kappa: Tensor) -> Tensor:
-            mods, head = self.net.modulations(cond, self._net_level(kappa))
+            mods, head = self.net.modulations(cond, kappa)
             if guidance == 0.0:
-                return sign * self.net.forward_with(x, mods, head)
+                return self.net.forward_with(x, mods, head)
             out_c, out_u = self.net.forward_with(torch.cat([x, x], dim=0), mods, head).chunk(2, dim=0)
-            return sign * (out_c + guidance * (out_c - out_u))
+            return out_c + guidance * (out_c - out_u)
 
         return field
 
@@ -383,16 +361,13 @@ class GenerativeMethod(Method, nn.Module):
         if guidance != 0.0:
             null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
             cond = torch.cat([cond, null], dim=0)
-        sign = self._out_sign
-
         def field_jvp(x: Tensor, tangents: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
-            mods, head = self.net.modulations(cond, self._net_level(kappa))
+            mods, head = self.net.modulations(cond, kappa)
             if guidance == 0.0:
-                out, jvp = self.net.forward_with_jvp(x, tangents, mods, head)
-                return sign * out, sign * jvp
+                return self.net.forward_with_jvp(x, tangents, mods, head)
             out, jvp = self.net.forward_with_jvp(torch.cat([x, x]), torch.cat([tangents, tangents]), mods, head)
             (out_c, out_u), (jvp_c, jvp_u) = out.chunk(2), jvp.chunk(2)
-            return sign * (out_c + guidance * (out_c - out_u)), sign * (jvp_c + guidance * (jvp_c - jvp_u))
+            return out_c + guidance * (out_c - out_u), jvp_c + guidance * (jvp_c - jvp_u)
 
         return field_jvp
 

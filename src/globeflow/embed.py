@@ -1,0 +1,318 @@
+"""Embedding extraction: a folder or a metadata CSV of photos -> one Parquet of embeddings.
+
+``embed_images`` runs an image encoder over the inputs in batches and writes
+``id, path, embedding`` plus the locations to a Parquet file whose schema metadata holds the
+encoder's name and settings (key ``globeflow.encoder``).
+
+* Locations come from the CSV's coordinate columns or, where absent, from the photo's EXIF
+  GPS. When every row has one they are the ``latitude``/``longitude`` columns that
+  ``globeflow train`` reads; otherwise they are kept as ``gps_latitude``/``gps_longitude``
+  (NaN where unknown) and the file serves ``globeflow predict``.
+* Progress is saved in ``OUT.parts/`` every few batches: a rerun skips what is done
+  (resumable), and under ``torchrun`` every process takes every WORLD-th input and writes its
+  own parts; rank 0 merges them into ``OUT`` when all are done.
+* A corrupt, truncated, missing or non-image file is reported by name, skipped, and counted
+  by reason in the summary; the rest of its batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from globeflow.data.labels import read_labels
+from globeflow.data.readers import DataError, _fixed_size_list
+from globeflow.encoders.base import ImageEncoder
+from globeflow.encoders.preprocess import ImageError, load_image
+
+__all__ = ["METADATA_KEY", "EmbedItem", "EmbedSummary", "collect_inputs", "embed_images", "read_embed_metadata"]
+
+METADATA_KEY = "globeflow.encoder"
+#: Files in an image folder that are metadata, not photos (never reported as skipped).
+SIDECAR_SUFFIXES = (".csv", ".json", ".jsonl", ".txt", ".md", ".parquet", ".npz", ".npy", ".tar", ".xmp", ".aae")
+#: Batches between two saved parts: what an interruption can lose.
+PART_EVERY = 8
+
+
+@dataclass(frozen=True)
+class EmbedItem:
+    """One input photo: ``id`` (relative path or CSV id), its file, its known location."""
+
+    id: str
+    path: Path
+    latitude: float | None = None
+    longitude: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did. ``skipped``: (id, reason, message) per file that could not be embedded."""
+
+    out: Path
+    total: int
+    embedded: int
+    already_done: int
+    skipped: list[tuple[str, str, str]]
+    seconds: float
+    rows_written: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else float("nan")
+
+    def reasons(self) -> dict[str, int]:
+        return dict(Counter(r for _, r, _ in self.skipped))
+
+    def format(self) -> str:
+        lines = [
+            (
+                f"{self.embedded} embedded, {self.already_done} already done, {len(self.skipped)} skipped "
+                f"of {self.total} inputs in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
+            )
+        ]
+        if self.skipped:
+            lines.append("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(self.reasons().items())))
+        if self.rows_written:
+            lines.append(f"{self.rows_written} rows in {self.out}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ inputs
+def collect_inputs(images: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> list[EmbedItem]:
+    """The photos of a folder (recursively, sorted; hidden and sidecar files left out) or of a
+    metadata CSV (OSV-5M, YFCC/Im2GPS style: see :func:`globeflow.data.read_labels`)."""
+    src = Path(images)
+    if src.is_dir():
+        files = sorted(
+            p
+            for p in src.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(src).parts)
+            and p.suffix.lower() not in SIDECAR_SUFFIXES
+        )
+        if not files:
+            raise DataError(str(src), "the folder holds no files to embed")
+        return [EmbedItem(p.relative_to(src).as_posix(), p) for p in files]
+    if src.suffix.lower() == ".csv":
+        table = read_labels(src)
+        items = []
+        for i in range(len(table)):
+            lat = lon = None
+            if table.latitude is not None and not np.isnan(table.latitude[i]):
+                lat, lon = float(table.latitude[i]), float(table.longitude[i])
+            extra = {k: ("" if v[i] is None else str(v[i])) for k, v in table.extra.items()}
+            items.append(EmbedItem(str(table.ids[i]), table.resolve_image(i, image_root), lat, lon, extra))
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            dup = next(x for x, n in Counter(ids).items() if n > 1)
+            raise DataError(str(src), f"duplicate image id {dup!r}", field="id")
+        return items
+    if src.exists():
+        raise DataError(str(src), "expected a folder of images or a .csv of image ids/paths")
+    raise DataError(str(src), "not found")
+
+
+def read_embed_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The encoder name and settings stored in an embeddings Parquet by :func:`embed_images`."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(METADATA_KEY.encode())
+    return None if raw is None else json.loads(raw)
+
+
+# ------------------------------------------------------------------------------ running
+def _done_ids(out: Path, parts: Path) -> set[str]:
+    done: set[str] = set()
+    if out.is_file():
+        done.update(pq.read_table(out, columns=["id"]).column("id").to_pylist())
+    for part in sorted(parts.glob("rank*-*.parquet")):
+        try:
+            done.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+        except (pa.ArrowException, OSError):
+            part.unlink()  # a part cut off mid-write is redone
+    return done
+
+
+def _check_settings(out: Path, parts: Path, settings: dict) -> None:
+    previous = None
+    if out.is_file():
+        previous = read_embed_metadata(out)
+    elif (parts / "settings.json").is_file():
+        previous = json.loads((parts / "settings.json").read_text())
+    if previous is not None and previous != settings:
+        raise ValueError(
+            f"out: {out} holds embeddings from another encoder or settings "
+            f"({previous.get('name')}); choose another --out or delete it"
+        )
+
+
+def _load(item: EmbedItem, preprocess: Callable) -> tuple[np.ndarray | None, tuple | None, ImageError | None]:
+    try:
+        img = load_image(item.path)
+        return preprocess(img), img.info.get("gps"), None
+    except ImageError as err:
+        return None, None, err
+    except FileNotFoundError as err:
+        return None, None, ImageError(f"{item.path}: missing ({err})", "missing")
+    except (OSError, ValueError, MemoryError) as err:  # e.g. a decodable but degenerate image
+        return None, None, ImageError(f"{item.path}: corrupt ({type(err).__name__}: {err})", "corrupt")
+
+
+def embed_images(
+    encoder: ImageEncoder,
+    items: Sequence[EmbedItem],
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    report: Callable[[str], None] | None = print,
+    wait_timeout: float = 24 * 3600.0,
+) -> EmbedSummary:
+    """Embed ``items`` into the Parquet ``out`` (see the module docstring)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    settings = json.loads(json.dumps(encoder.settings()))  # as stored: tuples become lists
+    _check_settings(out, parts, settings)
+    parts.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (parts / "settings.json").write_text(json.dumps(settings))
+    done = _done_ids(out, parts)
+    mine = [it for i, it in enumerate(items) if i % world_size == rank]
+    todo = [it for it in mine if it.id not in done]
+    skipped: list[tuple[str, str, str]] = []
+    start = time.perf_counter()
+    n_done = 0
+    part_no = len(list(parts.glob(f"rank{rank}-*.parquet")))
+    buffer: list[tuple[EmbedItem, np.ndarray, tuple | None]] = []
+
+    def flush() -> None:
+        nonlocal part_no
+        if buffer:
+            _write_part(parts / f"rank{rank}-{part_no:06d}.parquet", buffer)
+            part_no += 1
+            buffer.clear()
+
+    bar = tqdm(total=len(todo), desc=f"embed {encoder.name}", unit="img", disable=not progress or rank != 0)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        # Decoding of the next batch overlaps the forward pass of this one.
+        pending = pool.map(lambda it: _load(it, encoder.preprocess), batches[0]) if batches else None
+        for b, batch in enumerate(batches):
+            loaded = list(pending)
+            if b + 1 < len(batches):
+                pending = pool.map(lambda it: _load(it, encoder.preprocess), batches[b + 1])
+            good = []
+            for item, (pixels, gps, err) in zip(batch, loaded):
+                if err is not None:
+                    skipped.append((item.id, err.reason, str(err)))
+                    if report is not None:
+                        report(f"skipped {err}")
+                else:
+                    good.append((item, pixels, gps))
+            if good:
+                emb = encoder.encode_pixels(np.stack([g[1] for g in good]))
+                buffer.extend((item, e, gps) for (item, _, gps), e in zip(good, emb))
+                n_done += len(good)
+            bar.update(len(batch))
+            if (b + 1) % PART_EVERY == 0:
+                flush()
+        flush()
+    bar.close()
+    seconds = time.perf_counter() - start
+    with open(parts / f"skipped-rank{rank}.jsonl", "a", encoding="utf-8") as f:
+        f.writelines(json.dumps({"id": s[0], "reason": s[1], "message": s[2]}) + "\n" for s in skipped)
+    (parts / f"done-rank{rank}.json").write_text(json.dumps({"embedded": n_done, "skipped": len(skipped)}))
+    summary = EmbedSummary(out, len(mine), n_done, len(mine) - len(todo), skipped, seconds)
+    if rank == 0:
+        _wait_for_ranks(parts, world_size, wait_timeout)
+        summary.rows_written = _merge(out, parts, items, settings)
+    return summary
+
+
+def _write_part(path: Path, rows: list[tuple[EmbedItem, np.ndarray, tuple | None]]) -> None:
+    lat, lon, source = [], [], []
+    for item, _, gps in rows:
+        if item.latitude is not None:
+            lat.append(item.latitude), lon.append(item.longitude), source.append("csv")
+        elif gps is not None:
+            lat.append(gps[0]), lon.append(gps[1]), source.append("exif")
+        else:
+            lat.append(np.nan), lon.append(np.nan), source.append("")
+    columns = {
+        "id": pa.array([r[0].id for r in rows], pa.string()),
+        "path": pa.array([str(r[0].path) for r in rows], pa.string()),
+        "embedding": _fixed_size_list(np.stack([r[1] for r in rows]).astype(np.float32)),
+        "latitude": pa.array(np.asarray(lat, dtype=np.float64)),
+        "longitude": pa.array(np.asarray(lon, dtype=np.float64)),
+        "location_source": pa.array(source, pa.string()),
+    }
+    for key in rows[0][0].extra:
+        columns[key] = pa.array([r[0].extra.get(key, "") for r in rows], pa.string())
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.table(columns), tmp)
+    os.replace(tmp, path)
+
+
+def _wait_for_ranks(parts: Path, world_size: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all((parts / f"done-rank{r}.json").is_file() for r in range(world_size)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"embed: not every process finished within {timeout:.0f} s ({parts})")
+        time.sleep(1.0)
+
+
+def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -> int:
+    """Existing output + all parts -> ``out`` (atomically), in input order; parts removed."""
+    tables = []
+    if out.is_file():
+        old = pq.read_table(out)
+        if "gps_latitude" in old.column_names:  # back to the internal names
+            old = old.rename_columns(
+                [{"gps_latitude": "latitude", "gps_longitude": "longitude"}.get(c, c) for c in old.column_names]
+            )
+        tables.append(old)
+    part_files = sorted(parts.glob("rank*-*.parquet"))
+    tables.extend(pq.read_table(p) for p in part_files)
+    if not tables:
+        return 0
+    table = pa.concat_tables(tables, promote_options="default")
+    if "location_source" not in table.column_names:
+        table = table.append_column("location_source", pa.array([""] * table.num_rows, pa.string()))
+    order = {it.id: i for i, it in enumerate(items)}
+    ids = table.column("id").to_pylist()
+    rank = np.asarray([order.get(i, len(order) + k) for k, i in enumerate(ids)])
+    table = table.take(pa.array(np.argsort(rank, kind="stable")))
+    lat = table.column("latitude").to_numpy(zero_copy_only=False)
+    if not np.isfinite(lat).all():
+        # Not every photo is located: keep what is known under names train does not read.
+        table = table.rename_columns(
+            [{"latitude": "gps_latitude", "longitude": "gps_longitude"}.get(c, c) for c in table.column_names]
+        )
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(settings)})
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    for p in [*part_files, *parts.glob("*.json"), *parts.glob("*.jsonl")]:
+        p.unlink()
+    try:
+        parts.rmdir()
+    except OSError:
+        pass
+    return table.num_rows
