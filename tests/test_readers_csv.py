@@ -6,24 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _samples import OSV5M_SAMPLE
 
 from globeflow.data import DataError, read_labels
 
-#: The OSV-5M sample photos, where this checkout has shared/ (inside or beside it); tests skip without.
-_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = (
-    next(
-        (
-            p
-            for p in (_ROOT / "shared", _ROOT.parent / "shared", Path("/work/shared"))
-            if (p / "data" / "osv5m-sample").is_dir()
-        ),
-        _ROOT / "shared",
-    )
-    / "data"
-    / "osv5m-sample"
-    / "labels.csv"
-)
+SAMPLE = OSV5M_SAMPLE / "labels.csv"
 
 
 def _csv(tmp_path: Path, text: str, name: str = "labels.csv") -> Path:
