@@ -4,8 +4,8 @@ For two models, each run by both implementations with the same weights:
 
 * ``paper``: the paper's network (d = 512, N = 12, 1024-d embeddings) with random weights, as in
   ``bench_core.py`` (the zero-initialised last layer of every block re-initialised); globeflow
-  runs it with ``noise_convention="gamma"`` (the official convention: conditioned on γ = 1 − κ,
-  predicting dx/dγ);
+  runs it as ``globeflow.hub.PlonkRFM`` (the official convention: conditioned on γ = 1 − κ,
+  predicting dx/dγ), as a published checkpoint is loaded;
 * ``trained``: a small globeflow RFM trained on the synthetic world (``--trained-dir``; d = 128,
   N = 3, 32-d embeddings, κ convention); the official code runs the same weights through a thin
   wrapper that feeds the network 1 − γ and negates its output (the official sees dx/dγ).
@@ -190,14 +190,15 @@ def official_log_prob(
 # Models and points
 # ---------------------------------------------------------------------------------------------
 def build_paper(official_ns):
-    from globeflow.methods import create_method
+    from globeflow.hub import PlonkRFM
+    from globeflow.nets.adaln_mlp import AdaLNMLPConfig
 
     s = NetShape()
     torch.manual_seed(0)
     off = official_ns.GeoAdaLNMLP(input_dim=3, dim=s.dim, depth=s.depth, expansion=s.expansion, cond_dim=s.cond_dim)
     randomise_zero_layers(off)
-    method = create_method("rfm", embedding_dim=s.cond_dim, width=s.dim, depth=s.depth, expansion=s.expansion)
-    method.noise_convention = "gamma"  # conditioned on γ = 1 − κ, predicting dx/dγ (methods/base.py)
+    # The published-checkpoint method: conditioned on γ = 1 − κ, predicting dx/dγ (globeflow.hub).
+    method = PlonkRFM(AdaLNMLPConfig(cond_dim=s.cond_dim, dim=s.dim, depth=s.depth, expansion=s.expansion))
     method.net.load_state_dict(official_to_globeflow_state(off.state_dict()), strict=True)
     return off, method
 
