@@ -172,9 +172,9 @@ def test_sample_with_log_prob_agrees_with_log_prob(name):
     emb = torch.randn(2, 4, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     noise = m.path.sample_noise((2, 16), generator=g, dtype=torch.float64)
-    opts = dict(guidance=1.5, solver="rk4", divergence="exact", steps=32, atol=1e-5, rtol=1e-5, max_points=64)
+    opts = {"guidance": 1.5, "solver": "rk4", "divergence": "exact", "steps": 32, "atol": 1e-5, "rtol": 1e-5}
     # From noise to data (the sampler's direction), then back from the raw end points.
-    x_data, logp_fwd = m._solve_chunks(emb, noise, to_data=True, seed=0, stats=None, **opts)
+    x_data, logp_fwd = m._solve_chunks(emb, noise, to_data=True, seed=0, stats=None, max_points=64, **opts)
     logp_back = m.log_prob_xyz(emb, x_data, guidance=1.5, steps=32)
     # Forward and backward RK4 solves are inverse up to their discretisation error.
     torch.testing.assert_close(logp_fwd, logp_back, rtol=0, atol=2e-3)
