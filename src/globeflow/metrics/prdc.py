@@ -29,7 +29,7 @@ import numpy as np
 
 from globeflow.geometry.coords import latlon_to_xyz
 
-__all__ = ["PRDC_K", "prdc", "prdc_latlon", "knn_radii"]
+__all__ = ["PRDC_K", "knn_radii", "prdc", "prdc_latlon"]
 
 #: Number of neighbours of the paper (Appendix C).
 PRDC_K = 3
