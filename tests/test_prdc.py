@@ -15,7 +15,7 @@ def _clustered(n: int, rng: np.random.Generator, centres: np.ndarray, spread: fl
 
 def _brute(x: np.ndarray, y: np.ndarray, k: int = 3) -> dict:
     """Eqs. B–F with all pairwise great-circle angles."""
-    ang = lambda a, b: np.arccos(np.clip(a @ b.T, -1, 1))  # noqa: E731
+    ang = lambda a, b: np.arccos(np.clip(a @ b.T, -1, 1))
     rx = np.sort(ang(x, x), 1)[:, k]
     ry = np.sort(ang(y, y), 1)[:, k]
     dxy = ang(x, y)
@@ -67,7 +67,9 @@ def test_hand_counted_points_on_the_equator():
     y = np.array([[0.0, lo] for lo in (5, 100, 101, 102, 103)])
     m = prdc_latlon(x, y)
     assert m["precision"] == pytest.approx(1 / 5)
-    assert m["density"] == pytest.approx(3 / (3 * 5))  # y=5 is in B(0), B(10), B(20); B(30) stops at 10 exactly (strict)
+    assert m["density"] == pytest.approx(
+        3 / (3 * 5)
+    )  # y=5 is in B(0), B(10), B(20); B(30) stops at 10 exactly (strict)
     assert m["coverage"] == pytest.approx(3 / 5)
     # Y's radii: 5 -> 98° (its 3rd neighbour 102), 100..103 -> 2° or 3°; only x = 0..40 near 5 lie in B(5).
     assert m["recall"] == 1.0

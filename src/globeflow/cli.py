@@ -588,7 +588,12 @@ def evaluate_run(
             fake = prdc_samples(model, data.embeddings, options, guidance=guidance)
         metrics.update({k: v for k, v in prdc_latlon(truth, fake).items() if k not in ("n_real", "n_fake")})
         metrics["prdc_guidance"] = float(guidance)
-        if prdc.get("unconditional"):
+        if prdc.get("unconditional") and float(getattr(model, "cond_drop", 0.0)) <= 0.0 and prdc.get("lenient"):
+            # compare: a run without condition dropout gets "–" in the uncond_* columns.
+            print(
+                f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr
+            )
+        elif prdc.get("unconditional"):
             fake = prdc_samples(model, data.embeddings, options, guidance=0.0, unconditional=True)
             uncond = prdc_latlon(truth, fake)
             metrics.update({f"uncond_{k}": uncond[k] for k in ("precision", "recall", "density", "coverage")})
@@ -638,14 +643,14 @@ def _format_value(key: str, value) -> str:
         return "–"
     if key == "n" or key == "n_density":
         return str(value)
+    if key in PRDC_KEYS or key in UNCOND_PRDC_KEYS:
+        return f"{value:.3f}"
     if key.startswith("acc_") or key.endswith("_coverage"):
         return f"{100 * value:.1f}%"
     if key == "nll":
         return f"{value:.4f}"
     if key.endswith("area_km2_median"):
         return f"{value:.4g}"
-    if key in PRDC_KEYS or key in UNCOND_PRDC_KEYS:
-        return f"{value:.3f}"
     return f"{value:.2f}" if key == "localizability_mean" else f"{value:.1f}"
 
 
@@ -715,6 +720,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from globeflow.training.checkpoint import save_json
 
     options, density, prdc = _evaluation_settings(args)
+    if prdc:
+        prdc["lenient"] = True
     rows = []
     for title, model in zip(_run_titles(args.models), args.models):
         metrics = evaluate_run(model, args.data, options, device=args.device, density=density, prdc=prdc)
