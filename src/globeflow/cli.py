@@ -1,13 +1,14 @@
 """Command-line interface: argument parsing and typed configs only; the work is in the library.
 
-    globeflow demo      train and evaluate a small model on the built-in synthetic world
-    globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
-    globeflow train     train a method on embeddings
-    globeflow predict   point estimates for a file of embeddings, or for photos
-    globeflow evaluate  GeoScore, distances and accuracies against the truth (--density: NLL,
-                        localizability, credible-region calibration)
-    globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
-    globeflow embed     photos (a folder or a metadata CSV) -> Parquet of embeddings
+globeflow demo      train and evaluate a small model on the built-in synthetic world
+globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
+globeflow train     train a method on embeddings
+globeflow predict   point estimates for a file of embeddings, or for photos
+globeflow evaluate  GeoScore, distances, accuracies (radii; country/region/city), precision/
+                    recall/density/coverage (--density: NLL, localizability, calibration)
+globeflow compare   evaluate several runs on the same data and seeds into one table
+globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
+globeflow embed     photos (a folder or a metadata CSV) -> Parquet of embeddings
 """
 
 from __future__ import annotations
@@ -128,6 +129,33 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    _add_sampling_args(p, guidance=2.0)
+    p.add_argument(
+        "--strategy",
+        choices=("sample", "ensemble"),
+        default="sample",
+        help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
+    )
+    p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
+    p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
+    p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
+    p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
+    p.add_argument("--no-prdc", action="store_true", help="skip precision/recall/density/coverage")
+    p.add_argument(
+        "--prdc-guidance",
+        type=float,
+        default=None,
+        help="ω of the samples scored by the generative metrics (default: --guidance, reusing the estimates)",
+    )
+    p.add_argument(
+        "--prdc-unconditional",
+        action="store_true",
+        help="also uncond_precision … from N samples of the null condition (Table B's variant)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from globeflow import __version__
 
@@ -178,18 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory of a trained model")
     p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
     p.add_argument("--out", required=True, help="output JSON with the metrics")
-    _add_sampling_args(p, guidance=2.0)
-    p.add_argument(
-        "--strategy",
-        choices=("sample", "ensemble"),
-        default="sample",
-        help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
-    )
-    p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
-    p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
-    p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
-    p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
-    p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
+    _add_evaluation_args(p)
+
+    p = sub.add_parser("compare", help="evaluate several runs on the same data and seeds: one table")
+    p.add_argument("models", nargs="+", metavar="RUN", help="run directories (or PLONK checkpoints) to compare")
+    p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
+    p.add_argument("--out", required=True, help="output Markdown table (the metrics go next to it as .json)")
+    _add_evaluation_args(p)
 
     p = sub.add_parser("density", help="density map and credible regions of one row of a file")
     p.add_argument("--model", required=True, help="run directory of a trained model")
@@ -489,6 +512,37 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _truth_keys(data):
+    """Administrative keys of the truth from the dataset's own labels (OSV-5M columns), if it has them."""
+    from globeflow.metrics.admin import keys_from_labels
+
+    if all(c in data.extra for c in ("country", "region", "city")):
+        return keys_from_labels(
+            {c: data.extra[c] for c in ("country", "region", "sub-region", "city") if c in data.extra}
+        )
+    return None
+
+
+def prdc_samples(model, emb: np.ndarray, options: dict, *, guidance: float, unconditional: bool = False) -> np.ndarray:
+    """Model locations Y (N, 2) for the generative metrics (Appendix C), N = len(emb).
+
+    Conditional protocol: one draw from p(y | c_i) per test embedding c_i at guidance ω; pooled,
+    they are a sample of the model's marginal over the test images, scored against the true
+    test locations X. ``unconditional``: N draws from the null condition (the zero embedding the
+    model saw under condition dropout), the model's own unconditional distribution.
+    """
+    sample_opts = {k: v for k, v in options.items() if k not in ("strategy", "guidance")}
+    if not unconditional:
+        return model.sample(emb, 1, guidance=guidance, **sample_opts)[:, 0]
+    if float(getattr(model, "cond_drop", 0.0)) <= 0.0:
+        raise CLIError(
+            f"--prdc-unconditional: method {model.name!r} was not trained with condition dropout, "
+            "so it has no unconditional distribution"
+        )
+    null = np.zeros((1, emb.shape[1]), dtype=np.float32)
+    return model.sample(null, len(emb), guidance=0.0, **sample_opts)[0]
+
+
 def evaluate_run(
     model_dir: str | Path,
     data_path: str | Path,
@@ -496,15 +550,21 @@ def evaluate_run(
     *,
     device: str = "cpu",
     density: dict | None = None,
+    prdc: dict | None = None,
 ) -> dict:
-    """Metrics of ``model_dir``'s point estimates on ``data_path`` (which must have coordinates).
+    """Metrics of ``model_dir`` on ``data_path`` (which must have coordinates).
 
+    Always: the point-estimate metrics (GeoScore, distances, accuracies at radii) and the
+    administrative accuracies (truth from the file's ``country``/``region``/``sub-region``/
+    ``city`` columns when present, else reverse-geocoded). ``prdc``: ``{"guidance": ω or None,
+    "unconditional": bool}`` for precision/recall/density/coverage (None: ω of the point
+    estimate, whose samples are reused when ``strategy == "sample"``); ``False`` skips them.
     ``density``: options of :func:`globeflow.metrics.density_metrics` (plus ``rows``, to compute
     them on the first rows only); None skips the probabilistic metrics.
     """
     from globeflow.api import load
     from globeflow.data import read_dataset
-    from globeflow.metrics import density_metrics, distance_metrics
+    from globeflow.metrics import admin_accuracy, density_metrics, distance_metrics, prdc_latlon
 
     model = load(model_dir, device=device)
     data = read_dataset(data_path, require_coords=True, expected_dim=model.embedding_dim)
@@ -513,7 +573,31 @@ def evaluate_run(
     pred = model.predict(data.embeddings, **options, progress=True)
     elapsed = time.perf_counter() - start
     metrics = distance_metrics(pred, truth)
+    true_keys = _truth_keys(data)
+    metrics.update(admin_accuracy(pred, truth, true_keys=true_keys))
+    metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
     metrics["predict_seconds"] = elapsed
+    if prdc is not False:
+        prdc = dict(prdc or {})
+        guidance = prdc.get("guidance")
+        guidance = options.get("guidance", 2.0) if guidance is None else guidance
+        start = time.perf_counter()
+        if options.get("strategy", "sample") == "sample" and guidance == options.get("guidance", 2.0):
+            fake = pred  # the point estimates are already one draw per embedding at this ω
+        else:
+            fake = prdc_samples(model, data.embeddings, options, guidance=guidance)
+        metrics.update({k: v for k, v in prdc_latlon(truth, fake).items() if k not in ("n_real", "n_fake")})
+        metrics["prdc_guidance"] = float(guidance)
+        if prdc.get("unconditional") and float(getattr(model, "cond_drop", 0.0)) <= 0.0 and prdc.get("lenient"):
+            # compare: a run without condition dropout gets "–" in the uncond_* columns.
+            print(
+                f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr
+            )
+        elif prdc.get("unconditional"):
+            fake = prdc_samples(model, data.embeddings, options, guidance=0.0, unconditional=True)
+            uncond = prdc_latlon(truth, fake)
+            metrics.update({f"uncond_{k}": uncond[k] for k in ("precision", "recall", "density", "coverage")})
+        metrics["prdc_seconds"] = time.perf_counter() - start
     if density is not None:
         if model.density_space is None:
             raise CLIError(f"--density: method {model.name!r} has no likelihood")
@@ -525,7 +609,22 @@ def evaluate_run(
     return metrics
 
 
-#: Keys of the probabilistic table (Table 2 of the paper, with calibration).
+#: Columns of the point-estimate table (Table 1 of the paper, with the radii of its YFCC part).
+POINT_KEYS = [
+    "geoscore",
+    "distance_km",
+    "median_distance_km",
+    "acc_country",
+    "acc_region",
+    "acc_city",
+    "acc_1km",
+    "acc_25km",
+    "acc_200km",
+    "acc_750km",
+    "acc_2500km",
+    "n",
+]
+#: Columns of the probabilistic table (Table 2 of the paper, with calibration).
 DENSITY_KEYS = [
     "nll",
     "localizability_mean",
@@ -534,11 +633,18 @@ DENSITY_KEYS = [
     "hpd95_coverage",
     "hpd90_area_km2_median",
 ]
+#: Generative metrics (Appendix C, Table B); ``uncond_*`` for the null-condition variant.
+PRDC_KEYS = ["precision", "recall", "density", "coverage"]
+UNCOND_PRDC_KEYS = [f"uncond_{k}" for k in PRDC_KEYS]
 
 
 def _format_value(key: str, value) -> str:
+    if value is None:
+        return "–"
     if key == "n" or key == "n_density":
         return str(value)
+    if key in PRDC_KEYS or key in UNCOND_PRDC_KEYS:
+        return f"{value:.3f}"
     if key.startswith("acc_") or key.endswith("_coverage"):
         return f"{100 * value:.1f}%"
     if key == "nll":
@@ -548,36 +654,35 @@ def _format_value(key: str, value) -> str:
     return f"{value:.2f}" if key == "localizability_mean" else f"{value:.1f}"
 
 
-def _table(keys: list[str], metrics: dict, title: str) -> str:
+def _table(keys: list[str], rows: list[tuple[str, dict]]) -> str:
     head = "| " + " | ".join(["model"] + keys) + " |"
     sep = "|" + "---|" * (len(keys) + 1)
-    cells = [_format_value(k, metrics[k]) for k in keys]
-    return "\n".join([head, sep, "| " + " | ".join([title or "model"] + cells) + " |"])
+    lines = [head, sep]
+    for title, metrics in rows:
+        cells = [_format_value(k, metrics.get(k)) for k in keys]
+        lines.append("| " + " | ".join([title or "model"] + cells) + " |")
+    return "\n".join(lines)
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown tables of several runs, one row each: Table 1 (point estimates) and, for the
+    keys any run has, Table 2 (probabilistic and generative metrics)."""
+    out = _table(POINT_KEYS, rows)
+    present = lambda keys: [k for k in keys if any(k in m for _, m in rows)]
+    pkeys = present(DENSITY_KEYS) + present(PRDC_KEYS) + present(UNCOND_PRDC_KEYS)
+    if pkeys:
+        if present(DENSITY_KEYS):
+            pkeys.append("n_density")
+        out += "\n\n" + _table(pkeys, rows)
+    return out
 
 
 def format_metrics(metrics: dict, title: str = "") -> str:
     """Markdown tables in the style of the paper's Table 1 (and Table 2 when densities are present)."""
-    keys = [
-        "geoscore",
-        "distance_km",
-        "median_distance_km",
-        "acc_1km",
-        "acc_25km",
-        "acc_200km",
-        "acc_750km",
-        "acc_2500km",
-        "n",
-    ]
-    out = _table(keys, metrics, title)
-    dkeys = [k for k in DENSITY_KEYS if k in metrics]
-    if dkeys:
-        out += "\n\n" + _table(dkeys + ["n_density"], metrics, title)
-    return out
+    return format_table([(title, metrics)])
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from globeflow.training.checkpoint import save_json
-
+def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, dict | bool]:
     options = {**_sample_options(args), "strategy": args.strategy}
     density = None
     if args.density:
@@ -588,11 +693,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "rows": args.density_rows,
         }
-    metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density)
-    metrics["settings"] = {**options, **({"density": density} if density else {})}
+    prdc = False if args.no_prdc else {"guidance": args.prdc_guidance, "unconditional": args.prdc_unconditional}
+    return options, density, prdc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from globeflow.training.checkpoint import save_json
+
+    options, density, prdc = _evaluation_settings(args)
+    metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density, prdc=prdc)
+    metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
     print(f"metrics written to {args.out}")
+    return 0
+
+
+def _run_titles(models: list[str]) -> list[str]:
+    """Short, distinct row titles: the run folder's name, else its path."""
+    names = [Path(m.rstrip("/")).name or m for m in models]
+    return [n if names.count(n) == 1 else m for n, m in zip(names, models)]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Evaluate several runs on the same data with the same seeds; one table, one row per run."""
+    from globeflow.training.checkpoint import save_json
+
+    options, density, prdc = _evaluation_settings(args)
+    if prdc:
+        prdc["lenient"] = True
+    rows = []
+    for title, model in zip(_run_titles(args.models), args.models):
+        metrics = evaluate_run(model, args.data, options, device=args.device, density=density, prdc=prdc)
+        rows.append((title, metrics))
+        print(f"{title}: GeoScore {metrics['geoscore']:.1f}", file=sys.stderr)
+    table = format_table(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table + "\n", encoding="utf-8")
+    runs = {m: {"title": t, "metrics": r} for (t, r), m in zip(rows, args.models)}
+    settings = {**options, **({"density": density} if density else {}), "prdc": prdc, "data": str(args.data)}
+    save_json(out.with_suffix(".json"), {"settings": settings, "runs": runs})
+    print(table)
+    print(f"table written to {out} (metrics: {out.with_suffix('.json')})")
     return 0
 
 
@@ -746,6 +889,7 @@ COMMANDS = {
     "train": cmd_train,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
     "density": cmd_density,
     "embed": cmd_embed,
 }
