@@ -130,3 +130,18 @@ def test_locdiffusion_learns_a_two_class_world(solver):
         m.sample(np.eye(2), 1, solver="euler")
     with pytest.raises(NotImplementedError, match="likelihood"):
         m.log_prob(np.eye(2), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("solver", ["ddpm", "ddim"])
+def test_projected_chain_ends_on_an_shdd_code(solver):
+    """With ``project=True`` every x̂₀ is decoded and re-encoded, so the chain ends on an exact
+    SHDD code (a fixed point of encode ∘ decode); without it, an untrained denoiser's x̂₀ is not one."""
+    torch.manual_seed(0)
+    m = LocDiffusion(2, degree=7, width=32, depth=1, timesteps=10, train_anchors=256, decode_anchors=1000,
+                     radius_km=800.0, predict_samples=2)  # fmt: skip
+    emb = torch.eye(2)
+    for project, exact in ((True, True), (False, False)):
+        codes = m.sample_codes(emb, 3, generator=torch.Generator().manual_seed(1), solver=solver, project=project)
+        flat = codes.reshape(-1, codes.shape[-1])
+        reencoded = shdd_encode(m.decode(flat), m.degree)
+        assert torch.allclose(reencoded, flat, atol=1e-5) is exact
