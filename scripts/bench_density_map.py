@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from globeflow.density import compare_to_exact, density_map, exact_log_prob_raster, log_prob_fn_from_method
-from globeflow.geometry import latlon_to_xyz, vmf_log_prob, vmf_sample
+from globeflow.geometry import latlon_to_xyz
+
+# The closed-form vMF mixtures of the density tests are the oracles here too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _density_helpers import vmf_mixture
 
 CASES = {
     "vmf_k10": ([(30.0, 10.0)], [10.0], [1.0]),
@@ -32,22 +38,6 @@ CASES = {
 }
 
 
-def mixture(centres, kappas, weights):
-    lat, lon = np.array(centres, dtype=np.float64).T
-    mu = torch.as_tensor(latlon_to_xyz(lat, lon))
-    k = torch.as_tensor(kappas, dtype=torch.float64)
-    logw = torch.as_tensor(weights, dtype=torch.float64).log()
-
-    def log_prob(xyz):
-        x = torch.as_tensor(np.asarray(xyz, dtype=np.float64))[:, None, :]
-        return torch.logsumexp(vmf_log_prob(x, mu[None], k[None]) + logw, dim=1).numpy()
-
-    def sample(n, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        comp = torch.multinomial(logw.exp(), n, replacement=True, generator=g)
-        return vmf_sample(mu, k, n, generator=g)[comp, torch.arange(n)].numpy()
-
-    return log_prob, sample
 
 
 class Timed:
@@ -96,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     for name, case in {} if args.skip_closed_form else CASES.items():
-        log_prob, sample = mixture(*case)
+        log_prob, sample = vmf_mixture(*case)
         s = sample(args.samples)
         fn = Timed(log_prob)
         t = time.perf_counter()

@@ -16,7 +16,7 @@ import torch
 
 import globeflow
 from globeflow.cli import main
-from globeflow.data import write_parquet
+from globeflow.data import read_dataset, write_parquet
 from globeflow.geometry import EARTH_RADIUS_KM
 from globeflow.methods import create_method
 
@@ -68,16 +68,10 @@ def test_evaluate_density_rows_and_ensemble(data_file, tmp_path):
     m = json.loads(out.read_text())
     assert m["n_density"] == 3 and m["n"] == 12
     model = globeflow.load(run)
-    emb = np.asarray(__import__("pyarrow.parquet").parquet.read_table(data_file)["embedding"].to_pylist(), np.float32)
-    log_p = model.log_prob(emb[:3], np.stack([m_ for m_ in _truth(data_file)[:3]]), steps=4)
+    data = read_dataset(data_file)
+    truth = np.stack([data.latitude, data.longitude], axis=1)
+    log_p = model.log_prob(data.embeddings[:3], truth[:3], steps=4)
     assert m["nll"] == pytest.approx(-log_p.mean() / (3 * math.log(2)), rel=1e-5)
-
-
-def _truth(path):
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path)
-    return np.stack([t["latitude"].to_numpy(), t["longitude"].to_numpy()], axis=1)
 
 
 def test_ensemble_predict_keeps_the_densest_sample(tmp_path):

@@ -35,6 +35,9 @@ from globeflow.geometry import (
     xyz_to_latlon,
 )
 
+# The library's quadrature (and its Gauss–Legendre rule) is the oracle of the integral tests below.
+from globeflow.geometry.harmonics import _gauss_legendre, sphere_quadrature
+
 R = 6371.0
 F64 = torch.float64
 
@@ -515,41 +518,10 @@ def test_uniform_log_prob():
 # --------------------------------------------------------------------------------------
 
 
-def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss–Legendre nodes/weights on [−1, 1] by Newton on the three-term recurrence.
-
-    (numpy's ``leggauss`` calls a dense eigensolver, which can take seconds when its BLAS
-    threads compete with torch's.)
-    """
-
-    def value_and_slope(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """P_n(x) and P_n'(x) by the recurrence."""
-        p0, p1 = np.ones_like(x), x.copy()
-        for j in range(2, n + 1):
-            p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
-        return p1, n * (x * p1 - p0) / (x * x - 1)
-
-    x = np.cos(np.pi * (np.arange(1, n + 1) - 0.25) / (n + 0.5))
-    for _ in range(50):
-        p, dp = value_and_slope(x)
-        dx = p / dp
-        x = x - dx
-        if np.abs(dx).max() < 1e-15:
-            break
-    _, dp = value_and_slope(x)
-    return x, 2.0 / ((1 - x * x) * dp * dp)
-
-
 @functools.lru_cache(maxsize=1)
 def _sphere_quadrature(n_z: int = 500, n_phi: int = 500):
     """Nodes and weights integrating exactly-ish over S²: Gauss–Legendre in z, trapezoid in φ."""
-    z, wz = _gauss_legendre(n_z)
-    phi = np.arange(n_phi) * (2 * np.pi / n_phi)
-    zz, pp = np.meshgrid(z, phi, indexing="ij")
-    r = np.sqrt(1 - zz**2)
-    pts = np.stack([r * np.cos(pp), r * np.sin(pp), zz], axis=-1).reshape(-1, 3)
-    w = (wz[:, None] * np.full(n_phi, 2 * np.pi / n_phi)[None, :]).reshape(-1)
-    return torch.from_numpy(pts), torch.from_numpy(w)
+    return sphere_quadrature(n_z, n_phi)
 
 
 def test_quadrature_itself_is_exact_on_known_integrals():

@@ -18,6 +18,7 @@ import torch
 import globeflow
 import globeflow.training
 from globeflow.geometry import latlon_to_xyz, vmf_log_prob, vmf_sample
+from globeflow.geometry.harmonics import sphere_quadrature
 from globeflow.methods import METHODS, create_method
 from globeflow.training import TrainConfig, train
 
@@ -240,25 +241,21 @@ def _true_log_prob(cls: int, x: torch.Tensor) -> torch.Tensor:
 
 
 def _polar_quadrature(pole: torch.Tensor, n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss–Legendre in cos θ × uniform φ about ``pole``: nodes (n², 3) and weights (sr), Σ w = 4π.
+    """The library's Gauss–Legendre × trapezoid rule with its axis turned to ``pole``: (n², 3), (n²,).
 
     Nodes cluster around the pole, where a mode sits, so smooth peaked densities integrate to
     well below 1e-3.
     """
-    u, wu = np.polynomial.legendre.leggauss(n)
-    phi = 2 * np.pi * (np.arange(n) + 0.5) / n
-    cos_t, ph = np.meshgrid(u, phi, indexing="ij")
-    sin_t = np.sqrt(1 - cos_t**2)
-    local = np.stack([sin_t * np.cos(ph), sin_t * np.sin(ph), cos_t], -1).reshape(-1, 3)
-    e1 = globeflow.geometry.sphere._any_tangent(pole[None].double())[0].numpy()
-    frame = np.stack([e1, np.cross(pole.double().numpy(), e1), pole.double().numpy()], 1)
-    weights = np.repeat(wu, n) * (2 * np.pi / n)
-    return torch.from_numpy(local @ frame.T).float(), torch.from_numpy(weights).float()
+    pts, weights = sphere_quadrature(n, n)
+    pole = pole.double()
+    e1 = globeflow.geometry.sphere._any_tangent(pole[None])[0]
+    frame = torch.stack([e1, torch.linalg.cross(pole, e1), pole], dim=1)
+    return (pts @ frame.T).float(), weights.float()
 
 
 def test_learned_density_integrates_to_one_and_approaches_the_truth(trained):
     """∫ p = 1 ± 2% over S² (ω = 0), and the cross-entropy is close to the true entropy."""
-    name, model, _ = trained
+    _, model, _ = trained
     if model.density_space != "S2":
         pytest.skip("R³ densities do not integrate over the sphere")
     g = torch.Generator().manual_seed(7)

@@ -149,11 +149,7 @@ class Method(abc.ABC):
         closed-form densities); ODE methods override it to carry log p along the solve.
         """
         x = self.sample_xyz(emb, num_samples, generator=generator, guidance=guidance, **options)
-        like_options = {k: v for k, v in options.items() if k in self.log_prob_options}
-        return x, self.log_prob_xyz(emb, x, guidance=guidance, **like_options)
-
-    #: Keyword options of :meth:`log_prob_xyz` that :meth:`sample_with_log_prob_xyz` passes on.
-    log_prob_options: ClassVar[tuple[str, ...]] = ()
+        return x, self.log_prob_xyz(emb, x, guidance=guidance)
 
     @property
     def device(self) -> torch.device:
@@ -452,9 +448,6 @@ class GenerativeMethod(Method, nn.Module):
         return torch.cat(out, dim=0).float()
 
     # -- likelihood (Prop. 2) -------------------------------------------------------------
-    #: Options of :meth:`log_prob_xyz`, passed on by :meth:`sample_with_log_prob_xyz`.
-    log_prob_options = ("solver", "divergence", "steps", "atol", "rtol", "max_points", "stats", "seed")
-
     @abc.abstractmethod
     def _divergence_field(self, field_jvp) -> DivergenceField:
         """The likelihood ODE in its variable s ∈ [0, 1] (s = 0: data, s = 1: noise).
