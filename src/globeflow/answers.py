@@ -1,0 +1,299 @@
+"""Answers people can act on: from embeddings to places, country odds and how sure the model is.
+
+:func:`answer` turns a trained method and a batch of embeddings into one :class:`Answer` per
+embedding, from ONE batched draw of ``num_samples`` samples per embedding with their exact
+log-densities (``method.sample_with_log_prob``: the likelihood ODE of Prop. 2, solved with
+``density_steps`` RK4 steps, carries log p along the sampling solve):
+
+* **modes** — mean shift of the samples on the sphere with a von Mises–Fisher kernel of
+  ``bandwidth_km`` (the kernel's angular standard deviation, κ = (R / bandwidth)²): every
+  sample climbs the kernel density estimate, x ← normalise(Σⱼ exp(κ(⟨x, yⱼ⟩ − 1)) yⱼ), all
+  samples and embeddings at once; end points closer than ``merge_km`` are one mode. A mode's
+  **mass** is the fraction of samples that climbed to it (the probability of its basin).
+* **point estimate** = the location of the mode of largest mass (not the densest sample: a
+  sharp secondary peak can be the densest point while holding little probability).
+* **countries** — every sample is reverse-geocoded to the nearest GeoNames cities1000 place
+  (great circle, :mod:`globeflow.metrics.admin`); P(country) is the fraction of samples per
+  ISO code, names from ``pycountry``. Samples at sea count for the country of the nearest
+  (coastal) place, so P(country) reads "near or in that country".
+* **localizability** (Eq. 19) in bits and the **areas of the 50/90% HPD regions** in km²
+  (importance sampling, :mod:`globeflow.density.regions`) from the samples' log-densities —
+  only for methods with a density per steradian (``density_space == "S2"``), else None.
+
+The answer describes the model's own distribution, so the default guidance is ω = 0 (guidance
+sharpens point estimates, Sec. 4, but the guided flow is not the model's p(y | c)).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from globeflow.density.localizability import localizability_from_log_prob
+from globeflow.density.regions import hpd_area_km2, hpd_threshold
+from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_latlon
+
+__all__ = [
+    "Answer",
+    "CountryProbability",
+    "Mode",
+    "answer",
+    "country_name",
+    "country_probabilities",
+    "find_modes",
+]
+
+#: Credible levels whose HPD regions every answer reports.
+LEVELS = (0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A place the model believes in: its location (degrees) and the probability of its basin."""
+
+    latitude: float
+    longitude: float
+    mass: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"latitude": self.latitude, "longitude": self.longitude, "mass": self.mass}
+
+
+@dataclass(frozen=True)
+class CountryProbability:
+    """P(country): ISO 3166-1 alpha-2 ``code``, English ``name`` and ``probability``."""
+
+    code: str
+    name: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "name": self.name, "probability": self.probability}
+
+
+@dataclass(frozen=True, eq=False)
+class Answer:
+    """The model's answer for one embedding.
+
+    ``latitude``/``longitude``: the point estimate (the top mode). ``modes`` sorted by mass,
+    ``countries`` by probability. ``localizability_bits`` (± ``localizability_stderr``),
+    ``hpd50_area_km2``/``hpd90_area_km2`` and the regions' log-density thresholds
+    ``hpd_thresholds`` {level: τ} (natural log per steradian) are None without a density on S².
+    ``samples`` (S, 2) degrees and ``sample_log_prob`` (S,) (or None) are the draws behind it.
+    """
+
+    latitude: float
+    longitude: float
+    modes: tuple[Mode, ...]
+    countries: tuple[CountryProbability, ...]
+    localizability_bits: float | None
+    localizability_stderr: float | None
+    hpd50_area_km2: float | None
+    hpd90_area_km2: float | None
+    hpd_thresholds: dict[float, float] | None
+    samples: np.ndarray = field(repr=False)
+    sample_log_prob: np.ndarray | None = field(repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON fields shared by ``predict --text``, ``predict IMAGE`` and the demo."""
+        return {
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "modes": [m.to_dict() for m in self.modes],
+            "countries": [c.to_dict() for c in self.countries],
+            "localizability_bits": self.localizability_bits,
+            "localizability_stderr": self.localizability_stderr,
+            "hpd50_area_km2": self.hpd50_area_km2,
+            "hpd90_area_km2": self.hpd90_area_km2,
+            "num_samples": self.num_samples,
+        }
+
+
+# ----------------------------------------------------------------------------- modes
+def _kappa_of(bandwidth_km: float) -> float:
+    if not (isinstance(bandwidth_km, (int, float)) and math.isfinite(bandwidth_km) and bandwidth_km > 0):
+        raise ValueError(f"bandwidth_km must be a positive number, got {bandwidth_km!r}")
+    return (EARTH_RADIUS_KM / float(bandwidth_km)) ** 2
+
+
+def find_modes(
+    xyz: np.ndarray,
+    *,
+    bandwidth_km: float = 200.0,
+    merge_km: float | None = None,
+    max_modes: int = 5,
+    iterations: int = 100,
+) -> list[tuple[Mode, ...]]:
+    """Modes and their masses from samples ``xyz`` (B, S, 3) unit vectors -> B tuples of modes.
+
+    Mean shift with the vMF kernel κ = (R / ``bandwidth_km``)², vectorised over embeddings and
+    samples; end points within ``merge_km`` (default ``bandwidth_km``) of a denser one join
+    its mode. The ``max_modes`` modes of largest mass are kept (their masses sum to ≤ 1).
+    """
+    x = np.asarray(xyz, dtype=np.float64)
+    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] < 1:
+        raise ValueError(f"xyz: expected samples of shape (B, S, 3), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("xyz: NaN or infinite values")
+    if not isinstance(max_modes, int) or max_modes < 1:
+        raise ValueError(f"max_modes must be a positive integer, got {max_modes!r}")
+    kappa = _kappa_of(bandwidth_km)
+    merge_cos = math.cos(_kappa_of(merge_km if merge_km is not None else bandwidth_km) ** -0.5)
+    y = torch.from_numpy(x / np.linalg.norm(x, axis=-1, keepdims=True))
+    z = y.clone()
+    for _ in range(iterations):
+        # exp(κ(⟨z, y⟩ − 1)) ≤ 1: no overflow whatever κ; a sample always weighs itself.
+        w = torch.exp(kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0))
+        new = torch.bmm(w, y)
+        new = new / new.norm(dim=-1, keepdim=True)
+        moved = float((new - z).norm(dim=-1).max())
+        z = new
+        if moved < 1e-7:  # radians: 0.6 m on the Earth
+            break
+    # Kernel density at each end point: the denser end point of a group names the mode.
+    dens = torch.exp(kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0)).sum(-1).numpy()
+    z = z.numpy()
+    out = []
+    for b in range(x.shape[0]):  # grouping: a loop over modes (few), not over samples
+        order = np.argsort(-dens[b], kind="stable")
+        free = np.ones(x.shape[1], bool)
+        modes = []
+        for i in order:
+            if not free[i]:
+                continue
+            members = free & (z[b] @ z[b, i] >= merge_cos)
+            members[i] = True
+            free &= ~members
+            modes.append((int(members.sum()), z[b, i]))
+        modes.sort(key=lambda m: -m[0])  # stable: equal masses stay in density order
+        ll = xyz_to_latlon(np.stack([m[1] for m in modes[:max_modes]]))
+        s = x.shape[1]
+        out.append(tuple(Mode(float(a), float(o), n / s) for (n, _), (a, o) in zip(modes, ll)))
+    return out
+
+
+# ----------------------------------------------------------------------------- countries
+#: Codes that GeoNames uses but ISO 3166-1 (pycountry) does not have.
+_EXTRA_NAMES = {"XK": "Kosovo"}
+
+
+@functools.lru_cache(maxsize=512)
+def country_name(code: str) -> str:
+    """English short name of ISO 3166-1 alpha-2 ``code`` (the common name where one exists)."""
+    try:
+        import pycountry
+    except ImportError:  # the names are a nicety: the codes stay right without them
+        return _EXTRA_NAMES.get(code, code)
+    c = pycountry.countries.get(alpha_2=code)
+    if c is None:
+        return _EXTRA_NAMES.get(code, code)
+    return getattr(c, "common_name", None) or c.name
+
+
+def country_probabilities(
+    latlon: np.ndarray, *, gazetteer: Any = None, max_countries: int = 5
+) -> list[tuple[CountryProbability, ...]]:
+    """P(country) from samples ``latlon`` (B, S, 2) degrees -> B tuples, most likely first.
+
+    Each sample takes the country of its nearest cities1000 place (so samples at sea count for
+    the nearest coast's country); the probability is the fraction of samples.
+    """
+    from globeflow.metrics.admin import load_gazetteer
+
+    a = np.asarray(latlon, dtype=np.float64)
+    if a.ndim != 3 or a.shape[-1] != 2 or a.shape[1] < 1:
+        raise ValueError(f"latlon: expected samples of shape (B, S, 2), got {a.shape}")
+    g = gazetteer if gazetteer is not None else load_gazetteer()
+    codes = np.asarray(g.country[g.nearest(a.reshape(-1, 2))], dtype=object).reshape(a.shape[:2])
+    out = []
+    for row in codes:
+        values, counts = np.unique(row.astype(str), return_counts=True)
+        order = np.lexsort((values, -counts))[:max_countries]
+        out.append(
+            tuple(
+                CountryProbability(str(values[i]), country_name(str(values[i])), counts[i] / a.shape[1]) for i in order
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- answer
+def answer(
+    method: Any,
+    emb: Any,
+    *,
+    num_samples: int = 512,
+    guidance: float = 0.0,
+    seed: int = 0,
+    density_steps: int = 8,
+    divergence: str = "exact",
+    sample_steps: int = 16,
+    bandwidth_km: float = 200.0,
+    max_modes: int = 5,
+    mode_samples: int = 1000,
+    max_countries: int = 5,
+    gazetteer: Any = None,
+) -> list[Answer]:
+    """One :class:`Answer` per embedding of ``emb`` (B, D) (see the module docstring).
+
+    Methods with a density on S² draw the samples with their log p in one likelihood solve of
+    ``density_steps`` RK4 steps (``divergence`` "exact" or "hutchinson"); the others draw
+    ``sample_steps`` sampler steps and get no localizability nor areas. Mean shift costs
+    O(S²) per embedding, so the modes use the first ``mode_samples`` samples (i.i.d., so an
+    unbiased subset); P(country) and the densities use all of them.
+    """
+    from globeflow.methods.base import as_embedding
+
+    if not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
+    emb_t = as_embedding(emb, method.embedding_dim, device=method.device)
+    if getattr(method, "density_space", None) == "S2":
+        res = method.sample_with_log_prob(
+            emb_t,
+            num_samples,
+            guidance=guidance,
+            seed=seed,
+            sample_steps=density_steps,
+            divergence=divergence,
+        )
+        latlon, log_prob, xyz = res.latlon, res.log_prob, res.xyz
+    else:
+        latlon = method.sample(emb_t, num_samples, guidance=guidance, sample_steps=sample_steps, seed=seed)
+        log_prob, xyz = None, latlon_to_xyz(latlon[..., 0], latlon[..., 1])
+    modes = find_modes(xyz[:, :mode_samples], bandwidth_km=bandwidth_km, max_modes=max_modes)
+    countries = country_probabilities(latlon, gazetteer=gazetteer, max_countries=max_countries)
+    b = latlon.shape[0]
+    loc_bits = loc_se = area = tau = None
+    if log_prob is not None:
+        loc = localizability_from_log_prob(log_prob)
+        loc_bits, loc_se = loc.bits, loc.stderr
+        tau = hpd_threshold(log_prob, np.asarray(LEVELS))  # (B, L)
+        area, _ = hpd_area_km2(log_prob, np.asarray(LEVELS), threshold=tau)
+    out = []
+    for i in range(b):
+        top = modes[i][0]
+        out.append(
+            Answer(
+                latitude=top.latitude,
+                longitude=top.longitude,
+                modes=modes[i],
+                countries=countries[i],
+                localizability_bits=None if loc_bits is None else float(loc_bits[i]),
+                localizability_stderr=None if loc_se is None else float(loc_se[i]),
+                hpd50_area_km2=None if area is None else float(area[i, 0]),
+                hpd90_area_km2=None if area is None else float(area[i, 1]),
+                hpd_thresholds=None if tau is None else {lv: float(t) for lv, t in zip(LEVELS, tau[i])},
+                samples=latlon[i],
+                sample_log_prob=None if log_prob is None else log_prob[i],
+            )
+        )
+    return out

@@ -1,0 +1,138 @@
+"""Answers (modes, P(country), localizability, HPD areas) against closed-form cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from globeflow.answers import answer, country_name, country_probabilities, find_modes
+from globeflow.geometry.coords import EARTH_RADIUS_KM, great_circle_km, latlon_to_xyz, xyz_to_latlon
+from globeflow.geometry.vmf import vmf_log_prob, vmf_sample
+from globeflow.methods.base import Method
+
+PARIS = (48.8566, 2.3522)
+TOKYO = (35.6895, 139.6917)
+NAIROBI = (-1.2864, 36.8172)
+MADRID = (40.4168, -3.7038)
+
+
+def _vmf_samples(center, kappa: float, n: int, seed: int) -> np.ndarray:
+    mu = torch.tensor(latlon_to_xyz(np.array([center[0]]), np.array([center[1]])), dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    return vmf_sample(mu, torch.tensor([kappa], dtype=torch.float64), n, generator=g)[0].numpy()
+
+
+class FixedVMF(Method):
+    """Test double: p(y | c) = vMF(μ = c / |c|, κ) with a closed-form density (D = 3)."""
+
+    name = "fixed_vmf"
+    density_space = "S2"
+
+    def __init__(self, kappa: float) -> None:
+        self.kappa = kappa
+        self.embedding_dim = 3
+
+    def _mu(self, emb):
+        return (emb / emb.norm(dim=-1, keepdim=True)).double()
+
+    def sample_xyz(self, emb, num_samples, *, generator, **options):
+        kappa = torch.full((emb.shape[0],), self.kappa, dtype=torch.float64)
+        return vmf_sample(self._mu(emb), kappa, num_samples, generator=generator)
+
+    def log_prob_xyz(self, emb, x, *, guidance=0.0, **options):
+        return vmf_log_prob(x.double(), self._mu(emb)[:, None], torch.tensor(self.kappa, dtype=torch.float64))
+
+    def config(self) -> dict:
+        return {"method": self.name, "kappa": self.kappa}
+
+
+def test_two_separated_clusters_give_two_modes_with_their_masses():
+    # κ = 2·10⁴: σ = R/√κ ≈ 45 km, far below the 200 km kernel, and 9,700 km apart.
+    x = np.concatenate([_vmf_samples(PARIS, 2e4, 300, 0), _vmf_samples(TOKYO, 2e4, 100, 1)])[None]
+    (modes,) = find_modes(x)
+    assert len(modes) == 2
+    assert [m.mass for m in modes] == [0.75, 0.25]
+    for m, c in zip(modes, (PARIS, TOKYO)):
+        # The mode of the kernel estimate of n samples lies within ~σ/√n of the centre.
+        assert great_circle_km(m.latitude, m.longitude, *c) < 15.0
+
+
+def test_mode_mass_counts_every_sample_once_and_max_modes_truncates():
+    centers = [(0.0, 0.0), (0.0, 40.0), (0.0, 80.0), (45.0, -100.0)]
+    x = np.concatenate([_vmf_samples(c, 1e4, n, i) for i, (c, n) in enumerate(zip(centers, (40, 30, 20, 10)))])
+    (all_modes,) = find_modes(x[None], max_modes=10)
+    assert [m.mass for m in all_modes] == [0.4, 0.3, 0.2, 0.1]
+    (top2,) = find_modes(x[None], max_modes=2)
+    assert [m.mass for m in top2] == [0.4, 0.3]
+
+
+def test_one_wide_cluster_is_one_mode_at_its_centre():
+    # σ ≈ 64 km < kernel: the kernel estimate is unimodal, at the centre.
+    (modes,) = find_modes(_vmf_samples(NAIROBI, 1e4, 500, 3)[None])
+    assert len(modes) == 1 and modes[0].mass == 1.0
+    assert great_circle_km(modes[0].latitude, modes[0].longitude, *NAIROBI) < 10.0
+
+
+def test_find_modes_rejects_bad_input():
+    with pytest.raises(ValueError, match="xyz"):
+        find_modes(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="bandwidth_km"):
+        find_modes(np.ones((1, 2, 3)) / math.sqrt(3), bandwidth_km=0.0)
+
+
+def test_samples_inside_one_country_give_probability_one():
+    # σ ≈ 6 km around central Paris: every sample's nearest place is in France.
+    latlon = xyz_to_latlon(_vmf_samples(PARIS, 1e6, 200, 4))[None]
+    (countries,) = country_probabilities(latlon)
+    assert len(countries) == 1
+    assert (countries[0].code, countries[0].name, countries[0].probability) == ("FR", "France", 1.0)
+
+
+def test_country_probabilities_are_sample_fractions():
+    latlon = np.concatenate(
+        [xyz_to_latlon(_vmf_samples(NAIROBI, 1e6, 60, 5)), xyz_to_latlon(_vmf_samples(MADRID, 1e6, 40, 6))]
+    )
+    (countries,) = country_probabilities(latlon[None])
+    assert [(c.code, c.probability) for c in countries] == [("KE", 0.6), ("ES", 0.4)]
+
+
+def test_country_names():
+    assert country_name("US") == "United States"
+    assert country_name("BO") == "Bolivia"  # the common name, not "Plurinational State of"
+    assert country_name("XK") == "Kosovo"  # GeoNames code outside ISO 3166-1
+
+
+def test_answer_matches_the_closed_form_vmf():
+    """Localizability (Eq. 19) and the 90% HPD area of vMF(μ, κ) in closed form."""
+    kappa = 2000.0
+    method = FixedVMF(kappa)
+    emb = np.array([latlon_to_xyz(np.array([PARIS[0]]), np.array([PARIS[1]]))[0], [0.0, 0.0, 1.0]], np.float32)
+    answers = answer(method, emb, num_samples=4000, seed=0)
+    # E[log p] = log C(κ) + κ (E[cos] − 1), E[cos] = coth κ − 1/κ.
+    log_c = math.log(kappa / (2 * math.pi * (1 - math.exp(-2 * kappa))))
+    bits = (log_c + kappa * (1 / math.tanh(kappa) - 1 / kappa - 1)) / math.log(2)
+    # The HPD region is a cap; mass in {1 − cos θ ≤ u} = (1 − e^{−κu}) / (1 − e^{−2κ}).
+    u90 = -math.log(1 - 0.9 * (1 - math.exp(-2 * kappa))) / kappa
+    area90 = 2 * math.pi * u90 * EARTH_RADIUS_KM**2
+    for a, center in zip(answers, (PARIS, (90.0, 0.0))):
+        assert abs(a.localizability_bits - bits) < 4 * a.localizability_stderr
+        assert a.hpd90_area_km2 == pytest.approx(area90, rel=0.06)
+        assert a.hpd50_area_km2 < a.hpd90_area_km2
+        # One mode holding every sample, at the mean direction: the estimate.
+        assert len(a.modes) == 1 and a.modes[0].mass == 1.0
+        assert great_circle_km(a.latitude, a.longitude, *center) < 25.0
+        d = a.to_dict()
+        assert set(d) >= {"latitude", "longitude", "modes", "countries", "localizability_bits", "hpd90_area_km2"}
+    # σ = R/√κ ≈ 140 km around Paris: mostly France, some neighbours.
+    assert answers[0].countries[0].code == "FR" and 0.7 < answers[0].countries[0].probability < 1.0
+    assert {c.code for c in answers[0].countries[1:]} <= {"BE", "GB", "DE", "LU", "NL", "CH"}
+
+
+def test_answer_rejects_bad_input():
+    with pytest.raises(ValueError, match="emb"):
+        answer(FixedVMF(10.0), np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="num_samples"):
+        answer(FixedVMF(10.0), np.ones((1, 3), np.float32), num_samples=1)
