@@ -136,3 +136,27 @@ def test_answer_rejects_bad_input():
         answer(FixedVMF(10.0), np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="num_samples"):
         answer(FixedVMF(10.0), np.ones((1, 3), np.float32), num_samples=1)
+
+
+def _mixture_log_prob(x: np.ndarray, centers, kappas, weights) -> np.ndarray:
+    mu = torch.tensor(latlon_to_xyz(np.array([c[0] for c in centers]), np.array([c[1] for c in centers])))
+    lp = vmf_log_prob(torch.from_numpy(x)[:, None], mu[None], torch.tensor(kappas, dtype=torch.float64)[None])
+    return torch.logsumexp(lp + torch.log(torch.tensor(weights, dtype=torch.float64)), dim=-1).numpy()
+
+
+def test_density_adapted_kernels_split_near_clusters_and_keep_a_wide_one_whole():
+    # Springfield IL and MO, 400 km apart, σ ≈ 37 km each: a fixed 200 km kernel merges them.
+    centers, kappas, weights = [(39.80, -89.64), (37.21, -93.29)], [3e4, 3e4], [0.6, 0.4]
+    x = np.concatenate([_vmf_samples(centers[0], 3e4, 240, 7), _vmf_samples(centers[1], 3e4, 160, 8)])
+    lp = _mixture_log_prob(x, centers, kappas, weights)
+    (fixed,) = find_modes(x[None])
+    assert fixed[0].mass == 1.0
+    (adapted,) = find_modes(x[None], lp[None])
+    assert [m.mass for m in adapted] == [0.6, 0.4]
+    for m, c in zip(adapted, centers):
+        assert great_circle_km(m.latitude, m.longitude, *c) < 15.0
+    # A country-wide vMF (σ ≈ 370 km) with its exact density: one mode, not bumps.
+    wide = _vmf_samples(NAIROBI, 300.0, 500, 9)
+    (one,) = find_modes(wide[None], _mixture_log_prob(wide, [NAIROBI], [300.0], [1.0])[None])
+    assert len(one) == 1 and one[0].mass == 1.0
+    assert great_circle_km(one[0].latitude, one[0].longitude, *NAIROBI) < 60.0

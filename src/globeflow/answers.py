@@ -5,11 +5,11 @@ embedding, from ONE batched draw of ``num_samples`` samples per embedding with t
 log-densities (``method.sample_with_log_prob``: the likelihood ODE of Prop. 2, solved with
 ``density_steps`` RK4 steps, carries log p along the sampling solve):
 
-* **modes** — mean shift of the samples on the sphere with a von Mises–Fisher kernel of
-  ``bandwidth_km`` (the kernel's angular standard deviation, κ = (R / bandwidth)²): every
-  sample climbs the kernel density estimate, x ← normalise(Σⱼ exp(κ(⟨x, yⱼ⟩ − 1)) yⱼ), all
-  samples and embeddings at once; end points closer than ``merge_km`` are one mode. A mode's
-  **mass** is the fraction of samples that climbed to it (the probability of its basin).
+* **modes** — mean shift of the samples on the sphere with von Mises–Fisher kernels whose
+  width follows the model's density at each sample (:func:`find_modes`; a fixed
+  ``bandwidth_km`` kernel for methods without a density): every sample climbs the kernel
+  density estimate, all samples and embeddings at once; end points closer than 50 km are one
+  mode. A mode's **mass** is the fraction of samples that climbed to it (its basin's probability).
 * **point estimate** = the location of the mode of largest mass (not the densest sample: a
   sharp secondary peak can be the densest point while holding little probability).
 * **countries** — every sample is reverse-geocoded to the nearest GeoNames cities1000 place
@@ -127,17 +127,24 @@ def _kappa_of(bandwidth_km: float) -> float:
 
 def find_modes(
     xyz: np.ndarray,
+    log_prob: np.ndarray | None = None,
     *,
     bandwidth_km: float = 200.0,
-    merge_km: float | None = None,
+    merge_km: float = 50.0,
     max_modes: int = 5,
-    iterations: int = 100,
+    iterations: int = 200,
 ) -> list[tuple[Mode, ...]]:
     """Modes and their masses from samples ``xyz`` (B, S, 3) unit vectors -> B tuples of modes.
 
-    Mean shift with the vMF kernel κ = (R / ``bandwidth_km``)², vectorised over embeddings and
-    samples; end points within ``merge_km`` (default ``bandwidth_km``) of a denser one join
-    its mode. The ``max_modes`` modes of largest mass are kept (their masses sum to ≤ 1).
+    Mean shift on the sphere, vectorised over embeddings and samples. Without ``log_prob`` the
+    kernel is a vMF of κ = (R / ``bandwidth_km``)² for every sample. With the samples' exact
+    log-densities ``log_prob`` (B, S) (per steradian) sample j gets its own κⱼ = 2π pⱼ (the
+    concentration of a vMF peak of that height, clipped to 2–2000 km scales): a sharp cluster
+    gets sharp kernels and stays apart from a neighbour 300 km away, a country-wide density
+    gets wide ones and does not break into spurious bumps. The update follows the gradient of
+    the kernel estimate Σⱼ Cⱼ exp(κⱼ(⟨x, yⱼ⟩ − 1)): x ← normalise(Σⱼ Cⱼ κⱼ e^{κⱼ(⟨x, yⱼ⟩ − 1)} yⱼ).
+    End points within ``merge_km`` of a denser one join its mode; the ``max_modes`` modes of
+    largest mass (fraction of samples) are kept.
     """
     x = np.asarray(xyz, dtype=np.float64)
     if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] < 1:
@@ -146,13 +153,23 @@ def find_modes(
         raise ValueError("xyz: NaN or infinite values")
     if not isinstance(max_modes, int) or max_modes < 1:
         raise ValueError(f"max_modes must be a positive integer, got {max_modes!r}")
-    kappa = _kappa_of(bandwidth_km)
-    merge_cos = math.cos(_kappa_of(merge_km if merge_km is not None else bandwidth_km) ** -0.5)
+    merge_cos = math.cos(_kappa_of(merge_km) ** -0.5)
+    if log_prob is None:
+        kappa = torch.full(x.shape[:2], _kappa_of(bandwidth_km), dtype=torch.float64)
+    else:
+        lp = np.asarray(log_prob, dtype=np.float64)
+        if lp.shape != x.shape[:2] or not np.isfinite(lp).all():
+            raise ValueError(f"log_prob: expected finite values of shape {x.shape[:2]}, got {lp.shape}")
+        lo, hi = _kappa_of(2000.0), _kappa_of(2.0)
+        kappa = torch.from_numpy(np.clip(2.0 * math.pi * np.exp(np.minimum(lp, 40.0)), lo, hi))
+    kappa = kappa[:, None, :]  # (B, 1, S): one kernel per sample y_j
+    log_c = torch.log(kappa) - torch.log(-torch.expm1(-2.0 * kappa)) - math.log(2.0 * math.pi)
     y = torch.from_numpy(x / np.linalg.norm(x, axis=-1, keepdims=True))
     z = y.clone()
     for _ in range(iterations):
-        # exp(κ(⟨z, y⟩ − 1)) ≤ 1: no overflow whatever κ; a sample always weighs itself.
-        w = torch.exp(kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0))
+        # log of Cⱼ κⱼ e^{κⱼ(⟨z, yⱼ⟩ − 1)}, shifted by its row maximum: no overflow for any κ.
+        t = log_c + torch.log(kappa) + kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0)
+        w = torch.exp(t - t.amax(dim=-1, keepdim=True))
         new = torch.bmm(w, y)
         new = new / new.norm(dim=-1, keepdim=True)
         moved = float((new - z).norm(dim=-1).max())
@@ -160,7 +177,7 @@ def find_modes(
         if moved < 1e-7:  # radians: 0.6 m on the Earth
             break
     # Kernel density at each end point: the denser end point of a group names the mode.
-    dens = torch.exp(kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0)).sum(-1).numpy()
+    dens = torch.logsumexp(log_c + kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0), dim=-1).numpy()
     z = z.numpy()
     out = []
     for b in range(x.shape[0]):  # grouping: a loop over modes (few), not over samples
@@ -269,7 +286,8 @@ def answer(
     else:
         latlon = method.sample(emb_t, num_samples, guidance=guidance, sample_steps=sample_steps, seed=seed)
         log_prob, xyz = None, latlon_to_xyz(latlon[..., 0], latlon[..., 1])
-    modes = find_modes(xyz[:, :mode_samples], bandwidth_km=bandwidth_km, max_modes=max_modes)
+    lp_modes = None if log_prob is None else log_prob[:, :mode_samples]
+    modes = find_modes(xyz[:, :mode_samples], lp_modes, bandwidth_km=bandwidth_km, max_modes=max_modes)
     countries = country_probabilities(latlon, gazetteer=gazetteer, max_countries=max_countries)
     b = latlon.shape[0]
     loc_bits = loc_se = area = tau = None

@@ -30,7 +30,7 @@ from globeflow.density.maps import DensityMap
 from globeflow.geometry.coords import EARTH_RADIUS_KM, wrap_longitude
 from globeflow.training.checkpoint import atomic_write
 
-__all__ = ["equal_earth", "equal_earth_inverse", "load_basemap", "plot_density_map"]
+__all__ = ["draw_world", "equal_earth", "equal_earth_inverse", "load_basemap", "plot_density_map"]
 
 _A1, _A2, _A3, _A4 = 1.340264, -0.081106, 0.000893, 0.003796
 _M = math.sqrt(3.0) / 2.0
@@ -95,55 +95,51 @@ def _contour_lines(dmap: DensityMap, threshold: float) -> list[np.ndarray]:
     return list(gen.lines(float(threshold)))
 
 
-def plot_density_map(
-    dmap: DensityMap,
-    out_png: str | os.PathLike,
-    *,
-    samples: np.ndarray | None = None,
-    estimate: Sequence[float] | None = None,
-    truth: Sequence[float] | None = None,
-    regions: Sequence[tuple[float, float]] | None = None,
-    title: str | None = None,
-    width_px: int = 1600,
-    floor_mass: float = 0.999,
-) -> Path:
-    """Draw ``dmap`` on an Equal Earth world map and write it to ``out_png`` (atomically).
+def _log10_per_km2(v):
+    """log p per steradian -> log₁₀ p per km² (the maps' colour scale)."""
+    return (v - 2.0 * math.log(EARTH_RADIUS_KM)) / math.log(10.0)
 
-    ``samples`` (S, 2) latitude/longitude degrees drawn as dots; ``estimate`` and ``truth``
-    (lat, lon) as a star and a cross; ``regions`` [(level, log-density threshold), …] as
-    contours (e.g. from :func:`globeflow.viz.export.region_thresholds`). The colour is
-    log₁₀ of the density per km²; pixels outside the map's top-``floor_mass`` HPD region are
-    left uncoloured so that the basemap shows through.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import LineCollection, PatchCollection
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Polygon
 
-    to_km2 = 2.0 * math.log(EARTH_RADIUS_KM)  # log p per sr − log R² = log p per km²
-
-    def scale(v: np.ndarray | float) -> np.ndarray | float:
-        return (v - to_km2) / math.log(10.0)
-
+def _world_image(dmap: DensityMap, width_px: int, floor_mass: float):
+    """Equal Earth raster of ``dmap``: (image of log₁₀ p per km², NaN off-map and below the
+    top-``floor_mass`` HPD floor; extent half-widths x_max, y_max; floor; max), scaled."""
     x_max = float(equal_earth(np.array(0.0), np.array(180.0))[0])
     y_max = float(equal_earth(np.array(90.0), np.array(0.0))[1])
     nx = int(width_px)
     ny = round(nx * y_max / x_max)
-    xs = np.linspace(-x_max, x_max, nx)
-    ys = np.linspace(y_max, -y_max, ny)
-    gx, gy = np.meshgrid(xs, ys)
+    gx, gy = np.meshgrid(np.linspace(-x_max, x_max, nx), np.linspace(y_max, -y_max, ny))
     lat, lon, on_map = equal_earth_inverse(gx, gy)
     img = np.full(gx.shape, np.nan)
     img[on_map] = dmap.interpolate(lat[on_map], wrap_longitude(lon[on_map]))
     floor = float(dmap.hpd_threshold(floor_mass)) if floor_mass < 1.0 else -np.inf
     vmax = float(np.nanmax(img))
-    img = np.where(img >= floor, scale(img), np.nan)
+    img = np.where(img >= floor, _log10_per_km2(img), np.nan)
+    return img, x_max, y_max, _log10_per_km2(floor), _log10_per_km2(vmax)
 
-    dpi = 200
-    fig = Figure(figsize=(nx / dpi * 1.08, ny / dpi * 1.45), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.17, 0.96, 0.74))
+
+def draw_world(
+    ax,
+    dmap: DensityMap,
+    *,
+    samples: np.ndarray | None = None,
+    estimate: Sequence[float] | None = None,
+    truth: Sequence[float] | None = None,
+    regions: Sequence[tuple[float, float]] | None = None,
+    width_px: int = 1600,
+    floor_mass: float = 0.999,
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
+    """Draw ``dmap`` with the basemap, contours and markers on a matplotlib ``ax`` (Equal Earth).
+
+    Arguments as in :func:`plot_density_map`; ``vmin``/``vmax`` (log₁₀ per km²) override the
+    colour range. Returns (the image artist, the legend handles).
+    """
+    from matplotlib.collections import LineCollection, PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Polygon
+
+    img, x_max, y_max, floor, top = _world_image(dmap, width_px, floor_mass)
     ax.set_axis_off()
     ax.set_aspect("equal")
     ax.set_xlim(-x_max * 1.01, x_max * 1.01)
@@ -165,8 +161,8 @@ def plot_density_map(
         extent=(-x_max, x_max, -y_max, y_max),
         origin="upper",
         cmap="magma_r",
-        vmin=scale(floor) if np.isfinite(floor) else None,
-        vmax=scale(vmax),
+        vmin=vmin if vmin is not None else (floor if np.isfinite(floor) else None),
+        vmax=vmax if vmax is not None else top,
         interpolation="nearest",
         alpha=0.85,
         zorder=2,
@@ -174,23 +170,20 @@ def plot_density_map(
     ax.add_collection(LineCollection(proj, colors="#5a5a5a", linewidths=0.25, zorder=3))
     ax.add_patch(Polygon(outline, closed=True, facecolor="none", edgecolor="#7a828a", lw=0.6, zorder=3))
     handles = []
-    styles = [("#0b6e4f", "-"), ("#1f5fa8", "--"), ("#6a3d9a", ":")]
     for k, (level, tau) in enumerate(sorted(regions or [], key=lambda lt: lt[0])):
-        color, ls = styles[k % len(styles)]
+        color, ls = REGION_STYLES[k % len(REGION_STYLES)]
         lines = [np.stack(equal_earth(ln[:, 1], ln[:, 0]), 1) for ln in _contour_lines(dmap, tau)]
-        lc = LineCollection(lines, colors=color, linewidths=0.9, linestyles=ls, zorder=4)
+        # Above the samples: they fill the regions and would hide the lines.
+        lc = LineCollection(lines, colors=color, linewidths=0.9, linestyles=ls, zorder=5.5)
         lc.set_label(f"{100 * level:g}% region")
         ax.add_collection(lc)
         handles.append(lc)
     if samples is not None:
         s = np.asarray(samples, dtype=np.float64).reshape(-1, 2)
         sx, sy = equal_earth(s[:, 0], s[:, 1])
-        ax.scatter(sx, sy, s=1.2, c="#08306b", alpha=0.55, lw=0, zorder=5)
-        handles.append(Line2D([], [], ls="", marker=".", color="#08306b", label=f"{len(s)} samples"))
-    for point, marker, color, size, label in (
-        (estimate, "*", "#ffd92f", 110, "estimate"),
-        (truth, "X", "#00bcd4", 55, "true location"),
-    ):
+        ax.scatter(sx, sy, s=1.2, c=SAMPLE_COLOR, alpha=0.45, lw=0, zorder=5)
+        handles.append(Line2D([], [], ls="", marker=".", color=SAMPLE_COLOR, label=f"{len(s)} samples"))
+    for point, (marker, color, size, label) in ((estimate, ESTIMATE_STYLE), (truth, TRUTH_STYLE)):
         if point is not None:
             px, py = equal_earth(np.array(point[0]), np.array(point[1]))
             handles.append(
@@ -198,6 +191,58 @@ def plot_density_map(
                     px, py, s=size, marker=marker, c=color, edgecolors="black", linewidths=0.6, zorder=6, label=label
                 )
             )
+    return im, handles
+
+
+#: Line colour and style of the credible regions' contours, smallest level first.
+REGION_STYLES = [("#0b6e4f", "-"), ("#1f5fa8", "--"), ("#6a3d9a", ":")]
+SAMPLE_COLOR = "#08306b"
+#: (marker, colour, size, label) of the point estimate and of the true location.
+ESTIMATE_STYLE = ("*", "#ffd92f", 110, "estimate")
+TRUTH_STYLE = ("X", "#00bcd4", 55, "true location")
+
+
+def plot_density_map(
+    dmap: DensityMap,
+    out_png: str | os.PathLike,
+    *,
+    samples: np.ndarray | None = None,
+    estimate: Sequence[float] | None = None,
+    truth: Sequence[float] | None = None,
+    regions: Sequence[tuple[float, float]] | None = None,
+    title: str | None = None,
+    width_px: int = 1600,
+    floor_mass: float = 0.999,
+) -> Path:
+    """Draw ``dmap`` on an Equal Earth world map and write it to ``out_png`` (atomically).
+
+    ``samples`` (S, 2) latitude/longitude degrees drawn as dots; ``estimate`` and ``truth``
+    (lat, lon) as a star and a cross; ``regions`` [(level, log-density threshold), …] as
+    contours (e.g. from :func:`globeflow.viz.export.region_thresholds`). The colour is
+    log₁₀ of the density per km²; pixels outside the map's top-``floor_mass`` HPD region are
+    left uncoloured so that the basemap shows through.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_max = float(equal_earth(np.array(0.0), np.array(180.0))[0])
+    y_max = float(equal_earth(np.array(90.0), np.array(0.0))[1])
+    nx = int(width_px)
+    ny = round(nx * y_max / x_max)
+    dpi = 200
+    fig = Figure(figsize=(nx / dpi * 1.08, ny / dpi * 1.45), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.02, 0.17, 0.96, 0.74))
+    im, handles = draw_world(
+        ax,
+        dmap,
+        samples=samples,
+        estimate=estimate,
+        truth=truth,
+        regions=regions,
+        width_px=width_px,
+        floor_mass=floor_mass,
+    )
     if handles:
         ax.legend(
             handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.02)
