@@ -1,9 +1,10 @@
 """Command-line interface: argument parsing and typed configs only; the work is in the library.
 
-globeflow demo      train and evaluate a small model on the built-in synthetic world
+globeflow demo      geolocate place-name queries with the shipped model: answers, maps, HTML report
+                    (--synthetic: train and evaluate a small model on the synthetic world)
 globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
 globeflow train     train a method on embeddings
-globeflow predict   point estimates for a file of embeddings, or for photos
+globeflow predict   answers (modes, P(country), regions) for texts or photos; point estimates for a file
 globeflow evaluate  GeoScore, distances, accuracies (radii; country/region/city), precision/
                     recall/density/coverage (--density: NLL, localizability, calibration)
 globeflow compare   evaluate several runs on the same data and seeds into one table
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -77,13 +79,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, guidance: float) -> None:
-    p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {guidance})")
+def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> None:
+    default = (
+        "2 for point estimates of --data, 0 (the model's own density) for answers"
+        if guidance is None
+        else f"{guidance}"
+    )
+    p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {default})")
     p.add_argument("--sample-steps", type=_positive_int, default=16, help="denoising steps (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
     p.add_argument("--solver", default=None, help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="network precision")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _add_answer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", type=_positive_int, default=None, help="samples per answer (default 512, quick 128)")
+    p.add_argument(
+        "--density-steps",
+        type=_positive_int,
+        default=8,
+        help="RK4 steps of the likelihood ODE carrying log p along the samples (default 8)",
+    )
+    p.add_argument(
+        "--exact-maps",
+        action="store_true",
+        help="maps of the exact density (an ODE solve per map point: minutes per map) instead of the samples' kernel estimate",
+    )
 
 
 def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width: int, depth: int) -> None:
@@ -166,11 +188,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"globeflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train and evaluate a small model on the built-in synthetic world")
+    p = sub.add_parser("demo", help="geolocate example queries with the shipped model; maps and an HTML report")
     p.add_argument("--out", default="globeflow-demo", help="output folder (default ./globeflow-demo)")
     p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the synthetic-world demo instead: train a small RFM, compare with the Bayes-optimal GeoScore",
+    )
+    p.add_argument("--query", action="append", default=None, metavar="TEXT", help="a text query (repeatable)")
+    p.add_argument(
+        "--image", action="append", default=None, metavar="PATH", help="a photo (repeatable; --model, --encoder)"
+    )
+    p.add_argument("--model", default=None, help="run directory (default: the shipped geonames-text model)")
+    p.add_argument("--encoder", default=None, help="encoder of the queries/photos (default: the model's)")
+    p.add_argument("--encoder-path", default=None, help="hub id or local directory of the encoder's weights")
+    _add_answer_args(p)
+    p.add_argument(
+        "--heldout-rows", type=int, default=None, help="held-out rows for the metrics (default 500, quick 50)"
+    )
+    p.add_argument(
+        "--density-rows", type=int, default=None, help="of which with HPD coverage (default 100, quick 10; 0: none)"
+    )
+    p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("synthetic", help="write a synthetic world (known true density) as train/test Parquet")
     p.add_argument("--out", required=True, help="output folder")
@@ -191,16 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_args(p, steps=10000, batch=512, width=512, depth=12)
 
-    p = sub.add_parser("predict", help="point estimates for each embedding of a file, or for photos")
-    p.add_argument("--model", required=True, help="run directory, PLONK checkpoint directory, or hf:ORG/NAME")
+    p = sub.add_parser("predict", help="answers for texts or photos; point estimates for a file of embeddings")
+    p.add_argument(
+        "--model", default=None, help="run directory, PLONK checkpoint directory, or hf:ORG/NAME (default: shipped)"
+    )
     p.add_argument("--data", default=None, help="embeddings (.parquet or .npz); coordinates optional")
+    p.add_argument("--text", action="append", default=None, metavar="QUERY", help="a text query (repeatable)")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="photos to embed and geolocate (instead of --data)")
     p.add_argument(
-        "--encoder", default=None, help="image encoder for IMAGE… (default: the model's, else efficientnet-lite0)"
+        "--encoder", default=None, help="encoder for --text / IMAGE… (default: the model's, else efficientnet-lite0)"
     )
     p.add_argument("--encoder-path", default=None, help="hub id or local directory of the encoder's weights")
-    p.add_argument("--out", default=None, help="--data: output Parquet; IMAGE…: output JSONL (default stdout)")
-    _add_sampling_args(p, guidance=2.0)
+    p.add_argument(
+        "--out", default=None, help="--data: output Parquet; --text/IMAGE…: output JSONL or CSV (default stdout)"
+    )
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="--text/IMAGE… output (default jsonl)")
+    p.add_argument("--map-dir", default=None, help="--text/IMAGE…: also write one PNG density map per input here")
+    p.add_argument("--geojson", default=None, help="--text/IMAGE…: also write estimates, modes and 50/90%% regions")
+    p.add_argument("--kml", default=None, help="--text/IMAGE…: the same as KML (Google Earth)")
+    _add_answer_args(p)
+    _add_sampling_args(p, guidance=None)
 
     p = sub.add_parser("evaluate", help="GeoScore, distances and accuracies of point estimates")
     p.add_argument("--model", required=True, help="run directory of a trained model")
@@ -376,7 +428,7 @@ def _is_main_process() -> bool:
 
 def _sample_options(args: argparse.Namespace) -> dict:
     return {
-        "guidance": args.guidance,
+        "guidance": 2.0 if args.guidance is None else args.guidance,
         "sample_steps": args.sample_steps,
         "seed": args.seed,
         "solver": args.solver,
@@ -395,17 +447,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_ref(model: str | None) -> str:
+    """``--model``, or the shipped model's run directory."""
+    if model is not None:
+        return model
+    from globeflow.pretrained import default_model_dir
+
+    return str(default_model_dir())
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from globeflow.api import load
     from globeflow.data import read_dataset, write_parquet
 
-    if (args.data is None) == (not args.images):
-        raise CLIError("give either --data FILE or one or more IMAGE paths")
-    if args.images:
-        return _predict_images(args)
+    inputs = sum(x is not None and x != [] for x in (args.data, args.text, args.images or None))
+    if inputs != 1:
+        raise CLIError("give one of --data FILE, --text QUERY (repeatable) or IMAGE paths")
+    if args.data is None:
+        return _predict_answers(args)
     if args.out is None:
         raise CLIError("--out is required with --data")
-    model = load(args.model, device=args.device)
+    model = load(_model_ref(args.model), device=args.device)
     data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
     pred = _predict_points(model, data, args)
     columns = dict(data.extra)
@@ -430,27 +492,37 @@ def _model_encoder(model_ref: str) -> str | None:
     return None
 
 
-def _predict_images(args: argparse.Namespace) -> int:
-    """Embed ``args.images`` and write one JSON line per photo (point estimate, or the error)."""
-    import json
+def _encode_texts(model, model_ref: str, texts: list[str], encoder: str | None, encoder_path, device: str):
+    """Embed ``texts`` with the model's text encoder (or ``encoder``) -> ((N, D), encoder name)."""
+    from globeflow.encoders import TextEncoder, get_encoder
 
-    from globeflow.api import load
+    name = encoder or _model_encoder(model_ref) or "minilm"
+    enc = get_encoder(name, source=encoder_path, device=device)
+    if not isinstance(enc, TextEncoder):
+        raise CLIError(f"--encoder {name} is not a text encoder (text queries need one, e.g. minilm)")
+    if enc.dim != model.embedding_dim:
+        raise CLIError(f"--encoder {name} gives {enc.dim}-d embeddings but the model expects {model.embedding_dim}-d")
+    if any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise CLIError("--text: empty query")
+    return enc.encode_texts(texts), name
+
+
+def _encode_images(model, model_ref: str, paths: list[str], encoder: str | None, encoder_path, device: str):
+    """Embed photos -> (embeddings (N_ok, D), index of each embedded photo in ``records``,
+    records: one dict per path with ``image``, EXIF GPS if any, or the ``error``; encoder name)."""
     from globeflow.embed import EmbedItem
     from globeflow.encoders import DEFAULT_IMAGE_ENCODER, ImageEncoder, get_encoder
     from globeflow.encoders.preprocess import ImageError, load_image
 
-    model = load(args.model, device=args.device)
-    name = args.encoder or getattr(model, "plonk", {}).get("encoder") or _model_encoder(args.model)
+    name = encoder or getattr(model, "plonk", {}).get("encoder") or _model_encoder(model_ref)
     name = name or DEFAULT_IMAGE_ENCODER
-    encoder = get_encoder(name, source=args.encoder_path, device=args.device)
-    if not isinstance(encoder, ImageEncoder):
+    enc = get_encoder(name, source=encoder_path, device=device)
+    if not isinstance(enc, ImageEncoder):
         raise CLIError(f"--encoder {name} is not an image encoder")
-    if encoder.dim != model.embedding_dim:
-        raise CLIError(
-            f"--encoder {name} gives {encoder.dim}-d embeddings but the model expects {model.embedding_dim}-d"
-        )
+    if enc.dim != model.embedding_dim:
+        raise CLIError(f"--encoder {name} gives {enc.dim}-d embeddings but the model expects {model.embedding_dim}-d")
     pixels, good, records = [], [], []
-    for path in args.images:
+    for path in paths:
         item = EmbedItem(path, Path(path))
         try:
             img = load_image(item.path)
@@ -458,22 +530,82 @@ def _predict_images(args: argparse.Namespace) -> int:
             print(f"skipped {err}", file=sys.stderr)
             records.append({"image": path, "error": str(err)})
             continue
-        pixels.append(encoder.preprocess(img))
+        pixels.append(enc.preprocess(img))
         good.append(len(records))
         gps = img.info.get("gps")
         records.append({"image": path, **({"exif_latitude": gps[0], "exif_longitude": gps[1]} if gps else {})})
+    emb = np.zeros((0, model.embedding_dim), np.float32)
     if pixels:
-        emb = np.concatenate([encoder.encode_pixels(np.stack(pixels[i : i + 32])) for i in range(0, len(pixels), 32)])
-        pred = model.predict(emb, **_sample_options(args))
-        for j, (lat, lon) in zip(good, pred):
-            records[j].update(latitude=float(lat), longitude=float(lon))
-    lines = "".join(json.dumps({**r, "model": args.model, "encoder": name}) + "\n" for r in records)
+        emb = np.concatenate([enc.encode_pixels(np.stack(pixels[i : i + 32])) for i in range(0, len(pixels), 32)])
+    return emb, good, records, name
+
+
+def _answers(model, emb: np.ndarray, args: argparse.Namespace, *, quick: bool = False) -> list:
+    """:func:`globeflow.answers.answer` with the command's settings (guidance 0 by default)."""
+    from globeflow.answers import answer
+
+    guidance = getattr(args, "guidance", None)
+    return answer(
+        model,
+        emb,
+        num_samples=args.samples or (128 if quick else 512),
+        guidance=0.0 if guidance is None else guidance,
+        seed=args.seed,
+        density_steps=args.density_steps,
+    )
+
+
+def _predict_answers(args: argparse.Namespace) -> int:
+    """Answers for ``--text`` queries or photos: JSONL/CSV, and maps/GeoJSON/KML on request."""
+    from globeflow.api import load
+    from globeflow.viz.outputs import answers_csv_text, write_answer_files, write_text
+
+    model_ref = _model_ref(args.model)
+    model = load(model_ref, device=args.device)
+    if args.text:
+        emb, name = _encode_texts(model, model_ref, args.text, args.encoder, args.encoder_path, args.device)
+        good, records = list(range(len(args.text))), [{"query": t} for t in args.text]
+    else:
+        emb, good, records, name = _encode_images(
+            model, model_ref, args.images, args.encoder, args.encoder_path, args.device
+        )
+    answered = []
+    if good:
+        answers = _answers(model, emb, args)
+        for j, ans in zip(good, answers):
+            records[j].update(ans.to_dict())
+        answered = [records[j] for j in good]
+        truths = [
+            (records[j]["exif_latitude"], records[j]["exif_longitude"]) if "exif_latitude" in records[j] else None
+            for j in good
+        ]
+        write_answer_files(
+            answered,
+            answers,
+            method=model,
+            emb=emb,
+            map_dir=args.map_dir,
+            geojson=args.geojson,
+            kml=args.kml,
+            exact=args.exact_maps,
+            log_prob_steps=args.density_steps,
+            truths=truths,
+        )
+    for r in records:
+        r.update(model=str(model_ref), encoder=name)
+    if args.format == "csv":
+        text = answers_csv_text(records)
+    else:
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
     if args.out is None:
-        sys.stdout.write(lines)
+        sys.stdout.write(text)
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(lines, encoding="utf-8")
-        print(f"{len(good)} predictions ({len(records) - len(good)} skipped) written to {args.out}", file=sys.stderr)
+        write_text(args.out, text)
+        print(f"{len(good)} answers ({len(records) - len(good)} skipped) written to {args.out}", file=sys.stderr)
+    for what, path in (("maps", args.map_dir), ("GeoJSON", args.geojson), ("KML", args.kml)):
+        if path is not None and good:
+            print(f"{what}: {path}", file=sys.stderr)
     return 0 if good else 2
 
 
@@ -749,7 +881,167 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The demo's queries: ambiguous names, then the same names made precise, regions, countries.
+DEMO_QUERIES = (
+    "Springfield",
+    "Springfield, Illinois",
+    "Paris",
+    "Paris, Texas",
+    "Kenya",
+    "Bavaria",
+    "Victoria",
+    "San Jose",
+)
+QUICK_DEMO_QUERIES = ("Springfield", "Springfield, Illinois", "Kenya")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Geolocate example queries with the shipped model (or --model); --synthetic: the old demo."""
+    if args.synthetic:
+        return _demo_synthetic(args)
+    if args.model is None:
+        from globeflow.pretrained import default_model_dir
+
+        try:
+            default_model_dir()
+        except FileNotFoundError as err:
+            print(f"{err}\nrunning the synthetic-world demo instead (globeflow demo --synthetic)", file=sys.stderr)
+            return _demo_synthetic(args)
+    return _demo_answers(args)
+
+
+def _print_answer(label: str, record: dict) -> None:
+    print(f"\n{label}")
+    print(f"  estimate: {record['latitude']:.4f}, {record['longitude']:.4f}")
+    modes = ", ".join(
+        f"({m['latitude']:.2f}, {m['longitude']:.2f}) {100 * m['mass']:.0f}%" for m in record["modes"][:3]
+    )
+    print(f"  modes: {modes}")
+    countries = ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in record["countries"][:4])
+    print(f"  P(country): {countries}")
+    if record.get("localizability_bits") is not None:
+        print(
+            f"  localizability: {record['localizability_bits']:.2f} bits   "
+            f"90% region: {record['hpd90_area_km2']:,.0f} km²   50% region: {record['hpd50_area_km2']:,.0f} km²"
+        )
+
+
+def heldout_metrics(
+    model, path: str | Path, *, rows: int, density_rows: int, seed: int = 0, density_steps: int = 8
+) -> dict:
+    """GeoScore, distances and country accuracy of the point estimates (ω = 2, 16 steps, the
+    paper's) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
+    coverage on the first ``density_rows`` of them (64 samples each, ``density_steps`` RK4 steps)."""
+    from globeflow.data import read_dataset
+    from globeflow.metrics import admin_accuracy, density_metrics, distance_metrics
+
+    data = read_dataset(path, require_coords=True, expected_dim=model.embedding_dim)
+    n = min(rows, len(data))
+    emb = data.embeddings[:n]
+    truth = np.stack([data.latitude[:n], data.longitude[:n]], axis=1)
+    start = time.perf_counter()
+    pred = model.predict(emb, guidance=2.0, sample_steps=16, seed=seed)
+    metrics = distance_metrics(pred, truth)
+    acc = admin_accuracy(pred, truth)
+    metrics["acc_country"] = acc["acc_country"]
+    metrics["acc_region"] = acc["acc_region"]
+    metrics["predict_seconds"] = time.perf_counter() - start
+    k = min(density_rows, n)
+    if k > 0 and model.density_space == "S2":
+        start = time.perf_counter()
+        dm = density_metrics(model, emb[:k], truth[:k], num_samples=64, seed=seed, steps=density_steps)
+        keep = ("nll", "localizability_mean", "hpd50_coverage", "hpd90_coverage", "hpd90_area_km2_median", "n_density")
+        metrics.update({key: dm[key] for key in keep if key in dm})
+        metrics["density_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def _demo_answers(args: argparse.Namespace) -> int:
+    """Queries (or photos) → answers printed, maps, answers.jsonl/.geojson, report.html,
+    then the model's metrics on its held-out queries."""
+    from globeflow.api import load
+    from globeflow.training.checkpoint import save_json
+    from globeflow.viz.outputs import write_answer_files, write_answers_jsonl, write_html_report
+
+    t0 = time.perf_counter()
+    quick = args.quick
+    out = Path(args.out)
+    model_ref = _model_ref(args.model)
+    model = load(model_ref, device=args.device)
+    if args.image:
+        emb, good, records, name = _encode_images(
+            model, model_ref, args.image, args.encoder, args.encoder_path, args.device
+        )
+        records = [records[j] for j in good]
+        if not records:
+            raise CLIError("--image: no photo could be read")
+        truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in records]
+    else:
+        queries = args.query or list(QUICK_DEMO_QUERIES if quick else DEMO_QUERIES)
+        emb, name = _encode_texts(model, model_ref, queries, args.encoder, args.encoder_path, args.device)
+        records, truths = [{"query": q} for q in queries], None
+    print(f"model: {model_ref} ({model.name}, {model.embedding_dim}-d {name} embeddings)")
+    start = time.perf_counter()
+    answers = _answers(model, emb, args, quick=quick)
+    answer_seconds = time.perf_counter() - start
+    for r, a in zip(records, answers):
+        r.update(a.to_dict())
+        _print_answer(r.get("query") or r.get("image"), r)
+    start = time.perf_counter()
+    write_answer_files(
+        records,
+        answers,
+        method=model,
+        emb=emb,
+        map_dir=out / "maps",
+        geojson=out / "answers.geojson",
+        exact=args.exact_maps,
+        log_prob_steps=args.density_steps,
+        truths=truths,
+        link_base=out,
+    )
+    map_seconds = time.perf_counter() - start
+    write_answers_jsonl(out / "answers.jsonl", records)
+    print(
+        f"\n{len(records)} answers in {answer_seconds:.1f} s ({answers[0].num_samples} samples each), maps in {map_seconds:.1f} s"
+    )
+    metrics, note = None, ""
+    heldout = Path(model_ref) / "heldout.parquet"
+    if heldout.is_file():
+        rows = args.heldout_rows if args.heldout_rows is not None else (50 if quick else 500)
+        density_rows = args.density_rows if args.density_rows is not None else (10 if quick else 100)
+        metrics = heldout_metrics(
+            model, heldout, rows=rows, density_rows=density_rows, seed=args.seed, density_steps=args.density_steps
+        )
+        save_json(out / "heldout_metrics.json", metrics)
+        note = (
+            f"First {metrics['n']} held-out queries of {heldout.name}: point estimates at guidance 2 "
+            f"(16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
+            f"(64 samples, {args.density_steps} RK4 steps)."
+        )
+        print(f"\nheld-out ({note})")
+        print(format_metrics(metrics, title=Path(model_ref).name))
+    else:
+        print(f"\nno held-out file at {heldout}: skipped the held-out evaluation")
+    write_html_report(
+        out / "report.html",
+        records,
+        title="globeflow: where is it?",
+        intro=(
+            f"Answers of {model_ref} ({model.name}) to {len(records)} inputs, from "
+            f"{answers[0].num_samples} samples each with their exact log-density "
+            f"({args.density_steps} RK4 steps). Maps: "
+            + ("the model's exact density." if args.exact_maps else "kernel estimate from those samples.")
+        ),
+        metrics=metrics,
+        metrics_note=note,
+    )
+    print(f"\nreport: {out / 'report.html'}  maps: {out / 'maps'}  answers: {out / 'answers.jsonl'}")
+    print(f"total {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _demo_synthetic(args: argparse.Namespace) -> int:
     """Synthetic world → train RFM → evaluate, compared with the Bayes-optimal GeoScore."""
     from globeflow.data import SyntheticWorld, read_dataset, write_world_dataset
     from globeflow.metrics import distance_metrics

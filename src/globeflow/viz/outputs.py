@@ -1,0 +1,384 @@
+"""Writers for answers: JSON Lines, CSV, GeoJSON (RFC 7946), KML 2.2 and an offline HTML report.
+
+Every writer takes *records*: one JSON-ready dict per input (``query`` or ``image``, plus the
+fields of :meth:`globeflow.answers.Answer.to_dict` and, when drawn, ``map`` — the PNG's path
+relative to the report). GeoJSON and KML also take the :class:`~globeflow.viz.answer_maps.AnswerMap`
+of each answer, whose rasters give the 50/90% regions as polygons (from the zoom raster when
+there is one, else from the world map). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import itertools
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import contourpy
+import numpy as np
+
+from globeflow.training.checkpoint import atomic_write
+from globeflow.viz.export import _clean_ring, hpd_polygons
+
+__all__ = [
+    "answers_geojson",
+    "region_polygons",
+    "slugify",
+    "write_answer_files",
+    "write_answers_csv",
+    "write_answers_jsonl",
+    "write_html_report",
+    "write_kml",
+    "write_text",
+]
+
+#: How many modes / countries get their own CSV columns (all of them are in the JSON cells).
+CSV_TOP = 3
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
+
+
+def _label(record: dict[str, Any]) -> str:
+    return str(record.get("query") or record.get("image") or "")
+
+
+# ----------------------------------------------------------------------------- regions
+def region_polygons(amap: Any, level: float) -> list[list[np.ndarray]]:
+    """Polygons of the level-``level`` HPD region drawn in ``amap``: [exterior, *holes] each,
+    rings (K, 2) closed (longitude, latitude), exterior counter-clockwise, holes clockwise.
+
+    From the zoom raster when there is one (a city-scale region is below the world raster's
+    resolution), else from the world map. A zoom raster crossing the antimeridian has its
+    rings clamped at ±180° (the part beyond is dropped).
+    """
+    tau = amap.thresholds[level]
+    zoom = amap.zoom
+    if zoom is None:
+        return hpd_polygons(amap.world.lat, amap.world.lon, amap.world.log_prob, tau)
+    top = float(np.max(zoom.log_prob))
+    if top < tau:
+        return []
+    gen = contourpy.contour_generator(x=zoom.lon, y=zoom.lat, z=zoom.log_prob, fill_type=contourpy.FillType.OuterOffset)
+    points, offsets = gen.filled(float(tau), top + 1.0)
+    out = []
+    for pts, off in zip(points, offsets):
+        rings = [pts[a:b] for a, b in itertools.pairwise(off)]
+        shell = _clean_ring(rings[0], ccw=True)
+        if shell is None:
+            continue
+        holes = [h for h in (_clean_ring(r, ccw=False) for r in rings[1:]) if h is not None]
+        out.append([shell, *holes])
+    return out
+
+
+def _summary_properties(record: dict[str, Any]) -> dict[str, Any]:
+    countries = record.get("countries") or []
+    return {
+        "label": _label(record),
+        "localizability_bits": record.get("localizability_bits"),
+        "hpd50_area_km2": record.get("hpd50_area_km2"),
+        "hpd90_area_km2": record.get("hpd90_area_km2"),
+        "top_country": countries[0]["code"] if countries else None,
+        "top_country_probability": countries[0]["probability"] if countries else None,
+    }
+
+
+def answers_geojson(records: Sequence[dict[str, Any]], maps: Sequence[Any | None]) -> dict[str, Any]:
+    """GeoJSON FeatureCollection: per record a Point ``estimate``, a Point per ``mode`` (with
+    its rank and mass) and, when its map is given, a MultiPolygon per ``region`` (50% and 90%).
+    Positions are (longitude, latitude) as RFC 7946 wants; ``kind`` tells the features apart."""
+    features = []
+    for record, amap in zip(records, maps):
+        base = _summary_properties(record)
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {**base, "kind": "estimate"},
+                "geometry": {"type": "Point", "coordinates": [record["longitude"], record["latitude"]]},
+            }
+        )
+        for rank, m in enumerate(record.get("modes") or [], start=1):
+            features.append(
+                {
+                    "type": "Feature",
+                    "properties": {"label": base["label"], "kind": "mode", "rank": rank, "mass": m["mass"]},
+                    "geometry": {"type": "Point", "coordinates": [m["longitude"], m["latitude"]]},
+                }
+            )
+        if amap is None:
+            continue
+        for level in sorted(amap.thresholds, reverse=True):  # larger first: smaller draws on top
+            polys = region_polygons(amap, level)
+            features.append(
+                {
+                    "type": "Feature",
+                    "properties": {
+                        "label": base["label"],
+                        "kind": "region",
+                        "level": level,
+                        "density": amap.kind,
+                        "area_km2": record.get(f"hpd{round(100 * level)}_area_km2"),
+                    },
+                    "geometry": {
+                        "type": "MultiPolygon",
+                        "coordinates": [[ring.tolist() for ring in poly] for poly in polys],
+                    },
+                }
+            )
+    return {"type": "FeatureCollection", "features": features}
+
+
+# ----------------------------------------------------------------------------- KML
+def _coords(ring: np.ndarray) -> str:
+    return " ".join(f"{lon:.6f},{lat:.6f}" for lon, lat in ring)
+
+
+def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: Sequence[Any | None]) -> Path:
+    """KML 2.2 document: one Folder per record with Placemarks for the estimate, the modes and
+    the 50/90% regions (Polygons, outer and inner boundaries), for Google Earth and GIS tools."""
+    ns = "http://www.opengis.net/kml/2.2"
+    root = ET.Element("kml", xmlns=ns)
+    doc = ET.SubElement(root, "Document")
+    ET.SubElement(doc, "name").text = "globeflow answers"
+    for level, color in ((0.5, "7f4f6e0b"), (0.9, "3fa85f1f")):  # aabbggrr
+        style = ET.SubElement(doc, "Style", id=f"hpd{round(100 * level)}")
+        ET.SubElement(ET.SubElement(style, "LineStyle"), "width").text = "2"
+        ET.SubElement(ET.SubElement(style, "PolyStyle"), "color").text = color
+    for record, amap in zip(records, maps):
+        folder = ET.SubElement(doc, "Folder")
+        ET.SubElement(folder, "name").text = _label(record)
+        pm = ET.SubElement(folder, "Placemark")
+        ET.SubElement(pm, "name").text = f"estimate: {_label(record)}"
+        countries = record.get("countries") or []
+        desc = [f"{c['name']}: {100 * c['probability']:.0f}%" for c in countries[:3]]
+        if record.get("hpd90_area_km2") is not None:
+            desc.append(f"90% region: {record['hpd90_area_km2']:.4g} km²")
+        ET.SubElement(pm, "description").text = "; ".join(desc)
+        ET.SubElement(
+            ET.SubElement(pm, "Point"), "coordinates"
+        ).text = f"{record['longitude']:.6f},{record['latitude']:.6f}"
+        for rank, m in enumerate(record.get("modes") or [], start=1):
+            pm = ET.SubElement(folder, "Placemark")
+            ET.SubElement(pm, "name").text = f"mode {rank}: {100 * m['mass']:.0f}%"
+            ET.SubElement(ET.SubElement(pm, "Point"), "coordinates").text = f"{m['longitude']:.6f},{m['latitude']:.6f}"
+        if amap is None:
+            continue
+        for level in sorted(amap.thresholds, reverse=True):
+            polys = region_polygons(amap, level)
+            if not polys:
+                continue
+            pm = ET.SubElement(folder, "Placemark")
+            ET.SubElement(pm, "name").text = f"{100 * level:g}% region"
+            ET.SubElement(pm, "styleUrl").text = f"#hpd{round(100 * level)}"
+            multi = ET.SubElement(pm, "MultiGeometry")
+            for poly in polys:
+                polygon = ET.SubElement(multi, "Polygon")
+                for k, ring in enumerate(poly):
+                    boundary = ET.SubElement(polygon, "outerBoundaryIs" if k == 0 else "innerBoundaryIs")
+                    ET.SubElement(ET.SubElement(boundary, "LinearRing"), "coordinates").text = _coords(ring)
+    ET.indent(root)
+    text = '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return write_text(path, text)
+
+
+# ----------------------------------------------------------------------------- JSONL, CSV
+def write_answers_jsonl(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
+    """One JSON object per line (no NaN: ``allow_nan=False`` fails loudly instead)."""
+    return write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+
+
+def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
+    """CSV with one row per record: the scalar fields, ``mode{k}_latitude/longitude/mass`` and
+    ``country{k}_code/name/probability`` for k = 1…3, and the full lists as JSON cells
+    (``modes_json``, ``countries_json``)."""
+    scalar = []
+    for r in records:
+        for k, v in r.items():
+            if not isinstance(v, (list, dict)) and k not in scalar:
+                scalar.append(k)
+    cols = list(scalar)
+    for k in range(1, CSV_TOP + 1):
+        cols += [f"mode{k}_latitude", f"mode{k}_longitude", f"mode{k}_mass"]
+    for k in range(1, CSV_TOP + 1):
+        cols += [f"country{k}_code", f"country{k}_name", f"country{k}_probability"]
+    cols += ["modes_json", "countries_json"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        row = {k: r.get(k) for k in scalar}
+        modes, countries = r.get("modes") or [], r.get("countries") or []
+        for k, m in enumerate(modes[:CSV_TOP], start=1):
+            row.update(
+                {f"mode{k}_latitude": m["latitude"], f"mode{k}_longitude": m["longitude"], f"mode{k}_mass": m["mass"]}
+            )
+        for k, c in enumerate(countries[:CSV_TOP], start=1):
+            row.update(
+                {
+                    f"country{k}_code": c["code"],
+                    f"country{k}_name": c["name"],
+                    f"country{k}_probability": c["probability"],
+                }
+            )
+        row["modes_json"] = json.dumps(modes)
+        row["countries_json"] = json.dumps(countries)
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def write_answers_csv(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
+    """Write :func:`answers_csv_text` atomically."""
+    return write_text(path, answers_csv_text(records))
+
+
+# ----------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 1.5em .5em 0;font-size:.9em;display:inline-table;vertical-align:top}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #eee}
+.note{color:#666;font-size:.85em}
+"""
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = ""
+    for row in rows:
+        cells = "".join(
+            f'<td class="num">{html.escape(str(c))}</td>' if k else f"<td>{html.escape(str(c))}</td>"
+            for k, c in enumerate(row)
+        )
+        body += f"<tr>{cells}</tr>"
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def write_html_report(
+    path: str | os.PathLike,
+    records: Sequence[dict[str, Any]],
+    *,
+    title: str = "globeflow answers",
+    intro: str = "",
+    metrics: dict[str, Any] | None = None,
+    metrics_note: str = "",
+) -> Path:
+    """A self-contained HTML page (no scripts, no network): per record its estimate,
+    localizability and 50/90% region areas, the modes and P(country) tables, and its map
+    (``record["map"]``, a path relative to the page); then ``metrics`` as a table."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if intro:
+        parts.append(f"<p>{html.escape(intro)}</p>")
+    for r in records:
+        parts.append(f"<h2>{html.escape(_label(r))}</h2>")
+        summary = [
+            ("estimate (lat, lon)", f"{r['latitude']:.4f}, {r['longitude']:.4f}"),
+            ("localizability", f"{_fmt(r.get('localizability_bits'), '.2f')} bits"),
+            ("50% region", f"{_fmt(r.get('hpd50_area_km2'), ',.0f')} km²"),
+            ("90% region", f"{_fmt(r.get('hpd90_area_km2'), ',.0f')} km²"),
+        ]
+        if r.get("true_latitude") is not None:
+            summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))
+        parts.append(_table(["", "value"], summary))
+        modes = [
+            (k, f"{m['latitude']:.3f}, {m['longitude']:.3f}", f"{100 * m['mass']:.1f}%")
+            for k, m in enumerate(r.get("modes") or [], start=1)
+        ]
+        parts.append(_table(["mode", "lat, lon", "mass"], modes))
+        countries = [(c["name"], c["code"], f"{100 * c['probability']:.1f}%") for c in r.get("countries") or []]
+        parts.append(_table(["country", "code", "P"], countries))
+        if r.get("map"):
+            src = html.escape(Path(r["map"]).as_posix(), quote=True)
+            parts.append(f'<p><img src="{src}" alt="density map: {html.escape(_label(r), quote=True)}"></p>')
+    if metrics:
+        parts.append("<h2>Held-out evaluation</h2>")
+        if metrics_note:
+            parts.append(f'<p class="note">{html.escape(metrics_note)}</p>')
+        rows = [(k, v if isinstance(v, str) else _fmt(v, ".4g")) for k, v in metrics.items() if not isinstance(v, dict)]
+        parts.append(_table(["metric", "value"], rows))
+    parts.append("</body></html>\n")
+    return write_text(path, "\n".join(parts))
+
+
+# ----------------------------------------------------------------------------- all at once
+def slugify(text: str, taken: set[str] | None = None) -> str:
+    """A file-name-safe, lower-case ASCII slug of ``text``, unique within ``taken`` (updated)."""
+    import re
+    import unicodedata
+
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:60] or "item"
+    if taken is not None:
+        base, k = slug, 2
+        while slug in taken:
+            slug, k = f"{base}-{k}", k + 1
+        taken.add(slug)
+    return slug
+
+
+def write_answer_files(
+    records: list[dict[str, Any]],
+    answers: Sequence[Any],
+    *,
+    method: Any = None,
+    emb: Any = None,
+    map_dir: str | os.PathLike | None = None,
+    geojson: str | os.PathLike | None = None,
+    kml: str | os.PathLike | None = None,
+    exact: bool = False,
+    log_prob_steps: int = 8,
+    truths: Sequence[Sequence[float] | None] | None = None,
+    link_base: str | os.PathLike | None = None,
+) -> list[Any]:
+    """Maps, GeoJSON and KML of ``answers`` (one per record): draws ``map_dir``/<slug>.png for
+    each (recording its path in ``record["map"]``, relative to ``link_base`` when given) and
+    writes ``geojson``/``kml``. ``exact`` maps need ``method`` and ``emb`` (B, D). Returns the
+    :class:`~globeflow.viz.answer_maps.AnswerMap` of each answer (None when nothing asked)."""
+    from globeflow.viz.answer_maps import answer_map, plot_answer_map
+
+    if map_dir is None and geojson is None and kml is None:
+        return [None] * len(answers)
+    maps, taken = [], set()
+    for i, (record, ans) in enumerate(zip(records, answers)):
+        amap = answer_map(
+            ans,
+            method=method,
+            emb=None if emb is None else np.asarray(emb)[i],
+            exact=exact,
+            log_prob_steps=log_prob_steps,
+        )
+        maps.append(amap)
+        if map_dir is not None:
+            png = Path(map_dir) / f"{slugify(_label(record), taken)}.png"
+            truth = None if truths is None else truths[i]
+            plot_answer_map(ans, amap, png, truth=truth, title=_label(record))
+            record["map"] = os.path.relpath(png, link_base) if link_base is not None else str(png)
+    if geojson is not None:
+        text = json.dumps(answers_geojson(records, maps), separators=(",", ":"), allow_nan=False)
+        write_text(geojson, text + "\n")
+    if kml is not None:
+        write_kml(kml, records, maps)
+    return maps
