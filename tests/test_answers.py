@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from _answer_helpers import FixedVMF
 
 from globeflow.answers import answer, country_name, country_probabilities, find_modes
 from globeflow.geometry.coords import EARTH_RADIUS_KM, great_circle_km, latlon_to_xyz, xyz_to_latlon
 from globeflow.geometry.vmf import vmf_log_prob, vmf_sample
-from globeflow.methods.base import Method
 
 PARIS = (48.8566, 2.3522)
 TOKYO = (35.6895, 139.6917)
@@ -23,30 +23,6 @@ def _vmf_samples(center, kappa: float, n: int, seed: int) -> np.ndarray:
     mu = torch.tensor(latlon_to_xyz(np.array([center[0]]), np.array([center[1]])), dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     return vmf_sample(mu, torch.tensor([kappa], dtype=torch.float64), n, generator=g)[0].numpy()
-
-
-class FixedVMF(Method):
-    """Test double: p(y | c) = vMF(μ = c / |c|, κ) with a closed-form density (D = 3)."""
-
-    name = "fixed_vmf"
-    density_space = "S2"
-
-    def __init__(self, kappa: float) -> None:
-        self.kappa = kappa
-        self.embedding_dim = 3
-
-    def _mu(self, emb):
-        return (emb / emb.norm(dim=-1, keepdim=True)).double()
-
-    def sample_xyz(self, emb, num_samples, *, generator, **options):
-        kappa = torch.full((emb.shape[0],), self.kappa, dtype=torch.float64)
-        return vmf_sample(self._mu(emb), kappa, num_samples, generator=generator)
-
-    def log_prob_xyz(self, emb, x, *, guidance=0.0, **options):
-        return vmf_log_prob(x.double(), self._mu(emb)[:, None], torch.tensor(self.kappa, dtype=torch.float64))
-
-    def config(self) -> dict:
-        return {"method": self.name, "kappa": self.kappa}
 
 
 def test_two_separated_clusters_give_two_modes_with_their_masses():

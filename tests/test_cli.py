@@ -155,7 +155,7 @@ def test_resume_continues_to_more_steps(world_files, tmp_path):
 
 
 def test_quick_demo(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    assert main(["demo", "--synthetic", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "best achievable GeoScore" in out and "true p(y | c)" in out
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())

@@ -14,6 +14,7 @@ from _samples import OSV5M_SAMPLE
 from PIL import Image
 
 import globeflow
+from globeflow.answers import answer
 from globeflow.cli import main
 from globeflow.data import read_dataset
 from globeflow.embed import collect_inputs, embed_images, read_embed_metadata
@@ -180,10 +181,12 @@ def test_cli_embed_csv_then_train_and_predict_photos(folder: Path, tmp_path: Pat
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert [x["image"].split("/")[-1] for x in lines] == ["a.jpg", "notes.jpg", "c.jpg"]
     assert "error" in lines[1] and abs(lines[0]["latitude"]) <= 90 and lines[2]["exif_latitude"] == -34.0
-    expected = globeflow.load(run).predict(
-        read_dataset(out).embeddings[:1], sample_steps=2
-    )  # same photo, same seed -> same point as predicting its embedding
-    np.testing.assert_allclose([lines[0]["latitude"], lines[0]["longitude"]], expected[0], atol=1e-3)
+    # Same photo, same seed -> the same answer as for its embedding (the top mode of 512 samples).
+    (expected,) = answer(globeflow.load(run), read_dataset(out).embeddings[:1], num_samples=512, seed=0)
+    np.testing.assert_allclose(
+        [lines[0]["latitude"], lines[0]["longitude"]], [expected.latitude, expected.longitude], atol=1e-3
+    )
+    assert lines[0]["modes"][0]["mass"] == expected.modes[0].mass and lines[0]["countries"]
     assert main(["predict", "--model", str(run), "--data", str(out), str(folder / "a.jpg")]) == 2
 
 
