@@ -93,8 +93,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> No
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
-def _add_answer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", type=_positive_int, default=None, help="samples per answer (default 512, quick 128)")
+def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
+    p.add_argument("--samples", type=_positive_int, default=None, help=f"samples per answer (default {samples})")
     p.add_argument(
         "--density-steps",
         type=_positive_int,
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heldout-rows", type=int, default=None, help="held-out rows for the metrics (default 500, quick 50)"
     )
     p.add_argument(
-        "--density-rows", type=int, default=None, help="of which with HPD coverage (default 100, quick 10; 0: none)"
+        "--density-rows", type=int, default=None, help="of which with HPD coverage (default 50, quick 10; 0: none)"
     )
     p.add_argument("--device", default="cpu")
 
@@ -540,7 +540,7 @@ def _encode_images(model, model_ref: str, paths: list[str], encoder: str | None,
     return emb, good, records, name
 
 
-def _answers(model, emb: np.ndarray, args: argparse.Namespace, *, quick: bool = False) -> list:
+def _answers(model, emb: np.ndarray, args: argparse.Namespace, *, default_samples: int = 512) -> list:
     """:func:`globeflow.answers.answer` with the command's settings (guidance 0 by default)."""
     from globeflow.answers import answer
 
@@ -548,7 +548,7 @@ def _answers(model, emb: np.ndarray, args: argparse.Namespace, *, quick: bool = 
     return answer(
         model,
         emb,
-        num_samples=args.samples or (128 if quick else 512),
+        num_samples=args.samples or default_samples,
         guidance=0.0 if guidance is None else guidance,
         seed=args.seed,
         density_steps=args.density_steps,
@@ -927,11 +927,21 @@ def _print_answer(label: str, record: dict) -> None:
 
 
 def heldout_metrics(
-    model, path: str | Path, *, rows: int, density_rows: int, seed: int = 0, density_steps: int = 8
+    model,
+    path: str | Path,
+    *,
+    rows: int,
+    density_rows: int,
+    seed: int = 0,
+    density_steps: int = 8,
+    density_samples: int = 32,
 ) -> dict:
     """GeoScore, distances and country accuracy of the point estimates (ω = 2, 16 steps, the
     paper's) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
-    coverage on the first ``density_rows`` of them (64 samples each, ``density_steps`` RK4 steps)."""
+    coverage on the first ``density_rows`` of them (``density_samples`` samples each,
+    ``density_steps`` RK4 steps). The HPD thresholds are quantiles of few samples: with 32, a
+    calibrated model expects an hpd90_coverage of ≈ 0.88 (the truth must beat the 4th–5th
+    lowest of 32 sample log-densities: 1 − 4.1/33), not 0.90."""
     from globeflow.data import read_dataset
     from globeflow.metrics import admin_accuracy, density_metrics, distance_metrics
 
@@ -949,7 +959,7 @@ def heldout_metrics(
     k = min(density_rows, n)
     if k > 0 and model.density_space == "S2":
         start = time.perf_counter()
-        dm = density_metrics(model, emb[:k], truth[:k], num_samples=64, seed=seed, steps=density_steps)
+        dm = density_metrics(model, emb[:k], truth[:k], num_samples=density_samples, seed=seed, steps=density_steps)
         keep = ("nll", "localizability_mean", "hpd50_coverage", "hpd90_coverage", "hpd90_area_km2_median", "n_density")
         metrics.update({key: dm[key] for key in keep if key in dm})
         metrics["density_seconds"] = time.perf_counter() - start
@@ -982,7 +992,8 @@ def _demo_answers(args: argparse.Namespace) -> int:
         records, truths = [{"query": q} for q in queries], None
     print(f"model: {model_ref} ({model.name}, {model.embedding_dim}-d {name} embeddings)")
     start = time.perf_counter()
-    answers = _answers(model, emb, args, quick=quick)
+    # 256 samples: the demo's 2-minute budget on a 2-core CPU (docs/practitioners.md, Speed).
+    answers = _answers(model, emb, args, default_samples=128 if quick else 256)
     answer_seconds = time.perf_counter() - start
     for r, a in zip(records, answers):
         r.update(a.to_dict())
@@ -1009,7 +1020,7 @@ def _demo_answers(args: argparse.Namespace) -> int:
     heldout = Path(model_ref) / "heldout.parquet"
     if heldout.is_file():
         rows = args.heldout_rows if args.heldout_rows is not None else (50 if quick else 500)
-        density_rows = args.density_rows if args.density_rows is not None else (10 if quick else 100)
+        density_rows = args.density_rows if args.density_rows is not None else (10 if quick else 50)
         metrics = heldout_metrics(
             model, heldout, rows=rows, density_rows=density_rows, seed=args.seed, density_steps=args.density_steps
         )
@@ -1017,7 +1028,8 @@ def _demo_answers(args: argparse.Namespace) -> int:
         note = (
             f"First {metrics['n']} held-out queries of {heldout.name}: point estimates at guidance 2 "
             f"(16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
-            f"(64 samples, {args.density_steps} RK4 steps)."
+            f"(32 samples, {args.density_steps} RK4 steps; a calibrated model expects hpd90_coverage ≈ 0.88 "
+            "with 32 samples)."
         )
         print(f"\nheld-out ({note})")
         print(format_metrics(metrics, title=Path(model_ref).name))
