@@ -213,3 +213,20 @@ def test_predict_text_outputs(tiny_text_model, tmp_path):
     assert [r["query"] for r in rows] == ["Paris", "Paris, Texas"] and rows[0]["encoder"] == "minilm"
     assert json.loads((tmp_path / "a.geojson").read_text())["type"] == "FeatureCollection"
     assert main(args + ["--data", str(tiny_text_model / "heldout.parquet")]) == 2  # one input kind at a time
+
+
+def test_denoising_trajectories_end_at_the_samples(tmp_path):
+    from globeflow.methods import create_method
+    from globeflow.viz.answer_maps import denoising_trajectories
+
+    torch.manual_seed(0)
+    method = create_method("rfm", 3, width=16, depth=1)
+    emb = _emb(PARIS)
+    paths = denoising_trajectories(method, emb[0], 6, sample_steps=5, seed=3)
+    assert paths.shape == (6, 6, 2)  # noise + 5 steps, 6 paths
+    end = method.sample(emb, 6, guidance=0.0, sample_steps=5, seed=3)[0]
+    np.testing.assert_allclose(paths[-1], end, atol=1e-4)
+    assert denoising_trajectories(FixedVMF(10.0), emb[0]) is None  # no step-by-step sampler
+    (a,) = answer(FixedVMF(50.0), emb, num_samples=64)
+    png = plot_answer_map(a, answer_map(a), tmp_path / "t.png", trajectories=paths)
+    assert png.stat().st_size > 10_000

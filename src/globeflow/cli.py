@@ -102,6 +102,13 @@ def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
         help="RK4 steps of the likelihood ODE carrying log p along the samples (default 8)",
     )
     p.add_argument(
+        "--trajectories",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw N denoising paths of the sampler on each map (paper Figs. 1, 3; default 0)",
+    )
+    p.add_argument(
         "--exact-maps",
         action="store_true",
         help="maps of the exact density (an ODE solve per map point: minutes per map) instead of the samples' kernel estimate",
@@ -590,6 +597,7 @@ def _predict_answers(args: argparse.Namespace) -> int:
             exact=args.exact_maps,
             log_prob_steps=args.density_steps,
             truths=truths,
+            trajectories=args.trajectories,
         )
     for r in records:
         r.update(model=str(model_ref), encoder=name)
@@ -1010,6 +1018,7 @@ def _demo_answers(args: argparse.Namespace) -> int:
         log_prob_steps=args.density_steps,
         truths=truths,
         link_base=out,
+        trajectories=args.trajectories,
     )
     map_seconds = time.perf_counter() - start
     write_answers_jsonl(out / "answers.jsonl", records)

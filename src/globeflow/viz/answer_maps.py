@@ -46,7 +46,7 @@ from globeflow.viz.maps import (
     load_basemap,
 )
 
-__all__ = ["AnswerMap", "ZoomRaster", "answer_map", "kde_log_prob_fn", "plot_answer_map"]
+__all__ = ["AnswerMap", "ZoomRaster", "answer_map", "denoising_trajectories", "kde_log_prob_fn", "plot_answer_map"]
 
 LEVELS = (0.5, 0.9)
 
@@ -138,11 +138,15 @@ def answer_map(
     exact: bool = False,
     resolution_deg: float = 1.0,
     log_prob_steps: int = 8,
-    zoom_points: int = 160,
+    zoom_points: int | None = None,
     max_zoom_span_deg: float = 30.0,
     bandwidth_km: float = 200.0,
 ) -> AnswerMap:
-    """The world map (and zoom) of answer ``ans``; ``exact`` needs ``method`` and ``emb`` (D,)."""
+    """The world map (and zoom) of answer ``ans``; ``exact`` needs ``method`` and ``emb`` (D,).
+
+    ``zoom_points`` per side of the zoom raster: default 160 for the kernel estimate, 48 for
+    the exact density (2,304 ODE solves; the panel interpolates bilinearly between them).
+    """
     xyz = latlon_to_xyz(ans.samples[:, 0], ans.samples[:, 1])
     if exact:
         if method is None or emb is None:
@@ -167,13 +171,57 @@ def answer_map(
     zoom = None
     extent = zoom_extent(ans.samples[at_samples >= thresholds[0.9]], max_span_deg=max_zoom_span_deg)
     if extent is not None:
-        n = int(zoom_points)
+        n = int(zoom_points or (48 if exact else 160))
         lat = np.linspace(extent[0], extent[1], n)
         lon = np.linspace(extent[2], extent[3], n)
         gl, go = np.meshgrid(lat, lon, indexing="ij")
         lp = fn(latlon_to_xyz(gl.ravel(), wrap_longitude(go.ravel()))).reshape(n, n)
         zoom = ZoomRaster(lat, lon, lp)
     return AnswerMap(world, zoom, thresholds, kind)
+
+
+def denoising_trajectories(
+    method: Any, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0
+) -> np.ndarray | None:
+    """``num`` denoising paths of the method's own sampler for ONE embedding ``emb`` (D,), from
+    the noise to the samples (paper, Figs. 1 and 3): (T + 1, num, 2) latitude/longitude degrees.
+
+    Intermediate states of R³ methods are shown by their direction (the radial part is not a
+    location). None for methods without a step-by-step sampler.
+    """
+    import torch
+
+    from globeflow.geometry.coords import xyz_to_latlon
+    from globeflow.methods.base import GenerativeMethod, as_embedding
+
+    if not isinstance(method, GenerativeMethod):
+        return None
+    e = as_embedding(np.asarray(emb, dtype=np.float32).reshape(1, -1), method.embedding_dim, device=method.device)
+    traj: list = []
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    method.sample_xyz(e, int(num), generator=gen, guidance=0.0, sample_steps=int(sample_steps), trajectory=traj)
+    states = traj[0][:, 0].detach().double().cpu().numpy()  # (T + 1, num, 3)
+    return xyz_to_latlon(states)
+
+
+def _draw_trajectories(ax, paths: np.ndarray) -> None:
+    """Paths (T + 1, N, 2) as lines fading in from the noise, split where they cross the map's edge."""
+    from matplotlib.collections import LineCollection
+
+    from globeflow.viz.maps import equal_earth
+
+    x, y = equal_earth(paths[..., 0], paths[..., 1])  # (T + 1, N)
+    x_max = float(equal_earth(np.array(0.0), np.array(180.0))[0])
+    segs, alphas = [], []
+    t = paths.shape[0] - 1
+    for k in range(t):
+        for n in range(paths.shape[1]):
+            if abs(x[k + 1, n] - x[k, n]) < x_max:  # a jump across the antimeridian is not drawn
+                segs.append([(x[k, n], y[k, n]), (x[k + 1, n], y[k + 1, n])])
+                alphas.append(0.15 + 0.7 * (k + 1) / t)
+    colors = [(0.1, 0.35, 0.6, a) for a in alphas]
+    ax.add_collection(LineCollection(segs, colors=colors, linewidths=0.6, zorder=5.2))
+    ax.scatter(x[0], y[0], s=4, c="#7f7f7f", marker="o", lw=0, zorder=5.2)
 
 
 def _draw_zoom(ax, zoom: ZoomRaster, thresholds: dict[float, float], ans: Any, truth, vmin: float, vmax: float):
@@ -232,11 +280,14 @@ def plot_answer_map(
     width_px: int = 1400,
     max_labels: int = 3,
     floor_mass: float = 0.99,
+    trajectories: np.ndarray | None = None,
 ) -> Path:
     """Write the answer's map to ``out_png``: the world (Equal Earth) with the density on a
     log₁₀-per-km² scale, the 50/90% regions, the samples, the estimate (star), the top modes
     (numbered, with their mass), ``truth`` (cross) when known, and the zoom panel if any.
-    Outside the map's top-``floor_mass`` HPD region the basemap is left uncoloured."""
+    Outside the map's top-``floor_mass`` HPD region the basemap is left uncoloured.
+    ``trajectories`` (T + 1, N, 2) (:func:`denoising_trajectories`) are drawn as fading lines
+    from the noise (grey dots) to the samples."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -270,6 +321,11 @@ def plot_answer_map(
         vmin=vmin,
         vmax=vmax,
     )
+    if trajectories is not None:
+        from matplotlib.lines import Line2D
+
+        _draw_trajectories(ax, np.asarray(trajectories, dtype=np.float64))
+        handles.append(Line2D([], [], color=(0.1, 0.35, 0.6), lw=0.8, label="denoising paths"))
     for k, m in enumerate(ans.modes[:max_labels]):
         mx, my = equal_earth(np.array(m.latitude), np.array(m.longitude))
         ax.annotate(

@@ -352,12 +352,14 @@ def write_answer_files(
     log_prob_steps: int = 8,
     truths: Sequence[Sequence[float] | None] | None = None,
     link_base: str | os.PathLike | None = None,
+    trajectories: int = 0,
 ) -> list[Any]:
     """Maps, GeoJSON and KML of ``answers`` (one per record): draws ``map_dir``/<slug>.png for
     each (recording its path in ``record["map"]``, relative to ``link_base`` when given) and
     writes ``geojson``/``kml``. ``exact`` maps need ``method`` and ``emb`` (B, D). Returns the
-    :class:`~globeflow.viz.answer_maps.AnswerMap` of each answer (None when nothing asked)."""
-    from globeflow.viz.answer_maps import answer_map, plot_answer_map
+    :class:`~globeflow.viz.answer_maps.AnswerMap` of each answer (None when nothing asked).
+    ``trajectories``: draw that many denoising paths of the method's sampler on each map."""
+    from globeflow.viz.answer_maps import answer_map, denoising_trajectories, plot_answer_map
 
     if map_dir is None and geojson is None and kml is None:
         return [None] * len(answers)
@@ -374,7 +376,10 @@ def write_answer_files(
         if map_dir is not None:
             png = Path(map_dir) / f"{slugify(_label(record), taken)}.png"
             truth = None if truths is None else truths[i]
-            plot_answer_map(ans, amap, png, truth=truth, title=_label(record))
+            paths = None
+            if trajectories > 0 and method is not None and emb is not None:
+                paths = denoising_trajectories(method, np.asarray(emb)[i], trajectories)
+            plot_answer_map(ans, amap, png, truth=truth, title=_label(record), trajectories=paths)
             record["map"] = os.path.relpath(png, link_base) if link_base is not None else str(png)
     if geojson is not None:
         text = json.dumps(answers_geojson(records, maps), separators=(",", ":"), allow_nan=False)
