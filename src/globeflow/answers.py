@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from globeflow.density.localizability import localizability_from_log_prob
 from globeflow.density.regions import hpd_area_km2, hpd_threshold
@@ -125,6 +126,26 @@ def _kappa_of(bandwidth_km: float) -> float:
     return (EARTH_RADIUS_KM / float(bandwidth_km)) ** 2
 
 
+def _mean_shift(y: Tensor, kappa: Tensor, log_c: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """Mean shift of samples ``y`` (b, S, 3) with kernels ``kappa``/``log_c`` (b, 1, S) ->
+    end points (b, S, 3) and the log kernel density there (b, S)."""
+    z = y.clone()
+    yt = y.transpose(1, 2)
+    log_ck = log_c + torch.log(kappa)
+    for _ in range(iterations):
+        # log of Cⱼ κⱼ e^{κⱼ(⟨z, yⱼ⟩ − 1)}, shifted by its row maximum: no overflow for any κ.
+        t = torch.bmm(z, yt).sub_(1.0).mul_(kappa).add_(log_ck)
+        w = t.sub_(t.amax(dim=-1, keepdim=True)).exp_()
+        new = torch.bmm(w, y)
+        new = new / new.norm(dim=-1, keepdim=True)
+        moved = float((new - z).norm(dim=-1).max())
+        z = new
+        if moved < 1e-5:  # radians: 64 m on the Earth, far below the 50 km merge radius
+            break
+    # Kernel density at each end point: the denser end point of a group names the mode.
+    return z, torch.logsumexp(log_c + kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0), dim=-1)
+
+
 def find_modes(
     xyz: np.ndarray,
     log_prob: np.ndarray | None = None,
@@ -132,7 +153,7 @@ def find_modes(
     bandwidth_km: float = 200.0,
     merge_km: float = 50.0,
     max_modes: int = 5,
-    iterations: int = 200,
+    iterations: int = 100,
 ) -> list[tuple[Mode, ...]]:
     """Modes and their masses from samples ``xyz`` (B, S, 3) unit vectors -> B tuples of modes.
 
@@ -164,20 +185,16 @@ def find_modes(
         kappa = torch.from_numpy(np.clip(2.0 * math.pi * np.exp(np.minimum(lp, 40.0)), lo, hi))
     kappa = kappa[:, None, :]  # (B, 1, S): one kernel per sample y_j
     log_c = torch.log(kappa) - torch.log(-torch.expm1(-2.0 * kappa)) - math.log(2.0 * math.pi)
-    y = torch.from_numpy(x / np.linalg.norm(x, axis=-1, keepdims=True))
-    z = y.clone()
-    for _ in range(iterations):
-        # log of Cⱼ κⱼ e^{κⱼ(⟨z, yⱼ⟩ − 1)}, shifted by its row maximum: no overflow for any κ.
-        t = log_c + torch.log(kappa) + kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0)
-        w = torch.exp(t - t.amax(dim=-1, keepdim=True))
-        new = torch.bmm(w, y)
-        new = new / new.norm(dim=-1, keepdim=True)
-        moved = float((new - z).norm(dim=-1).max())
-        z = new
-        if moved < 1e-7:  # radians: 0.6 m on the Earth
-            break
-    # Kernel density at each end point: the denser end point of a group names the mode.
-    dens = torch.logsumexp(log_c + kappa * (torch.bmm(z, y.transpose(1, 2)) - 1.0), dim=-1).numpy()
+    y_all = torch.from_numpy(x / np.linalg.norm(x, axis=-1, keepdims=True))
+    # Embeddings in chunks: the (b, S, S) kernel matrices stay under ~32 MB each.
+    per_chunk = max(1, (1 << 22) // (x.shape[1] ** 2))
+    zs, ds = [], []
+    for start in range(0, x.shape[0], per_chunk):
+        sl = slice(start, start + per_chunk)
+        z, d = _mean_shift(y_all[sl], kappa[sl], log_c[sl], iterations)
+        zs.append(z)
+        ds.append(d)
+    z, dens = torch.cat(zs), torch.cat(ds).numpy()
     z = z.numpy()
     out = []
     for b in range(x.shape[0]):  # grouping: a loop over modes (few), not over samples
