@@ -50,7 +50,7 @@ GUIDANCES = (0.0, 1.0, 2.0, 3.0, 5.0)
 STEPS = (1, 2, 4, 8, 16, 32, 64)
 MVMF_C = (64, 256, 1024, 4096, 16384)
 LOC_L = (7, 15, 31)
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -367,11 +367,21 @@ def stage_eval(out: Path, quick: bool) -> None:
             )
     # (f) MvMF against its number of components c: exact NLL on all test rows (closed form, cheap).
     full = replace(test, n_nll=len(test.emb))
+    # The same on 2 000 training rows: the gap between the two is the over-fitting (variance).
+    train = read_dataset(out / "world" / "train.parquet", require_coords=True)
+    n_train = min(len(train), len(test.emb))
+    train_rows = replace(
+        test,
+        emb=train.embeddings[:n_train].astype(np.float32),
+        truth=np.stack([train.latitude[:n_train], train.longitude[:n_train]], axis=1),
+        n_nll=n_train,
+    )
     for c in MVMF_C:
         name = f"mvmf_c{c}"
         if have(name):
             res.get(f"point/{name}/w2/s16", P(name))
             res.get(f"nllall/{name}", N(name, 0.0, full))
+            res.get(f"nlltrain/{name}", N(name, 0.0, train_rows))
     # (g) LocDiffusion against the SH degree L.
     res.get("shdd_resolution", lambda: shdd_resolution(LOC_L, 200 if quick else 2000))
     for L in LOC_L:
@@ -538,11 +548,15 @@ def make_tables(R: dict) -> str:
     for c in MVMF_C:
         p, nll = R.get(f"point/mvmf_c{c}/w2/s16"), R.get(f"nllall/mvmf_c{c}")
         if p and nll:
-            rows.append([c, f"{nll['nll']:.3f} ± {nll['nll_se']:.3f}", _fmt(nll["nll"] - nll["nll_true"]), _geo(p),
-                         f"{p['median_distance_km']:.0f}"])  # fmt: skip
+            acc = [f"{100 * p[f'acc_{r}km']:.1f}" for r in (200, 750, 2500)]
+            tr = R.get(f"nlltrain/mvmf_c{c}")
+            tr_s = "–" if tr is None else f"{tr['nll']:.3f} (true {tr['nll_true']:.3f})"
+            rows.append([c, f"{nll['nll']:.3f} ± {nll['nll_se']:.3f}", _fmt(nll["nll"] - nll["nll_true"]), tr_s,
+                         _geo(p), f"{p['median_distance_km']:.0f}", *acc])  # fmt: skip
     nt = next((R[k]["nll_true"] for k in R if k.startswith("nllall/")), float("nan"))
     parts.append(f"### (f) MvMF against c (NLL on all test rows; true {nt:.3f})\n\n" + _table(
-        ["c", "NLL ± SE", "gap to true", "GeoScore", "median km"], rows))  # fmt: skip
+        ["c", "test NLL ± SE", "gap to true", "train NLL (as many training rows)", "GeoScore", "median km", "acc 200 km %",
+         "acc 750 km %", "acc 2500 km %"], rows))  # fmt: skip
     # (g) LocDiffusion.
     rows = []
     res_ = R.get("shdd_resolution", {})
@@ -633,8 +647,11 @@ def make_figures(R: dict, figures: Path) -> list[Path]:
     if cs:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         ax.errorbar(cs, [R[f"nllall/mvmf_c{c}"]["nll"] for c in cs],
-                    yerr=[R[f"nllall/mvmf_c{c}"]["nll_se"] for c in cs], marker="o", label="MvMF")  # fmt: skip
-        ax.axhline(R[f"nllall/mvmf_c{cs[0]}"]["nll_true"], color="k", ls="--", label="true p(y|c)")
+                    yerr=[R[f"nllall/mvmf_c{c}"]["nll_se"] for c in cs], marker="o", label="MvMF, test rows")  # fmt: skip
+        tr = [c for c in cs if f"nlltrain/mvmf_c{c}" in R]
+        if tr:
+            ax.plot(tr, [R[f"nlltrain/mvmf_c{c}"]["nll"] for c in tr], marker="s", ls=":", label="MvMF, training rows")
+        ax.axhline(R[f"nllall/mvmf_c{cs[0]}"]["nll_true"], color="k", ls="--", label="true p(y|c), test rows")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("components c")
         ax.set_ylabel("NLL (all test rows)")
@@ -646,6 +663,7 @@ def make_figures(R: dict, figures: Path) -> list[Path]:
     if Ls:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         ax.plot(Ls, [20000 / L for L in Ls], "k--", label="20000/L (paper)")
+        ax.plot(Ls, [res_[str(L)]["zero_km"] for L in Ls], marker="v", label="first zero of truncated δ (Eq. 9)")
         ax.plot(Ls, [res_[str(L)]["q50_km"] for L in Ls], marker="s", label="exact code: q_e 50% radius")
         ax.plot(Ls, [res_[str(L)]["exact_err_median_km"] for L in Ls], marker="^", label="exact code: decode error")
         tl = [L for L in Ls if f"point/locdiffusion_L{L}/w2/s16" in R]
