@@ -229,6 +229,7 @@ def nll_eval(model, test: TestSet, world: SyntheticWorld, guidance: float = 0.0)
         "nll": float(nats_to_paper_nll(-np.mean(logp))),
         "nll_true": float(nats_to_paper_nll(-np.mean(true_logp))),
         "nll_se": float(nats_to_paper_nll(np.std(logp) / math.sqrt(n))),
+        "nll_rows": [round(float(v), 4) for v in nats_to_paper_nll(-logp)],  # for paired differences
         "space": model.density_space,
         "n": n,
     }
@@ -390,7 +391,9 @@ def stage_eval(out: Path, quick: bool) -> None:
             res.get(f"point/{name}/w2/s16", P(name, rows=test.n_loc))
     # The `globeflow compare` table of all methods (every metric; densities on a few rows), on
     # the first n_cmp test rows (written as their own file, so the CLI command can be rerun).
-    compare = [n for n in main_runs if have(n)]
+    # LocDiffusion is left out: its sampler costs ~1-4 s per row on a CPU (its metrics on the
+    # first n_loc rows are in the (g) results).
+    compare = [n for n in main_runs if have(n) and not n.startswith("locdiffusion")]
     subset = out / "world" / f"test_first{test.n_cmp}.parquet"
     if compare and not (out / "compare.md").is_file():
         from globeflow.cli import evaluate_run, format_table
@@ -526,10 +529,14 @@ def make_tables(R: dict) -> str:
         if p2 is None or p0 is None or nll is None:
             continue
         diff = "–" if name == "rfm_s0" else "{:+.0f} ± {:.0f}".format(*_paired(p2["scores"], base["scores"]))
-        rows.append([label, _geo(p2), diff, _geo(p0), _fmt(nll["nll"]), _fmt(p0["precision"]), _fmt(p0["recall"]),
+        base_nll = R["nll/rfm_s0/w0"].get("nll_rows")
+        nll_diff = "–"
+        if name != "rfm_s0" and base_nll and nll.get("nll_rows"):
+            nll_diff = "{:+.3f} ± {:.3f}".format(*_paired(nll["nll_rows"], base_nll))
+        rows.append([label, _geo(p2), diff, _geo(p0), _fmt(nll["nll"]), nll_diff, _fmt(p0["precision"]), _fmt(p0["recall"]),
                      _fmt(p0["density"]), _fmt(p0["coverage"])])  # fmt: skip
     parts.append("### (d) Schedules of the Riemannian model (Table A)\n\n" + _table(
-        ["κ(t)", "GeoScore ω=2", "Δ vs skewed", "GeoScore ω=0", "NLL ω=0", "precision", "recall", "density",
+        ["κ(t)", "GeoScore ω=2", "Δ vs skewed", "GeoScore ω=0", "NLL ω=0", "ΔNLL vs skewed", "precision", "recall", "density",
          "coverage"], rows))  # fmt: skip
     # (e) ensemble.
     ens, s0, s2 = R.get("ens/rfm_s0/w0"), R.get("single/rfm_s0/w0"), R.get("single/rfm_s0/w2")
@@ -541,8 +548,10 @@ def make_tables(R: dict) -> str:
             ["ensemble of 32, ω=0", _geo(ens), f"{ens['median_distance_km']:.0f}",
              "{:+.0f} ± {:.0f}".format(*_paired(ens["scores"], s0["scores"])), f"{ens['seconds']:.1f}"],
         ]  # fmt: skip
+        ens_vs_guided = "{:+.0f} ± {:.0f}".format(*_paired(ens["scores"], s2["scores"]))
         parts.append(f"### (e) Ensemble vs single sampling (RFM, first {ens['n']} test rows)\n\n" + _table(
-            ["strategy", "GeoScore", "median km", "Δ vs single ω=0", "seconds"], rows))  # fmt: skip
+            ["strategy", "GeoScore", "median km", "Δ vs single ω=0", "seconds"], rows)
+            + f"\n\nEnsemble (ω=0) − single sample (ω=2), paired: {ens_vs_guided}.")  # fmt: skip
     # (f) MvMF.
     rows = []
     for c in MVMF_C:
@@ -682,6 +691,11 @@ def stage_report(out: Path, figures: Path) -> None:
     tables = make_tables(R)
     if (out / "compare.md").is_file():
         tables += "\n### `globeflow compare` table\n\n" + (out / "compare.md").read_text(encoding="utf-8")
+    rows = []
+    for timing in sorted((out / "runs").glob("*/train_time.json")):
+        t = load_json(timing)
+        rows.append([timing.parent.name, f"{t['seconds']:.0f}", f"`{t['command']}`"])
+    tables += "\n### Runs\n\n" + _table(["run", "train seconds", "equivalent command"], rows) + "\n"
     (out / "tables.md").write_text(tables, encoding="utf-8")
     for path in make_figures(R, figures):
         print(f"figure: {path} ({path.stat().st_size // 1024} KB)", flush=True)
