@@ -391,9 +391,7 @@ def stage_eval(out: Path, quick: bool) -> None:
             res.get(f"point/{name}/w2/s16", P(name, rows=test.n_loc))
     # The `globeflow compare` table of all methods (every metric; densities on a few rows), on
     # the first n_cmp test rows (written as their own file, so the CLI command can be rerun).
-    # LocDiffusion is left out: its sampler costs ~1-4 s per row on a CPU (its metrics on the
-    # first n_loc rows are in the (g) results).
-    compare = [n for n in main_runs if have(n) and not n.startswith("locdiffusion")]
+    compare = [n for n in main_runs if have(n)]
     subset = out / "world" / f"test_first{test.n_cmp}.parquet"
     if compare and not (out / "compare.md").is_file():
         from globeflow.cli import evaluate_run, format_table
@@ -575,10 +573,23 @@ def make_tables(R: dict) -> str:
             continue
         rows.append([L, f"{r['paper_km']:.0f}", f"{r['zero_km']:.0f}", f"{r['q50_km']:.0f}", f"{r['q90_km']:.0f}",
                      f"{r['exact_err_median_km']:.0f}", "–" if p is None else f"{p['median_distance_km']:.0f}",
-                     "–" if p is None else _geo(p)])  # fmt: skip
+                     "–" if p is None else _geo(p),
+                     *(["–"] * 3 if p is None else [f"{100 * p[f'acc_{d}km']:.1f}" for d in (200, 750, 2500)])])  # fmt: skip
     parts.append("### (g) LocDiffusion against the SH degree L\n\n" + _table(
         ["L", "20000/L km", "first zero of δ_L km", "q_e 50% radius km", "q_e 90% radius km",
-         "exact code → decode median km", "trained: median km", "trained: GeoScore"], rows))  # fmt: skip
+         "exact code → decode median km", "trained: median km", "trained: GeoScore", "trained: acc 200 km %",
+         "acc 750 km %", "acc 2500 km %"], rows))  # fmt: skip
+    pts = {L: R.get(f"point/locdiffusion_L{L}/w2/s16") for L in LOC_L}
+    pairs = [(a, b) for a, b in zip(LOC_L[1:], LOC_L[:-1]) if pts[a] and pts[b]]
+    if pairs:
+        parts[-1] += (
+            "\n\nPaired GeoScore differences: "
+            + "; ".join(
+                "L={} − L={}: {:+.0f} ± {:.0f}".format(a, b, *_paired(pts[a]["scores"], pts[b]["scores"]))
+                for a, b in pairs
+            )
+            + "."
+        )
     return "\n\n".join(parts) + "\n"
 
 
