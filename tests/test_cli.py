@@ -154,6 +154,22 @@ def test_resume_continues_to_more_steps(world_files, tmp_path):
     assert steps[-1] == 20 and steps == sorted(set(steps))
 
 
+def test_same_seed_trains_the_same_model(world_files, tmp_path):
+    """--seed fixes the initial weights too, whatever state torch's global generator is in."""
+    import torch
+    from safetensors.torch import load_file
+
+    common = ["--data", str(world_files["train"]), "--width", "16", "--depth", "1", "--batch-size", "32",
+              "--train-steps", "3", "--warmup-steps", "1", "--seed", "7", "--no-progress"]
+    weights = []
+    for i, global_seed in enumerate((123, 456)):
+        torch.manual_seed(global_seed)  # another process starts from another state
+        assert main(["train", *common, "--out", str(tmp_path / f"r{i}")]) == 0
+        weights.append(load_file(tmp_path / f"r{i}" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_quick_demo(tmp_path, capsys):
     assert main(["demo", "--synthetic", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -374,8 +374,13 @@ def train_run(
     from globeflow.methods import create_method
     from globeflow.training import train
     from globeflow.training.checkpoint import load_json, save_json
+    from globeflow.training.loop import _derive_seed
 
     data = _read_training_data(data_path, Path(out), embedding_key)
+    # The network's initial weights (and MvMF's component placement) come from torch's global
+    # generator, which this torch build seeds at random in every process: seed it from --seed so
+    # that the same command trains the same model.
+    torch.manual_seed(_derive_seed(train_cfg.seed, "init"))
     method = create_method(
         model_cfg.method,
         data.dim,
