@@ -155,9 +155,6 @@ def stage_train(out: Path, quick: bool, only: set[str] | None) -> None:
             continue
         print(f"[train] {name}: {train_command(name, run, data, run_dir, quick)}", flush=True)
         start = time.perf_counter()
-        # The network is initialised from torch's global RNG before the trainer seeds it, and this
-        # torch seeds that RNG randomly at start-up: seed it here so that a run is reproducible.
-        torch.manual_seed(run.seed)
         train_run(data, run_dir, run.model, train_config(run, quick))
         seconds = time.perf_counter() - start
         save_json(timing, {"seconds": seconds, "command": train_command(name, run, data, run_dir, quick)})
