@@ -38,8 +38,6 @@ CASES = {
 }
 
 
-
-
 class Timed:
     """Wraps a log_prob_fn to time its calls apart from the map's own work."""
 
