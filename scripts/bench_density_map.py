@@ -38,6 +38,8 @@ CASES = {
 }
 
 
+
+
 class Timed:
     """Wraps a log_prob_fn to time its calls apart from the map's own work."""
 
