@@ -331,7 +331,11 @@ def _embed_cached(
 
 
 def _heldout_subset(rows: list[tuple[str, str, int]], n: int, places: Sequence[Place], salt: str) -> list[int]:
-    """Indices of ~``n`` rows of ``rows``, the same quota per level, chosen by hash."""
+    """Indices of ~``n`` rows of ``rows``, the same quota per level, chosen by hash.
+
+    Returned in hash order, not by query: the first N rows of ``heldout.parquet`` (what
+    ``evaluate --density-rows N`` uses) are then a mix of every level.
+    """
     by_level: dict[str, list[int]] = defaultdict(list)
     for j, (text, level, i) in enumerate(rows):
         by_level[level].append(j)
@@ -343,7 +347,7 @@ def _heldout_subset(rows: list[tuple[str, str, int]], n: int, places: Sequence[P
         idx = sorted(by_level[level], key=lambda j: _unit_hash(f"{rows[j][0]}|{places[rows[j][2]].key}", salt))
         chosen += idx[:quota]
         remaining -= len(idx[:quota])
-    return sorted(chosen)
+    return sorted(chosen, key=lambda j: _unit_hash(f"{rows[j][0]}|{places[rows[j][2]].key}|order", salt))
 
 
 def build_geonames_text(
