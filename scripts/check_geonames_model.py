@@ -21,6 +21,17 @@ import os
 import numpy as np
 
 
+def _near_named(gaz, latlon: np.ndarray, name: str, km: float = 50.0) -> tuple[float, set[int]]:
+    """Share of ``latlon`` (S, 2) within ``km`` of a place called ``name``, and those places hit."""
+    from globeflow.geometry.coords import great_circle_km, xyz_to_latlon
+
+    idx = np.flatnonzero(gaz.city_name == name)
+    places = xyz_to_latlon(gaz.xyz[idx])  # (P, 2)
+    d = great_circle_km(latlon[:, None, 0], latlon[:, None, 1], places[None, :, 0], places[None, :, 1])  # (S, P)
+    close = d < km
+    return float(close.any(axis=1).mean()), {int(idx[j]) for j in np.flatnonzero(close.any(axis=0))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -40,20 +51,30 @@ def main() -> int:
 
     model = load(args.model)
     gaz = load_gazetteer()
+    gaz.city_name = np.array([c.split("|")[0] for c in gaz.city], dtype=object)
     queries = ["Springfield", "Springfield, Illinois", "Kenya", "Paris"]
     emb = get_encoder("minilm").encode_texts(queries)
     samples = model.sample(emb, args.samples, guidance=0.0, seed=0)  # (4, S, 2)
     keys = [gaz.keys(s) for s in samples]
     report: dict = {}
     us = keys[0].country == "US"
-    report["springfield_us_states"] = len(set(keys[0].region[us]))
     report["springfield_share_us"] = float(us.mean())
+    # Mass on the true modes: samples within 50 km of a place named Springfield, and how many
+    # of those places (and US states) get such a sample.
+    near, hit = _near_named(gaz, samples[0], "Springfield")
+    report["springfield_share_within_50km"] = near
+    report["springfield_places_hit"] = len(hit)
+    report["springfield_places_total"] = int(np.sum(gaz.city_name == "Springfield"))
+    report["springfield_us_states_hit"] = len({gaz.region[i] for i in hit if gaz.country[i] == "US"})
     d = great_circle_km(samples[1][:, 0], samples[1][:, 1], 39.80, -89.64)
     report["springfield_illinois_median_km"] = float(np.median(d))
     report["springfield_illinois_share_in_illinois"] = float(np.mean(keys[1].region == "Illinois|US"))
     report["kenya_share_in_kenya"] = float(np.mean(keys[2].country == "KE"))
     report["kenya_distinct_admin1"] = len(set(keys[2].region[keys[2].country == "KE"]))
     report["paris_share_france"] = float(np.mean(keys[3].country == "FR"))
+    near, hit = _near_named(gaz, samples[3], "Paris")
+    report["paris_share_within_50km"] = near
+    report["paris_places_hit"] = sorted(gaz.region[i] for i in hit)
     report["paris_share_texas"] = float(np.mean(keys[3].region == "Texas|US"))
     if args.test:
         data = read_dataset(args.test)
