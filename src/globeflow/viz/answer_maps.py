@@ -35,7 +35,6 @@ import numpy as np
 from globeflow.density.maps import DensityMap, LogProbFn, density_map, log_prob_fn_from_method
 from globeflow.density.regions import hpd_threshold
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, wrap_longitude
-from globeflow.training.checkpoint import atomic_write
 from globeflow.viz.maps import (
     ESTIMATE_STYLE,
     REGION_STYLES,
@@ -43,6 +42,7 @@ from globeflow.viz.maps import (
     TRUTH_STYLE,
     _log10_per_km2,
     draw_world,
+    finish_map_figure,
     load_basemap,
 )
 
@@ -351,16 +351,6 @@ def plot_answer_map(
         zax = fig.add_axes((0.70, 0.18, 0.28, 0.68))
         _draw_zoom(zax, zoom, amap.thresholds, ans, truth, vmin, vmax)
     ax.legend(handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.04))
-    cax = fig.add_axes((0.3, 0.08, 0.4, 0.025))
-    cb = fig.colorbar(im, cax=cax, orientation="horizontal")
     density = "kernel estimate from the model's samples" if amap.kind == "samples" else "the model's exact density"
-    cb.set_label(f"log$_{{10}}$ probability per km$^2$ ({density})", fontsize=7)
-    cb.ax.tick_params(labelsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10, y=0.97)
-    fig.text(0.99, 0.01, "Equal Earth projection · Natural Earth 1:110m", ha="right", fontsize=5, color="#808080")
-
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=dpi)
-
-    return atomic_write(out_png, write)
+    label = f"log$_{{10}}$ probability per km$^2$ ({density})"
+    return finish_map_figure(fig, im, out_png, label=label, title=title, dpi=dpi, colorbar_y=0.08, title_size=10)

@@ -26,6 +26,7 @@ from globeflow.density.regions import hpd_area_km2, hpd_threshold
 from globeflow.training.checkpoint import atomic_write
 
 __all__ = [
+    "filled_polygons",
     "hpd_level_raster",
     "hpd_polygons",
     "region_thresholds",
@@ -86,11 +87,18 @@ def hpd_polygons(lat: np.ndarray, lon: np.ndarray, log_prob: np.ndarray, thresho
     lat_p, lon_p, v = _padded(np.asarray(lat), np.asarray(lon), np.asarray(log_prob, np.float64))
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    top = float(np.nanmax(v))
+    return filled_polygons(lat_p, lon_p, v, threshold)
+
+
+def filled_polygons(lat: np.ndarray, lon: np.ndarray, values: np.ndarray, threshold: float) -> list[list[np.ndarray]]:
+    """Polygons of {values ≥ threshold} on a regular raster (``lat`` (H,), ``lon`` (W,),
+    ``values`` (H, W)), as cleaned GeoJSON-ready rings ([exterior, *holes], see
+    :func:`hpd_polygons`). Rings are clamped to ±180°/±90°; no wrap-around or pole padding."""
+    top = float(np.nanmax(values))
     if top < threshold:
         return []
-    gen = contourpy.contour_generator(x=lon_p, y=lat_p, z=v, fill_type=contourpy.FillType.OuterOffset)
-    points, offsets = gen.filled(float(threshold), max(top, threshold) + 1.0)
+    gen = contourpy.contour_generator(x=lon, y=lat, z=values, fill_type=contourpy.FillType.OuterOffset)
+    points, offsets = gen.filled(float(threshold), top + 1.0)
     polygons = []
     for pts, off in zip(points, offsets):
         rings = [pts[a:b] for a, b in itertools.pairwise(off)]

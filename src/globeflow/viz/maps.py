@@ -247,12 +247,29 @@ def plot_density_map(
         ax.legend(
             handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.02)
         )
-    cax = fig.add_axes((0.3, 0.09, 0.4, 0.025))
+    return finish_map_figure(
+        fig, im, out_png, label="log$_{10}$ probability density per km$^2$", title=title, dpi=dpi, colorbar_y=0.09
+    )
+
+
+def finish_map_figure(
+    fig,
+    im,
+    out_png: str | os.PathLike,
+    *,
+    label: str,
+    title: str | None,
+    dpi: int,
+    colorbar_y: float,
+    title_size: int = 9,
+) -> Path:
+    """The shared bottom of every map: colour bar of ``im``, title, projection credit; atomic PNG write."""
+    cax = fig.add_axes((0.3, colorbar_y, 0.4, 0.025))
     cb = fig.colorbar(im, cax=cax, orientation="horizontal")
-    cb.set_label("log$_{10}$ probability density per km$^2$", fontsize=7)
+    cb.set_label(label, fontsize=7)
     cb.ax.tick_params(labelsize=6)
     if title:
-        fig.suptitle(title, fontsize=9, y=0.97)
+        fig.suptitle(title, fontsize=title_size, y=0.97)
     fig.text(0.99, 0.01, "Equal Earth projection · Natural Earth 1:110m", ha="right", fontsize=5, color="#808080")
 
     def write(tmp: Path) -> None:

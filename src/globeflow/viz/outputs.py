@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import itertools
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -20,11 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import contourpy
 import numpy as np
 
 from globeflow.training.checkpoint import atomic_write
-from globeflow.viz.export import _clean_ring, hpd_polygons
+from globeflow.viz.export import filled_polygons, hpd_polygons
 
 __all__ = [
     "answers_geojson",
@@ -68,20 +66,7 @@ def region_polygons(amap: Any, level: float) -> list[list[np.ndarray]]:
     zoom = amap.zoom
     if zoom is None:
         return hpd_polygons(amap.world.lat, amap.world.lon, amap.world.log_prob, tau)
-    top = float(np.max(zoom.log_prob))
-    if top < tau:
-        return []
-    gen = contourpy.contour_generator(x=zoom.lon, y=zoom.lat, z=zoom.log_prob, fill_type=contourpy.FillType.OuterOffset)
-    points, offsets = gen.filled(float(tau), top + 1.0)
-    out = []
-    for pts, off in zip(points, offsets):
-        rings = [pts[a:b] for a, b in itertools.pairwise(off)]
-        shell = _clean_ring(rings[0], ccw=True)
-        if shell is None:
-            continue
-        holes = [h for h in (_clean_ring(r, ccw=False) for r in rings[1:]) if h is not None]
-        out.append([shell, *holes])
-    return out
+    return filled_polygons(zoom.lat, zoom.lon, zoom.log_prob, tau)
 
 
 def _summary_properties(record: dict[str, Any]) -> dict[str, Any]:
