@@ -689,15 +689,18 @@ def prdc_samples(model, emb: np.ndarray, options: dict, *, guidance: float, unco
 
 
 def evaluate_run(
-    model_dir: str | Path,
+    model_dir,
     data_path: str | Path,
     options: dict,
     *,
     device: str = "cpu",
     density: dict | None = None,
     prdc: dict | None = None,
+    rows: int | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Metrics of ``model_dir`` on ``data_path`` (which must have coordinates).
+    """Metrics of ``model_dir`` (a run directory, or an already loaded method) on ``data_path``
+    (which must have coordinates), or on its first ``rows`` rows.
 
     Always: the point-estimate metrics (GeoScore, distances, accuracies at radii) and the
     administrative accuracies (truth from the file's ``country``/``region``/``sub-region``/
@@ -709,13 +712,23 @@ def evaluate_run(
     """
     from globeflow.api import load
     from globeflow.data import read_dataset
+    from globeflow.methods import Method
     from globeflow.metrics import admin_accuracy, density_metrics, distance_metrics, prdc_latlon
 
-    model = load(model_dir, device=device)
+    model = model_dir if isinstance(model_dir, Method) else load(model_dir, device=device)
     data = read_dataset(data_path, require_coords=True, expected_dim=model.embedding_dim)
+    if rows is not None:
+        first = slice(0, rows)
+        data = dataclasses.replace(
+            data,
+            embeddings=data.embeddings[first],
+            latitude=data.latitude[first],
+            longitude=data.longitude[first],
+            extra={c: v[first] for c, v in data.extra.items()},
+        )
     truth = np.stack([data.latitude, data.longitude], axis=1)
     start = time.perf_counter()
-    pred = model.predict(data.embeddings, **options, progress=True)
+    pred = model.predict(data.embeddings, **options, progress=progress)
     elapsed = time.perf_counter() - start
     metrics = distance_metrics(pred, truth)
     true_keys = _truth_keys(data)
@@ -955,28 +968,14 @@ def heldout_metrics(
     ``density_steps`` RK4 steps). The HPD thresholds are quantiles of few samples: with 32, a
     calibrated model expects an hpd90_coverage of ≈ 0.88 (the truth must beat the 4th–5th
     lowest of 32 sample log-densities: 1 − 4.1/33), not 0.90."""
-    from globeflow.data import read_dataset
-    from globeflow.metrics import admin_accuracy, density_metrics, distance_metrics
-
-    data = read_dataset(path, require_coords=True, expected_dim=model.embedding_dim)
-    n = min(rows, len(data))
-    emb = data.embeddings[:n]
-    truth = np.stack([data.latitude[:n], data.longitude[:n]], axis=1)
-    start = time.perf_counter()
-    pred = model.predict(emb, guidance=2.0, sample_steps=16, seed=seed)
-    metrics = distance_metrics(pred, truth)
-    acc = admin_accuracy(pred, truth)
-    metrics["acc_country"] = acc["acc_country"]
-    metrics["acc_region"] = acc["acc_region"]
-    metrics["predict_seconds"] = time.perf_counter() - start
-    k = min(density_rows, n)
-    if k > 0 and model.density_space == "S2":
-        start = time.perf_counter()
-        dm = density_metrics(model, emb[:k], truth[:k], num_samples=density_samples, seed=seed, steps=density_steps)
-        keep = ("nll", "localizability_mean", "hpd50_coverage", "hpd90_coverage", "hpd90_area_km2_median", "n_density")
-        metrics.update({key: dm[key] for key in keep if key in dm})
-        metrics["density_seconds"] = time.perf_counter() - start
-    return metrics
+    density = None
+    if density_rows > 0 and model.density_space == "S2":
+        density = {"rows": density_rows, "num_samples": density_samples, "seed": seed, "steps": density_steps}
+    options = {"guidance": 2.0, "sample_steps": 16, "seed": seed}
+    metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=False)
+    # The demo's table shows the point metrics it explains and the calibration of its regions.
+    dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples", "hpd95_coverage")
+    return {k: v for k, v in metrics.items() if k not in dropped}
 
 
 def _demo_answers(args: argparse.Namespace) -> int:
