@@ -982,6 +982,7 @@ def _demo_answers(args: argparse.Namespace) -> int:
     """Queries (or photos) → answers printed, maps, answers.jsonl/.geojson, report.html,
     then the model's metrics on its held-out queries."""
     from globeflow.api import load
+    from globeflow.pretrained import HELDOUT_FILE
     from globeflow.training.checkpoint import save_json
     from globeflow.viz.outputs import write_answer_files, write_answers_jsonl, write_html_report
 
@@ -1031,7 +1032,7 @@ def _demo_answers(args: argparse.Namespace) -> int:
         f"\n{len(records)} answers in {answer_seconds:.1f} s ({answers[0].num_samples} samples each), maps in {map_seconds:.1f} s"
     )
     metrics, note = None, ""
-    heldout = Path(model_ref) / "heldout.parquet"
+    heldout = Path(model_ref) / HELDOUT_FILE
     if heldout.is_file():
         rows = args.heldout_rows if args.heldout_rows is not None else (50 if quick else 500)
         density_rows = args.density_rows if args.density_rows is not None else (10 if quick else 50)

@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from globeflow.pretrained import HELDOUT_FILE
+
 __all__ = ["LEVELS", "GeonamesTextConfig", "Place", "build_geonames_text", "build_rows", "load_places"]
 
 LEVELS = (
@@ -411,7 +413,7 @@ def build_geonames_text(
     write(out / "train.parquet", splits["train"])
     write(out / "test.parquet", splits["test"])
     held = [splits["test"][j] for j in _heldout_subset(splits["test"], config.heldout_rows, places, config.salt)]
-    write(out / "heldout.parquet", held)
+    write(out / HELDOUT_FILE, held)
 
     def counts(rows: list[tuple[str, str, int]]) -> dict:
         per: dict[str, dict[str, int]] = {}

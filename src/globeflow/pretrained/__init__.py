@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "default_model_dir", "heldout_path"]
+__all__ = ["DEFAULT_MODEL", "HELDOUT_FILE", "default_model_dir", "heldout_path"]
 
 DEFAULT_MODEL = "geonames-text"
+#: A model directory's held-out rows (embeddings + true locations), evaluated by ``globeflow demo``.
+HELDOUT_FILE = "heldout.parquet"
 _ROOT = Path(__file__).resolve().parent
 
 
@@ -31,4 +33,4 @@ def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
 
 def heldout_path(name: str = DEFAULT_MODEL) -> Path:
     """Parquet file of the shipped model's held-out queries (embeddings + true locations)."""
-    return default_model_dir(name) / "heldout.parquet"
+    return default_model_dir(name) / HELDOUT_FILE
