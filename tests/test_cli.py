@@ -187,3 +187,13 @@ def test_unavailable_device_is_reported(run_dir, world_files, tmp_path, capsys):
                  "--out", str(tmp_path / "m.json"), "--device", "cuda"])
     err = capsys.readouterr().err
     assert code == 2 and "CUDA is not available" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--heldout-rows", "0"), ("--heldout-rows", "-3"), ("--density-rows", "-1"), ("--trajectories", "-2")]
+)
+def test_demo_rejects_bad_row_counts(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "d"), flag, value])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -79,6 +79,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> None:
     default = (
         "2 for point estimates of --data, 0 (the model's own density) for answers"
@@ -103,7 +110,7 @@ def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
     )
     p.add_argument(
         "--trajectories",
-        type=int,
+        type=_nonnegative_int,
         default=0,
         metavar="N",
         help="draw N denoising paths of the sampler on each map (paper Figs. 1, 3; default 0)",
@@ -214,10 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-path", default=None, help="hub id or local directory of the encoder's weights")
     _add_answer_args(p)
     p.add_argument(
-        "--heldout-rows", type=int, default=None, help="held-out rows for the metrics (default 500, quick 50)"
+        "--heldout-rows", type=_positive_int, default=None, help="held-out rows for the metrics (default 500, quick 50)"
     )
     p.add_argument(
-        "--density-rows", type=int, default=None, help="of which with HPD coverage (default 50, quick 10; 0: none)"
+        "--density-rows",
+        type=_nonnegative_int,
+        default=None,
+        help="of which with HPD coverage (default 50, quick 10; 0: none)",
     )
     p.add_argument("--device", default="cpu")
 
@@ -715,6 +725,8 @@ def evaluate_run(
     from globeflow.methods import Method
     from globeflow.metrics import admin_accuracy, density_metrics, distance_metrics, prdc_latlon
 
+    if rows is not None and rows < 1:
+        raise ValueError(f"rows: expected a positive number of rows, got {rows}")
     model = model_dir if isinstance(model_dir, Method) else load(model_dir, device=device)
     data = read_dataset(data_path, require_coords=True, expected_dim=model.embedding_dim)
     if rows is not None:
