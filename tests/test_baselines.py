@@ -28,7 +28,16 @@ def _unit(lat: float, lon: float) -> torch.Tensor:
 
 
 def _fit(method, x0: torch.Tensor, emb: torch.Tensor, steps: int, lr: float, batch: int = 256) -> None:
+    """Adam on minibatches with the learning rate annealed to 0 (cosine).
+
+    The tests compare the fit with the maximum-likelihood answer on all of ``x0``. A constant
+    learning rate leaves the last iterate jittering by the minibatch noise (about 0.7° for a
+    κ = 50 mean at batch 128, the size of the tolerance), so whether a test passed depended on
+    the exact random stream (thread count, BLAS, library versions). Annealing to 0 averages that
+    noise out and the last iterate settles at the full-data optimum.
+    """
     opt = torch.optim.Adam(method.net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / steps)))
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randint(0, len(x0), (batch,), generator=g)
@@ -36,6 +45,7 @@ def _fit(method, x0: torch.Tensor, emb: torch.Tensor, steps: int, lr: float, bat
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
 
 
 def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
