@@ -21,7 +21,7 @@ import globeflow
 from globeflow import hub
 from globeflow.solvers.fixed_step import integrate, time_grid
 from globeflow.solvers.manifolds import Sphere
-from globeflow.training.checkpoint import CheckpointError
+from globeflow.io import CheckpointError
 
 D, WIDTH = 16, 64
 

@@ -40,7 +40,7 @@ from globeflow.training import (  # noqa: E402
     train,
     warmup_cosine,
 )
-from globeflow.training import checkpoint as ckpt_mod  # noqa: E402
+from globeflow import io as ckpt_mod  # noqa: E402
 
 HELPERS = Path(__file__).resolve().parent / "_training_helpers.py"
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from globeflow.methods import GenerativeMethod, build_method
-from globeflow.training.checkpoint import CheckpointError, load_json, load_weights, save_json, save_weights
+from globeflow.io import CheckpointError, load_json, load_weights, save_json, save_weights
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load", "save"]
 

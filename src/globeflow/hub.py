@@ -39,7 +39,7 @@ from globeflow.methods.flow import FlowMatching
 from globeflow.methods.rfm import RiemannianFlowMatching
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 from globeflow.paths.schedules import make_schedule
-from globeflow.training.checkpoint import CheckpointError, load_weights
+from globeflow.io import CheckpointError, load_weights
 
 __all__ = [
     "PLONK_MODELS",

@@ -296,7 +296,7 @@ def _embed_cached(
     """
     from tqdm.auto import tqdm
 
-    from globeflow.training.checkpoint import atomic_write
+    from globeflow.io import atomic_write
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     out: list[np.ndarray] = []
@@ -372,7 +372,7 @@ def build_geonames_text(
     """
     from globeflow.data.readers import write_parquet
     from globeflow.embed import METADATA_KEY
-    from globeflow.training.checkpoint import save_json
+    from globeflow.io import save_json
 
     config = config or GeonamesTextConfig()
     if embed is None:

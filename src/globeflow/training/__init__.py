@@ -9,20 +9,23 @@ Typical use::
 Run data-parallel with ``torchrun --nproc_per_node=K script.py`` (no code change).
 """
 
-from .checkpoint import (
+from globeflow.io import (
     CheckpointError,
     CheckpointNotFoundError,
     atomic_write,
-    capture_rng_state,
-    has_training_state,
     load_json,
-    load_training_state,
     load_weights,
     load_weights_metadata,
-    restore_rng_state,
     save_json,
-    save_training_state,
     save_weights,
+)
+
+from .checkpoint import (
+    capture_rng_state,
+    has_training_state,
+    load_training_state,
+    restore_rng_state,
+    save_training_state,
 )
 from .distributed import DistContext, cleanup_distributed, rank_slice, setup_distributed, wrap_model
 from .ema import EMA, unwrap_model

@@ -37,15 +37,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from globeflow.io import atomic_write, save_json, save_weights
+
 from .checkpoint import (
-    atomic_write,
     capture_rng_state,
     has_training_state,
     load_training_state,
     restore_rng_state,
-    save_json,
     save_training_state,
-    save_weights,
 )
 from .distributed import (
     DistContext,

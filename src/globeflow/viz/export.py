@@ -23,7 +23,7 @@ import numpy as np
 
 from globeflow.density.maps import DensityMap
 from globeflow.density.regions import hpd_area_km2, hpd_threshold
-from globeflow.training.checkpoint import atomic_write
+from globeflow.io import atomic_write
 
 __all__ = [
     "filled_polygons",

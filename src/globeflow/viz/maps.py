@@ -28,7 +28,7 @@ import numpy as np
 
 from globeflow.density.maps import DensityMap
 from globeflow.geometry.coords import EARTH_RADIUS_KM, wrap_longitude
-from globeflow.training.checkpoint import atomic_write
+from globeflow.io import atomic_write
 
 __all__ = ["draw_world", "equal_earth", "equal_earth_inverse", "load_basemap", "plot_density_map"]
 

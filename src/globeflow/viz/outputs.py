@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from globeflow.training.checkpoint import atomic_write
+from globeflow.io import atomic_write, write_text
 from globeflow.viz.export import filled_polygons, hpd_polygons
 
 __all__ = [
@@ -33,20 +33,10 @@ __all__ = [
     "write_answers_jsonl",
     "write_html_report",
     "write_kml",
-    "write_text",
 ]
 
 #: How many modes / countries get their own CSV columns (all of them are in the JSON cells).
 CSV_TOP = 3
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomically write UTF-8 text."""
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-
-    return atomic_write(path, write)
 
 
 def _label(record: dict[str, Any]) -> str:
