@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from globeflow.data import DataError, GeoDataset, read_dataset, write_parquet
-from globeflow.data import readers
+from globeflow.data import parquet as readers
 
 
 def _data(n: int = 7, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

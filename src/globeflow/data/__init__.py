@@ -1,8 +1,10 @@
 """Input data: validated Parquet/NPZ/WebDataset readers, dataset metadata CSVs, and a
 synthetic world with a closed-form density."""
 
+from globeflow.data.dataset import DataError, GeoDataset
 from globeflow.data.labels import LabelTable, read_labels
-from globeflow.data.readers import DataError, GeoDataset, read_dataset, write_parquet
+from globeflow.data.parquet import write_parquet
+from globeflow.data.readers import read_dataset
 from globeflow.data.synthetic import SyntheticWorld, nats_to_paper_nll, write_world_dataset
 from globeflow.data.webdataset import iter_webdataset, read_webdataset, write_webdataset
 

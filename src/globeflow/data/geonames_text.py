@@ -370,8 +370,8 @@ def build_geonames_text(
     Parquet columns: ``embedding`` (float32), ``latitude``, ``longitude``, ``query``, ``level``,
     ``cc``, ``place`` (the place key).
     """
-    from globeflow.data.readers import write_parquet
-    from globeflow.embed import METADATA_KEY
+    from globeflow.data.dataset import METADATA_KEY
+    from globeflow.data.parquet import write_parquet
     from globeflow.io import save_json
 
     config = config or GeonamesTextConfig()

@@ -23,15 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from globeflow.data.readers import DataError
+from globeflow.data.dataset import ID_NAMES, IMAGE_SUFFIXES, LAT_NAMES, LON_NAMES, PATH_NAMES, DataError
 
-__all__ = ["LAT_NAMES", "LON_NAMES", "LabelTable", "read_labels"]
+__all__ = ["LabelTable", "read_labels"]
 
-LAT_NAMES = ("latitude", "lat", "gps_latitude", "gps_lat", "photo_latitude", "y_lat")
-LON_NAMES = ("longitude", "lon", "lng", "long", "gps_longitude", "gps_lon", "gps_lng", "photo_longitude", "x_lon")
-PATH_NAMES = ("path", "image_path", "img_path", "file", "filename", "file_name", "image", "img", "photo")
-ID_NAMES = ("id", "img_id", "image_id", "photo_id", "key")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,7 +28,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from globeflow.data.readers import write_parquet
+from globeflow.data.parquet import write_parquet
 from globeflow.geometry.coords import EARTH_RADIUS_KM, great_circle_km, latlon_to_xyz, xyz_to_latlon
 from globeflow.metrics.distance import geoscore
 

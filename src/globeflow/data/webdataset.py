@@ -3,7 +3,7 @@
 A shard holds samples as consecutive tar members sharing a key (the member name up to the
 first dot of its base name): ``KEY.npy`` (or ``KEY.NAME.npy``, e.g. PLONK's
 ``KEY.street_clip.npy``) with the embedding and ``KEY.json`` with ``latitude`` and
-``longitude`` in degrees (any spelling of :data:`~globeflow.data.labels.LAT_NAMES`).
+``longitude`` in degrees (any spelling of :data:`~globeflow.data.dataset.LAT_NAMES`).
 
 :func:`iter_webdataset` streams samples shard by shard with bounded memory.
 :func:`read_webdataset` streams them once into a memory-mapped float32 cache, so that a
@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from globeflow.data.labels import LAT_NAMES, LON_NAMES
-from globeflow.data.readers import DataError, GeoDataset, _check_coords
+from globeflow.data.dataset import LAT_NAMES, LON_NAMES, DataError, GeoDataset, check_coords
 
 __all__ = ["WdsSample", "expand_shards", "is_webdataset", "iter_webdataset", "read_webdataset", "write_webdataset"]
 
@@ -257,7 +256,7 @@ def _build_cache(paths: list[str], raw: Path, index: Path, *, embedding_key: str
             raise DataError(paths[0], "the shards hold no samples")
         has = not np.isnan(lats).any()
         if has:
-            _check_coords(paths[0], np.asarray(lats), np.asarray(lons))
+            check_coords(paths[0], np.asarray(lats), np.asarray(lons))
         os.replace(tmp, raw)
     finally:
         if tmp.exists():
