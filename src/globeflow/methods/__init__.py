@@ -1,30 +1,33 @@
-"""Geolocation methods behind one interface (:class:`~globeflow.methods.base.Method`)."""
+"""Geolocation methods behind one interface (:class:`~globeflow.methods.base.Method`).
+
+:data:`METHOD_CLASSES` is the one registry: method name -> where its class lives. Classes
+(and torch) are imported on first use, so ``globeflow --help`` lists the methods without
+importing torch.
+"""
 
 from __future__ import annotations
 
-from globeflow.methods.base import (
-    GenerativeMethod,
-    Method,
-    SamplesWithLogProb,
-    as_embedding,
-    as_latlon,
-)
-from globeflow.methods.diffusion import Diffusion
-from globeflow.methods.flow import FlowMatching
-from globeflow.methods.locdiffusion import LocDiffusion
-from globeflow.methods.mvmf import MvMF
-from globeflow.methods.rfm import RiemannianFlowMatching
-from globeflow.methods.uniform import ModuleMethod, Uniform
-from globeflow.methods.vmf import VMFRegression
-from globeflow.methods.vmf_mixture import VMFMixture
-from globeflow.nets.adaln_mlp import AdaLNMLPConfig
-from globeflow.paths.schedules import make_schedule
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from globeflow.methods.base import GenerativeMethod, Method, SamplesWithLogProb, as_embedding, as_latlon
+    from globeflow.methods.diffusion import Diffusion
+    from globeflow.methods.flow import FlowMatching
+    from globeflow.methods.locdiffusion import LocDiffusion
+    from globeflow.methods.mvmf import MvMF
+    from globeflow.methods.rfm import RiemannianFlowMatching
+    from globeflow.methods.uniform import ModuleMethod, Uniform
+    from globeflow.methods.vmf import VMFRegression
+    from globeflow.methods.vmf_mixture import VMFMixture
 
 __all__ = [
     "ALL_METHODS",
     "BASELINE_METHODS",
     "GENERATIVE_METHODS",
     "METHODS",
+    "METHOD_CLASSES",
+    "METHOD_NAMES",
     "Diffusion",
     "FlowMatching",
     "GenerativeMethod",
@@ -41,20 +44,80 @@ __all__ = [
     "as_latlon",
     "build_method",
     "create_method",
+    "method_class",
 ]
 
-#: The generative methods of paper 000 (AdaLN network + schedule + noising path).
-GENERATIVE_METHODS: dict[str, type[GenerativeMethod]] = {
-    cls.name: cls for cls in (Diffusion, FlowMatching, RiemannianFlowMatching)
+#: Every method, by the name ``globeflow train --method`` takes -> ``module:Class``. The
+#: generative methods of paper 000 first (AdaLN network + schedule + noising path), then the
+#: baselines of paper 000 Sec. 4.2 and the methods of papers 003 and 004.
+METHOD_CLASSES: dict[str, str] = {
+    "diffusion": "globeflow.methods.diffusion:Diffusion",
+    "flow": "globeflow.methods.flow:FlowMatching",
+    "rfm": "globeflow.methods.rfm:RiemannianFlowMatching",
+    "uniform": "globeflow.methods.uniform:Uniform",
+    "vmf": "globeflow.methods.vmf:VMFRegression",
+    "vmf_mixture": "globeflow.methods.vmf_mixture:VMFMixture",
+    "mvmf": "globeflow.methods.mvmf:MvMF",
+    "locdiffusion": "globeflow.methods.locdiffusion:LocDiffusion",
 }
-#: Kept as the generative methods for existing callers; :data:`ALL_METHODS` lists every method.
-METHODS = GENERATIVE_METHODS
-#: The baselines of paper 000 Sec. 4.2 and the methods of papers 003 and 004.
-BASELINE_METHODS: dict[str, type[ModuleMethod]] = {
-    cls.name: cls for cls in (Uniform, VMFRegression, VMFMixture, MvMF, LocDiffusion)
+#: The names of :data:`METHOD_CLASSES` (the CLI's ``--method`` choices).
+METHOD_NAMES: tuple[str, ...] = tuple(METHOD_CLASSES)
+
+# Other public names -> the module that defines them (imported on first use).
+_LAZY = {
+    "GenerativeMethod": "globeflow.methods.base",
+    "Method": "globeflow.methods.base",
+    "SamplesWithLogProb": "globeflow.methods.base",
+    "as_embedding": "globeflow.methods.base",
+    "as_latlon": "globeflow.methods.base",
+    "ModuleMethod": "globeflow.methods.uniform",
+    **{ref.split(":")[1]: ref.split(":")[0] for ref in METHOD_CLASSES.values()},
 }
-#: Every method, by the name ``globeflow train --method`` takes.
-ALL_METHODS: dict[str, type[Method]] = {**GENERATIVE_METHODS, **BASELINE_METHODS}
+
+
+def method_class(name: str) -> type[Method]:
+    """The class of method ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"method: unknown name {name!r}; choose one of {sorted(METHOD_CLASSES)}")
+    module, cls = METHOD_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _registries() -> dict[str, dict[str, type]]:
+    from globeflow.methods.base import GenerativeMethod
+
+    every = {name: method_class(name) for name in METHOD_CLASSES}
+    generative = {n: c for n, c in every.items() if issubclass(c, GenerativeMethod)}
+    return {
+        #: The generative methods of paper 000 (AdaLN network + schedule + noising path).
+        "GENERATIVE_METHODS": generative,
+        #: Kept as the generative methods for existing callers; ALL_METHODS lists every method.
+        "METHODS": generative,
+        #: The baselines of paper 000 Sec. 4.2 and the methods of papers 003 and 004.
+        "BASELINE_METHODS": {n: c for n, c in every.items() if n not in generative},
+        "ALL_METHODS": every,
+    }
+
+
+def _split_registry() -> tuple[dict[str, type], dict[str, type], dict[str, type]]:
+    """(ALL_METHODS, GENERATIVE_METHODS, BASELINE_METHODS), built once."""
+    return __getattr__("ALL_METHODS"), __getattr__("GENERATIVE_METHODS"), __getattr__("BASELINE_METHODS")
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("GENERATIVE_METHODS", "METHODS", "BASELINE_METHODS", "ALL_METHODS"):
+        if name not in globals():
+            globals().update(_registries())
+        return globals()[name]
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'globeflow.methods' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def create_method(
@@ -77,6 +140,10 @@ def create_method(
     ``vmf_mixture``, ``num_components`` for ``mvmf``, ``degree`` for ``locdiffusion``); an
     option the method does not know raises ``ValueError``.
     """
+    from globeflow.nets.adaln_mlp import AdaLNMLPConfig
+    from globeflow.paths.schedules import make_schedule
+
+    ALL_METHODS, GENERATIVE_METHODS, BASELINE_METHODS = _split_registry()
     if name not in ALL_METHODS:
         raise ValueError(f"method: unknown name {name!r}; choose one of {sorted(ALL_METHODS)}")
     if name in GENERATIVE_METHODS:
@@ -92,6 +159,10 @@ def create_method(
 
 def build_method(config: dict) -> Method:
     """Rebuild an (untrained) method from :meth:`Method.config` output."""
+    from globeflow.nets.adaln_mlp import AdaLNMLPConfig
+    from globeflow.paths.schedules import make_schedule
+
+    ALL_METHODS, GENERATIVE_METHODS, BASELINE_METHODS = _split_registry()
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError("model config: missing or malformed field 'method'")
     name = config["method"]

@@ -113,6 +113,8 @@ class Method(abc.ABC):
 
     name: ClassVar[str] = ""
     density_space: ClassVar[str | None] = None
+    #: Construction options beyond the shared ones that the method takes (``create_method``).
+    option_names: ClassVar[tuple[str, ...]] = ()
     embedding_dim: int
 
     @abc.abstractmethod
