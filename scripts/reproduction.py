@@ -6,7 +6,7 @@
 Stages (``--stages``, comma separated, default all, in this order):
 
 * ``world``  write the synthetic world (``globeflow synthetic`` with its defaults, seed 0);
-* ``train``  train every run of :data:`RUNS` through :func:`globeflow.cli.train_run`, the
+* ``train``  train every run of :data:`RUNS` through :func:`globeflow.runs.train_run`, the
   function behind ``globeflow train`` (a run whose ``model.safetensors`` and ``train_time.json``
   exist is skipped; an interrupted one resumes from its checkpoint);
 * ``eval``   the sweeps of claims (a)-(g), by direct library calls on fixed test rows
@@ -33,15 +33,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 
-from globeflow.cli import ModelConfig, train_run
 from globeflow.data import SyntheticWorld, read_dataset, write_world_dataset
 from globeflow.data.synthetic import nats_to_paper_nll
 from globeflow.geometry.coords import great_circle_km
 from globeflow.metrics import distance_metrics
 from globeflow.metrics.distance import geoscore
 from globeflow.metrics.prdc import prdc_latlon
+from globeflow.io import load_json, save_json
+from globeflow.runs import ModelConfig, train_run
 from globeflow.training import TrainConfig
-from globeflow.training.checkpoint import load_json, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures" / "reproduction"
@@ -394,7 +394,7 @@ def stage_eval(out: Path, quick: bool) -> None:
     compare = [n for n in main_runs if have(n)]
     subset = out / "world" / f"test_first{test.n_cmp}.parquet"
     if compare and not (out / "compare.md").is_file():
-        from globeflow.cli import evaluate_run, format_table
+        from globeflow.evaluate import evaluate_run, format_table
         from globeflow.data import write_parquet
 
         n = test.n_cmp

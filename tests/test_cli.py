@@ -197,3 +197,35 @@ def test_demo_rejects_bad_row_counts(flag, value, tmp_path, capsys):
         main(["demo", "--out", str(tmp_path / "d"), flag, value])
     assert exc.value.code == 2 and flag in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def _run_python(code: str) -> list[str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(globeflow.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["density", "--help"]])
+def test_help_imports_no_torch(argv):
+    # --help must answer at once: the CLI imports torch, numpy and matplotlib only in commands.
+    code = (
+        "import sys\nfrom globeflow.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    print(e.code)\n"
+        "print(*[m in sys.modules for m in ('torch', 'matplotlib', 'numpy')])" % (argv,)
+    )
+    assert _run_python(code)[-4:] == ["0", "False", "False", "False"]
+
+
+def test_bad_arguments_fail_before_any_model_loads():
+    # `predict --text ""` is rejected by the argument checks: no model, encoder or torch import.
+    code = (
+        "import sys\nfrom globeflow.cli import main\n"
+        "print(main(['predict', '--text', '']), main(['density', '--model', 'm', '--data', 'd.parquet',"
+        " '--out', 'x.png', '--levels', '0.5,2']), 'torch' in sys.modules)"
+    )
+    assert _run_python(code)[-3:] == ["2", "2", "False"]

@@ -139,7 +139,10 @@ def test_files_are_readable_datasets_with_the_encoder_recorded(built):
 def test_train_records_the_text_encoder(built, tmp_path):
     # `globeflow train --data train.parquet` copies the encoder into config.json (the same
     # path as image embeddings), which `predict --text` reads. uniform trains nothing: fast.
-    from globeflow.cli import ModelConfig, _model_encoder, _train_config, build_parser, train_run
+    from globeflow.cli import build_parser
+    from globeflow.cli import train_config as _train_config
+    from globeflow.runs import ModelConfig, train_run
+    from globeflow.runs import model_encoder as _model_encoder
 
     out, _ = built
     args = build_parser().parse_args(["train", "--data", str(out / "train.parquet"), "--out", str(tmp_path / "run")])
@@ -172,6 +175,6 @@ def test_shipped_model_loads():
 
 
 def _model_encoder_name(path: Path) -> str | None:
-    from globeflow.cli import _model_encoder
+    from globeflow.runs import model_encoder as _model_encoder
 
     return _model_encoder(str(path))

@@ -16,11 +16,9 @@ import torch
 
 from globeflow.methods import GenerativeMethod, build_method
 from globeflow.io import CheckpointError, load_json, load_weights, save_json, save_weights
+from globeflow.runs import CONFIG_FILE, WEIGHTS_FILE
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "load", "save"]
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+__all__ = ["load", "save"]
 
 
 def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:

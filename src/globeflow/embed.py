@@ -32,18 +32,41 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from globeflow.data.dataset import METADATA_KEY, DataError
 from globeflow.data.labels import read_labels
-from globeflow.data.readers import DataError, _fixed_size_list
+from globeflow.data.parquet import fixed_size_list
 from globeflow.encoders.base import ImageEncoder
 from globeflow.encoders.preprocess import ImageError, load_image
 
-__all__ = ["METADATA_KEY", "EmbedItem", "EmbedSummary", "collect_inputs", "embed_images", "read_embed_metadata"]
+__all__ = [
+    "METADATA_KEY",
+    "EmbedItem",
+    "EmbedSummary",
+    "EncodedImages",
+    "collect_inputs",
+    "embed_images",
+    "encode_images",
+    "encode_texts",
+    "read_embed_metadata",
+]
 
-METADATA_KEY = "globeflow.encoder"
 #: Files in an image folder that are metadata, not photos (never reported as skipped).
 SIDECAR_SUFFIXES = (".csv", ".json", ".jsonl", ".txt", ".md", ".parquet", ".npz", ".npy", ".tar", ".xmp", ".aae")
 #: Batches between two saved parts: what an interruption can lose.
 PART_EVERY = 8
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Photos embedded for a model: ``embeddings`` (N_ok, D) of the readable ones, ``good`` the
+    index in ``records`` of each embedded photo, ``records`` one dict per input path (``image``,
+    ``exif_latitude``/``exif_longitude`` when the photo has GPS EXIF, or the ``error``), and the
+    encoder's name."""
+
+    embeddings: np.ndarray
+    good: list[int]
+    records: list[dict[str, Any]]
+    encoder: str
 
 
 @dataclass(frozen=True)
@@ -258,7 +281,7 @@ def _write_part(path: Path, rows: list[tuple[EmbedItem, np.ndarray, tuple | None
     columns = {
         "id": pa.array([r[0].id for r in rows], pa.string()),
         "path": pa.array([str(r[0].path) for r in rows], pa.string()),
-        "embedding": _fixed_size_list(np.stack([r[1] for r in rows]).astype(np.float32)),
+        "embedding": fixed_size_list(np.stack([r[1] for r in rows]).astype(np.float32)),
         "latitude": pa.array(np.asarray(lat, dtype=np.float64)),
         "longitude": pa.array(np.asarray(lon, dtype=np.float64)),
         "location_source": pa.array(source, pa.string()),
@@ -316,3 +339,74 @@ def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -
     except OSError:
         pass
     return table.num_rows
+
+
+def encode_texts(
+    texts: Sequence[str],
+    *,
+    embedding_dim: int,
+    encoder: str | None = None,
+    model_encoder: str | None = None,
+    source: str | None = None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, str]:
+    """Embed text queries for a model of ``embedding_dim`` -> ((N, D) float32, encoder name).
+
+    The encoder is ``encoder``, else the one the model was trained with (``model_encoder``),
+    else ``minilm``; ``source`` is a hub id or local directory of its weights. ``ValueError``
+    for an empty query, a non-text encoder, or one whose dimension does not fit the model.
+    """
+    from globeflow.encoders import TextEncoder, get_encoder
+
+    if any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise ValueError("--text: empty query")
+    name = encoder or model_encoder or "minilm"
+    enc = get_encoder(name, source=source, device=device)
+    if not isinstance(enc, TextEncoder):
+        raise ValueError(f"--encoder {name} is not a text encoder (text queries need one, e.g. minilm)")
+    if enc.dim != embedding_dim:
+        raise ValueError(f"--encoder {name} gives {enc.dim}-d embeddings but the model expects {embedding_dim}-d")
+    return enc.encode_texts(list(texts)), name
+
+
+def encode_images(
+    paths: Sequence[str],
+    *,
+    embedding_dim: int,
+    encoder: str | None = None,
+    model_encoder: str | None = None,
+    source: str | None = None,
+    device: str = "cpu",
+    report: Callable[[str], None] | None = None,
+    batch_size: int = 32,
+) -> EncodedImages:
+    """Embed photos for a model of ``embedding_dim`` (encoder: ``encoder``, else the model's,
+    else the default image encoder). A photo that cannot be read is reported through
+    ``report`` and recorded with its ``error``; GPS EXIF is kept as the photo's true location."""
+    from globeflow.encoders import DEFAULT_IMAGE_ENCODER, get_encoder
+
+    name = encoder or model_encoder or DEFAULT_IMAGE_ENCODER
+    enc = get_encoder(name, source=source, device=device)
+    if not isinstance(enc, ImageEncoder):
+        raise ValueError(f"--encoder {name} is not an image encoder")
+    if enc.dim != embedding_dim:
+        raise ValueError(f"--encoder {name} gives {enc.dim}-d embeddings but the model expects {embedding_dim}-d")
+    pixels, good, records = [], [], []
+    for path in paths:
+        try:
+            img = load_image(Path(path))
+        except (ImageError, FileNotFoundError) as err:
+            if report is not None:
+                report(f"skipped {err}")
+            records.append({"image": path, "error": str(err)})
+            continue
+        pixels.append(enc.preprocess(img))
+        good.append(len(records))
+        gps = img.info.get("gps")
+        records.append({"image": path, **({"exif_latitude": gps[0], "exif_longitude": gps[1]} if gps else {})})
+    emb = np.zeros((0, embedding_dim), np.float32)
+    if pixels:
+        emb = np.concatenate(
+            [enc.encode_pixels(np.stack(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
+        )
+    return EncodedImages(emb, good, records, name)

@@ -39,6 +39,7 @@ from globeflow.methods.flow import FlowMatching
 from globeflow.methods.rfm import RiemannianFlowMatching
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 from globeflow.paths.schedules import make_schedule
+from globeflow.runs import CONFIG_FILE, WEIGHTS_FILE
 from globeflow.io import CheckpointError, load_weights
 
 __all__ = [
@@ -290,7 +291,7 @@ def _guess(name: str) -> _Guess:
 
 def is_plonk_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a directory holding a published PLONK checkpoint's config.json."""
-    cfg = Path(path) / "config.json"
+    cfg = Path(path) / CONFIG_FILE
     if not cfg.is_file():
         return False
     try:
@@ -314,7 +315,7 @@ def load_plonk(
     otherwise ``rfm``, the published default).
     """
     path = Path(path)
-    cfg_path = path / "config.json"
+    cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"model: {cfg_path} not found (not a PLONK checkpoint directory)")
     try:
@@ -326,7 +327,7 @@ def load_plonk(
         raise CheckpointError(f"model: {cfg_path} lacks {missing}; not a PLONK GeoAdaLNMLP config")
     if int(cfg.get("input_dim", 3)) != 3:
         raise CheckpointError(f"model: {cfg_path}: input_dim must be 3 (xyz), got {cfg['input_dim']}")
-    weights = path / "model.safetensors"
+    weights = path / WEIGHTS_FILE
     if not weights.is_file():
         extra = (
             " (only pickled weights were found; globeflow loads safetensors only)"
@@ -370,7 +371,7 @@ def _snapshot_download(repo_id: str, revision: str | None) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(
-        repo_id=repo_id, revision=revision, allow_patterns=["config.json", "model.safetensors", "README.md"]
+        repo_id=repo_id, revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "README.md"]
     )
 
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "HELDOUT_FILE", "default_model_dir", "heldout_path"]
+from globeflow.runs import HELDOUT_FILE, WEIGHTS_FILE
+
+__all__ = ["DEFAULT_MODEL", "HELDOUT_FILE", "default_model_dir", "heldout_path", "model_or_default"]
 
 DEFAULT_MODEL = "geonames-text"
-#: A model directory's held-out rows (embeddings + true locations), evaluated by ``globeflow demo``.
-HELDOUT_FILE = "heldout.parquet"
 _ROOT = Path(__file__).resolve().parent
 
 
 def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """The run directory of the shipped model ``name``; a clear error when it is not installed."""
     path = _ROOT / name
-    if not (path / "model.safetensors").is_file():
+    if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(
             f"model: the shipped model {name!r} is not installed at {path} "
             "(rebuild it with the command in docs/geonames.md)"
@@ -34,3 +34,8 @@ def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
 def heldout_path(name: str = DEFAULT_MODEL) -> Path:
     """Parquet file of the shipped model's held-out queries (embeddings + true locations)."""
     return default_model_dir(name) / HELDOUT_FILE
+
+
+def model_or_default(model: str | None) -> str:
+    """``model`` (a run directory, PLONK checkpoint or ``hf:`` id), or the shipped model's directory."""
+    return str(default_model_dir()) if model is None else model

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from globeflow.io import atomic_write, save_json, save_weights
+from globeflow.runs import CHECKPOINT_DIR, LOG_FILE, TRAIN_CONFIG_FILE, WEIGHTS_FILE
 
 from .checkpoint import (
     capture_rng_state,
@@ -61,10 +62,6 @@ from .optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 __all__ = ["TrainConfig", "TrainResult", "TrainableMethod", "read_log", "train"]
 
-LOG_NAME = "train_log.jsonl"
-CHECKPOINT_DIR = "checkpoint"
-MODEL_NAME = "model.safetensors"
-TRAIN_CONFIG_NAME = "train_config.json"
 
 # Fields whose change between an interrupted run and its resumption alters the
 # training trajectory (others only affect logging/checkpoint cadence/placement).
@@ -320,7 +317,7 @@ def _train(
     total = config.train_steps
     n_data = x0.shape[0]
     ckpt_dir = out_dir / CHECKPOINT_DIR
-    log_path = out_dir / LOG_NAME
+    log_path = out_dir / LOG_FILE
     # Fail now rather than after the last step, when it is written into model.safetensors.
     method_config = method.config()
     try:
@@ -396,7 +393,7 @@ def _train(
             # A stale checkpoint from a discarded run must not be resumed later.
             shutil.rmtree(ckpt_dir)
         _truncate_log(log_path, start_step)
-        save_json(out_dir / TRAIN_CONFIG_NAME, config.to_dict())
+        save_json(out_dir / TRAIN_CONFIG_FILE, config.to_dict())
         log_file = open(log_path, "a", encoding="utf-8")
     barrier(ctx)
 
@@ -506,7 +503,7 @@ def _train(
             log_file.close()
 
     elapsed = elapsed_before + (time.perf_counter() - t_start)
-    model_path = out_dir / MODEL_NAME
+    model_path = out_dir / WEIGHTS_FILE
     if ctx.is_main:
         metadata = {"step": total, "weights": "ema", "ema_decay": config.ema_decay, "method": method_config}
         save_weights(model_path, ema.shadow, metadata=metadata)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from globeflow.io import atomic_write, write_text
+from globeflow.io import write_text
 from globeflow.viz.export import filled_polygons, hpd_polygons
 
 __all__ = [

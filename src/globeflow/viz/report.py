@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from globeflow.density.localizability import localizability_from_log_prob
 from globeflow.density.maps import density_map_for_method
 from globeflow.viz.export import (
     hpd_level_raster,
@@ -38,17 +40,20 @@ def density_report(
     title: str | None = None,
     log_prob_options: dict[str, Any] | None = None,
     sample_options: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Density map of ``method`` for ONE embedding ``emb`` (D,), with its HPD regions.
 
     Writes, when given: ``out_png`` (Equal Earth map with the 50/90% contours, the samples, the
     estimate — the sample of highest density — and ``truth`` (lat, lon)), ``geojson`` (the
     regions at ``levels``) and ``ascii_grid`` (ESRI ASCII raster of the smallest level holding
-    each pixel, in %). Returns a JSON-ready summary: the estimate, the regions (threshold,
-    importance-sampling area ± standard error in km², the map's area and mass), the map's
-    total mass, the number of exact density evaluations and, with ``truth``, its log-density
-    and the smallest level whose region holds it.
+    each pixel, in %; ``properties`` go into every GeoJSON feature). Returns a JSON-ready
+    summary: the estimate, the regions (threshold, importance-sampling area ± standard error in
+    km², the map's area and mass), the localizability (bits ± standard error, from the samples'
+    log-densities), the map's total mass, the number of exact density evaluations, the seconds
+    the map took and, with ``truth``, its log-density and the smallest level whose region holds it.
     """
+    start = time.perf_counter()
     dmap, samples = density_map_for_method(
         method,
         emb,
@@ -59,15 +64,19 @@ def density_report(
         sample_options=sample_options,
         log_prob_options=log_prob_options,
     )
+    map_seconds = time.perf_counter() - start
     sample_lp = samples.log_prob[0]
     regions = region_thresholds(dmap, levels, sample_log_prob=sample_lp)
     estimate = samples.latlon[0][int(np.argmax(sample_lp))]
+    loc = localizability_from_log_prob(samples.log_prob)
     summary: dict[str, Any] = {
         "estimate": [float(estimate[0]), float(estimate[1])],
         "regions": regions,
+        "localizability": {"bits": float(loc.bits[0]), "stderr": float(loc.stderr[0])},
         "mass": dmap.mass(),
         "num_evaluations": dmap.num_evaluations,
         "resolution_deg": dmap.resolution_deg,
+        "map_seconds": map_seconds,
     }
     if truth is not None:
         from globeflow.density.maps import log_prob_fn_from_method
@@ -94,7 +103,7 @@ def density_report(
         )
         summary["png"] = str(Path(out_png))
     if geojson is not None:
-        write_geojson(geojson, regions_geojson(dmap, levels, sample_log_prob=sample_lp))
+        write_geojson(geojson, regions_geojson(dmap, levels, sample_log_prob=sample_lp, properties=properties))
         summary["geojson"] = str(Path(geojson))
     if ascii_grid is not None:
         raster = hpd_level_raster(dmap, [(r["level"], r["threshold_log_prob"]) for r in regions])

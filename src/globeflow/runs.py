@@ -1,0 +1,210 @@
+"""Run directories: every file name in one place, the model's command-line config, training a run.
+
+A run directory (``globeflow train --out RUN``)::
+
+    RUN/config.json           resolved config: model (Method.config), train, data, cli, encoder
+    RUN/model.safetensors     inference weights (the EMA of the trained network)
+    RUN/train_config.json     the trainer's TrainConfig
+    RUN/train_log.jsonl       one JSON record per logged step
+    RUN/checkpoint/           crash-safe training state, for resuming
+    RUN/data_cache/           WebDataset shards memory-mapped for training
+    RUN/heldout.parquet       shipped models only: held-out rows evaluated by ``globeflow demo``
+
+This module imports torch and the trainer only inside :func:`train_run`, so that the file names
+are cheap to import (the trainer, the loader and the CLI all use them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from globeflow.io import load_json, save_json
+
+if TYPE_CHECKING:
+    from globeflow.data import GeoDataset
+    from globeflow.training import TrainConfig
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "DATA_CACHE_DIR",
+    "HELDOUT_FILE",
+    "LOG_FILE",
+    "TRAIN_CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "ModelConfig",
+    "data_encoder",
+    "is_main_process",
+    "model_encoder",
+    "read_training_data",
+    "train_run",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAIN_CONFIG_FILE = "train_config.json"
+LOG_FILE = "train_log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+DATA_CACHE_DIR = "data_cache"
+#: A model directory's held-out rows (embeddings + true locations), evaluated by ``globeflow demo``.
+HELDOUT_FILE = "heldout.parquet"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model hyper-parameters as given on the command line (resolved into the run's config.json)."""
+
+    method: str = "rfm"
+    width: int = 512
+    depth: int = 12
+    expansion: int = 4
+    schedule: str = "skewed_sigmoid"
+    schedule_alpha: float | None = None
+    schedule_beta: float | None = None
+    cond_drop: float = 0.1
+    # Method-specific (None: the method's default; see docs/methods/).
+    components: int | None = None
+    kappa_link: str | None = None
+    num_components: int | None = None
+    log_kappa0: float | None = None
+    sh_degree: int | None = None
+
+    def method_options(self) -> dict:
+        """Options of ``create_method`` beyond the shared ones that the chosen method takes
+        (its class's ``option_names``), the ones given only."""
+        from globeflow.methods import method_class
+
+        given = {
+            "kappa_link": self.kappa_link,
+            "components": self.components,
+            "num_components": self.num_components,
+            "log_kappa0": self.log_kappa0,
+            "degree": self.sh_degree,
+        }
+        known = method_class(self.method).option_names
+        return {k: v for k, v in given.items() if v is not None and k in known}
+
+    def schedule_params(self) -> dict:
+        params = {}
+        if self.schedule_alpha is not None:
+            params["alpha"] = self.schedule_alpha
+        if self.schedule_beta is not None:
+            params["beta"] = self.schedule_beta
+        return params
+
+
+def read_training_data(data_path: str | Path, out: Path, embedding_key: str | None) -> GeoDataset:
+    """Parquet/NPZ in memory, or WebDataset shards memory-mapped through a cache in ``out``."""
+    from globeflow.data import read_dataset
+    from globeflow.data.webdataset import is_webdataset, read_webdataset
+
+    if is_webdataset(data_path):
+        return read_webdataset(data_path, cache_dir=out / DATA_CACHE_DIR, embedding_key=embedding_key)
+    if embedding_key is not None:
+        raise ValueError("--embedding-key applies to WebDataset shards only")
+    return read_dataset(data_path, require_coords=True)
+
+
+def data_encoder(data_path: str | Path) -> dict | None:
+    """The encoder settings ``globeflow embed`` stored in a Parquet file, if any."""
+    from globeflow.embed import read_embed_metadata
+
+    if Path(data_path).suffix.lower() not in (".parquet", ".pq") or not Path(data_path).is_file():
+        return None
+    try:
+        return read_embed_metadata(data_path)
+    except (OSError, ValueError):
+        return None
+
+
+def model_encoder(model_ref: str | Path, method: Any = None) -> str | None:
+    """The encoder a model expects: ``method``'s PLONK provenance when given, else what
+    ``globeflow embed`` recorded in the run's training data."""
+    plonk = getattr(method, "plonk", None)
+    if isinstance(plonk, dict) and plonk.get("encoder"):
+        return plonk["encoder"]
+    path = Path(model_ref)
+    if (path / CONFIG_FILE).is_file():
+        cfg = load_json(path / CONFIG_FILE)
+        if isinstance(cfg, dict) and isinstance(cfg.get("encoder"), dict):
+            return cfg["encoder"].get("name")
+    return None
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank launched by torchrun."""
+    from globeflow.training.distributed import env_world
+
+    world = env_world()
+    return world is None or world[0] == 0
+
+
+def train_run(
+    data_path: str | Path,
+    out: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    embedding_key: str | None = None,
+) -> Path:
+    """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible)."""
+    import torch
+
+    from globeflow.geometry import latlon_to_xyz
+    from globeflow.io import save_weights
+    from globeflow.methods import create_method
+    from globeflow.training import train
+    from globeflow.training.loop import _derive_seed
+
+    data = read_training_data(data_path, Path(out), embedding_key)
+    # The network's initial weights (and MvMF's component placement) come from torch's global
+    # generator, which this torch build seeds at random in every process: seed it from --seed so
+    # that the same command trains the same model.
+    torch.manual_seed(_derive_seed(train_cfg.seed, "init"))
+    method = create_method(
+        model_cfg.method,
+        data.dim,
+        width=model_cfg.width,
+        depth=model_cfg.depth,
+        expansion=model_cfg.expansion,
+        schedule=model_cfg.schedule,
+        schedule_params=model_cfg.schedule_params(),
+        cond_drop=model_cfg.cond_drop,
+        **model_cfg.method_options(),
+    )
+    x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
+    emb = torch.from_numpy(data.embeddings)
+    if callable(getattr(method, "prepare", None)):
+        # Data-dependent set-up before training (MvMF places its components on the data).
+        method.prepare(x0, emb)
+    out = Path(out)
+    resolved: dict[str, Any] = {
+        "model": method.config(),
+        "train": dataclasses.asdict(train_cfg),
+        "data": {"path": str(Path(data_path).resolve()), "rows": len(data), "embedding_dim": data.dim},
+        "cli": dataclasses.asdict(model_cfg),
+    }
+    encoder = data_encoder(data_path)
+    if encoder is not None:  # predict on photos uses the same encoder by default
+        resolved["encoder"] = encoder
+    config_path = out / CONFIG_FILE
+    if config_path.is_file():
+        previous = load_json(config_path)
+        if previous.get("model") != resolved["model"]:
+            raise ValueError(
+                f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # under torchrun only rank 0 writes files
+        save_json(config_path, resolved)
+    if not any(p.requires_grad for p in method.net.parameters()):
+        # Nothing to train (uniform): the run directory is the config and the (empty) weights.
+        if is_main_process():
+            save_weights(out / WEIGHTS_FILE, method.net.state_dict(), metadata={"step": 0, "method": method.config()})
+        return out
+    # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
+    train(method, x0, emb, out, train_cfg)
+    return out
