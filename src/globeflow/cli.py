@@ -274,44 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------- commands
+def _fields_of(cls: type, args: argparse.Namespace) -> dict:
+    """The arguments named like the fields of dataclass ``cls`` (the option is the field's name)."""
+    from dataclasses import fields
+
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+
+
 def train_config(args: argparse.Namespace):
     """The :class:`~globeflow.training.TrainConfig` of ``globeflow train``'s arguments."""
     from globeflow.training import TrainConfig
 
-    return TrainConfig(
-        train_steps=args.train_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        optimizer=args.optimizer,
-        ema_decay=args.ema_decay,
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    return TrainConfig(**_fields_of(TrainConfig, args), progress=not args.no_progress)
 
 
 def _model_config(args: argparse.Namespace):
     from globeflow.runs import ModelConfig
 
-    return ModelConfig(
-        method=args.method,
-        width=args.width,
-        depth=args.depth,
-        expansion=args.expansion,
-        schedule=args.schedule,
-        schedule_alpha=args.schedule_alpha,
-        schedule_beta=args.schedule_beta,
-        cond_drop=args.cond_drop,
-        components=args.components,
-        kappa_link=args.kappa_link,
-        num_components=args.num_components,
-        log_kappa0=args.log_kappa0,
-        sh_degree=args.sh_degree,
-    )
+    return ModelConfig(**_fields_of(ModelConfig, args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -531,12 +511,9 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from globeflow.demo import DemoOptions, run_demo
 
-    given = {f.name: getattr(args, f.name) for f in fields(DemoOptions) if f.name != "progress"}
-    return run_demo(DemoOptions(**given, progress=not args.no_progress))
+    return run_demo(DemoOptions(**_fields_of(DemoOptions, args), progress=not args.no_progress))
 
 
 def _check_density(args: argparse.Namespace) -> None:
