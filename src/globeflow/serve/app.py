@@ -16,6 +16,7 @@ Errors are JSON ``{"error": {"status", "field", "message"}}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -114,6 +115,15 @@ def basemap_geojson() -> str:
     return json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
 
 
+def _lifespan(worker: _Worker):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.shutdown()  # queued requests are cancelled; the running one finishes
+
+    return lifespan
+
+
 def create_app(locator: Locator) -> FastAPI:
     """The FastAPI app answering with ``locator`` (loaded once, before the app is built)."""
     from globeflow import __version__
@@ -129,14 +139,11 @@ def create_app(locator: Locator) -> FastAPI:
         ),
         docs_url=None,
         redoc_url=None,
+        lifespan=_lifespan(worker),
     )
     app.state.locator = locator
     app.state.worker = worker
     app.mount("/static", StaticFiles(directory=str(_STATIC)), name="static")
-
-    @app.on_event("shutdown")
-    def _stop() -> None:  # pragma: no cover - exercised by the server tests' teardown
-        worker.shutdown()
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
