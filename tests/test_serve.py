@@ -392,7 +392,7 @@ class _Watch:
 
 def test_page_runs_a_query_from_the_link_and_draws_regions_and_modes(browser, text_locator):
     with _Server(create_app(text_locator)) as base:
-        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})
         watch = _Watch(page, base)
         page.goto(base + "/?q=Canton%2C%20Ohio")
         page.wait_for_selector("body[data-state=done]", timeout=120_000)

@@ -271,12 +271,17 @@ class EmbeddingNovelty:
         return self.similarity(emb) < self.threshold
 
 
-def _sentence(ans: Any, place: Place, category: str) -> str:
+def _share(p: float) -> str:
+    return "nearly all" if p >= 0.995 else f"{100 * p:.0f}%"
+
+
+def _sentence(ans: Any, place: Place) -> str:
     area = ans.hpd90_area_km2
+    mass = _share(ans.modes[0].mass)
     if area is not None and math.isfinite(area):
         head = f"90% likely within an area {area_comparison(area)} ({format_area(area)})"
-        return f"{head}; most likely {place.phrase} ({100 * ans.modes[0].mass:.0f}% of the probability)."
-    return f"Most likely {place.phrase} ({100 * ans.modes[0].mass:.0f}% of the samples); this model gives no region sizes."
+        return f"{head}; most likely {place.phrase} ({mass} of the probability is around there)."
+    return f"Most likely {place.phrase} ({mass} of the samples); this model gives no region sizes."
 
 
 def describe(
@@ -329,7 +334,7 @@ def describe(
             Description(
                 place=place,
                 mode_places=modes,
-                sentence=_sentence(ans, place, category),
+                sentence=_sentence(ans, place),
                 category=category,
                 category_meaning=meaning,
                 effective_area_km2=eff,

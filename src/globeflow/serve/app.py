@@ -93,19 +93,35 @@ class _Worker:
 @functools.lru_cache(maxsize=1)
 def basemap_geojson() -> str:
     """Natural Earth 1:110m countries as a GeoJSON FeatureCollection (one MultiPolygon per
-    country, ``name`` property), plus 30° graticule lines (``kind: graticule``)."""
+    country, ``kind: country``, ``name``), a label point per country larger than ~2 square
+    degrees (``kind: label``), and 30° graticule lines (``kind: graticule``)."""
     ref = resources.files("globeflow.viz") / "data" / "ne_110m_countries.npz"
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as d:
         pts = d["lonlat"].astype(np.float64) / float(d["scale"])
         off, owner, names = d["ring_offsets"], d["ring_country"], d["country_names"]
     polys: dict[int, list] = {}
+    label_at: dict[int, tuple[float, list]] = {}
     for k in range(len(off) - 1):
-        ring = np.round(pts[off[k] : off[k + 1]], 2).tolist()
-        polys.setdefault(int(owner[k]), []).append([ring])
+        r = pts[off[k] : off[k + 1]]
+        polys.setdefault(int(owner[k]), []).append([np.round(r, 2).tolist()])
+        # Label point: the area-weighted centroid of the country's largest ring.
+        x, y = r[:, 0], r[:, 1]
+        cross = x[:-1] * y[1:] - x[1:] * y[:-1]
+        area = cross.sum() / 2
+        if abs(area) > label_at.get(int(owner[k]), (0.0, None))[0] and abs(area) > 1e-9:
+            cx = ((x[:-1] + x[1:]) * cross).sum() / (6 * area)
+            cy = ((y[:-1] + y[1:]) * cross).sum() / (6 * area)
+            label_at[int(owner[k])] = (abs(area), [round(float(cx), 2), round(float(cy), 2)])
     features = [
         {"type": "Feature", "properties": {"name": str(names[i]), "kind": "country"},
          "geometry": {"type": "MultiPolygon", "coordinates": p}}
         for i, p in sorted(polys.items())
+    ]
+    features += [
+        {"type": "Feature", "properties": {"name": str(names[i]), "kind": "label"},
+         "geometry": {"type": "Point", "coordinates": c}}
+        for i, (a, c) in sorted(label_at.items())
+        if a > 2.0  # square degrees: no labels on small islands and city states
     ]
     lines = [[[lon, lat] for lat in range(-85, 86, 5)] for lon in range(-180, 181, 30)]
     lines += [[[lon, lat] for lon in range(-180, 181, 5)] for lat in range(-60, 61, 30)]

@@ -30,7 +30,9 @@ __all__ = ["InputError", "Limits", "Locator", "mercator_overlay"]
 #: Web Mercator's latitude limit (degrees): Leaflet's default map ends there.
 MERCATOR_MAX_LAT = 85.0511287798
 #: The density overlay shows densities down to this fraction of the peak.
-OVERLAY_RANGE = 1e-3
+OVERLAY_RANGE = 1e-2
+#: Opacity of the overlay at the peak (the basemap and the region lines stay readable).
+OVERLAY_MAX_ALPHA = 0.6
 
 
 class InputError(ValueError):
@@ -69,14 +71,21 @@ def _model_encoder_name(model_ref: str | None, method: Any) -> str | None:
 
 
 def _colormap() -> np.ndarray:
-    """256 RGB colours (uint8) of matplotlib's ``magma_r``: the PNG maps' colour scale."""
+    """256 RGB colours (uint8): matplotlib's ``magma_r`` (the PNG maps' scale) from its pale
+    end to deep purple, without the black end (the map beneath must stay readable)."""
     from matplotlib import colormaps
 
-    return (colormaps["magma_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    return (colormaps["magma_r"](np.linspace(0.05, 0.8, 256))[:, :3] * 255).astype(np.uint8)
 
 
 def mercator_overlay(
-    lat: np.ndarray, lon: np.ndarray, log_prob: np.ndarray, vmax: float, *, height: int | None = None
+    lat: np.ndarray,
+    lon: np.ndarray,
+    log_prob: np.ndarray,
+    vmax: float,
+    *,
+    height: int | None = None,
+    feather: float = 0.0,
 ) -> dict[str, Any]:
     """A density raster on a latitude/longitude grid -> PNG overlay for a Web-Mercator map.
 
@@ -84,7 +93,9 @@ def mercator_overlay(
     Rows are resampled to equal steps in Mercator y (Leaflet stretches an image overlay
     linearly in projected coordinates, so a lat/lon raster would sit at wrong latitudes).
     Colour and opacity follow p / p_max on a log scale from 1 (dark, opaque) to
-    :data:`OVERLAY_RANGE` (transparent), ``vmax`` being log p_max. Returns
+    :data:`OVERLAY_RANGE` (transparent), ``vmax`` being log p_max. ``feather``: fraction of
+    the width/height over which the opacity fades out at the edges (a zoom raster blends into
+    the world raster beneath instead of showing its box). Returns
     ``{"url": data URL of the PNG, "bounds": [[south, west], [north, east]]}``.
     """
     from PIL import Image
@@ -110,7 +121,14 @@ def mercator_overlay(
     img = (1 - w) * lp[i0] + w * lp[i1]
     rel = np.clip((img - vmax) / math.log(10.0) / -math.log10(OVERLAY_RANGE) + 1.0, 0.0, 1.0)  # 1 at peak, 0 at floor
     rgb = _colormap()[np.round(rel * 255).astype(int)]
-    alpha = np.round(np.where(rel > 0, 40 + 180 * rel, 0)).astype(np.uint8)
+    alpha = np.where(rel > 0, 255 * OVERLAY_MAX_ALPHA * (0.15 + 0.85 * rel), 0.0)
+    if feather > 0:
+        def ramp(n):
+            t = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5) / (feather * n)
+            return np.clip(t, 0.0, 1.0)
+
+        alpha = alpha * ramp(alpha.shape[0])[:, None] * ramp(alpha.shape[1])[None, :]
+    alpha = np.round(alpha).astype(np.uint8)
     rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=True)
@@ -311,7 +329,7 @@ class Locator:
         out = [mercator_overlay(world.lat, world.lon, world.log_prob, vmax)]
         if amap.zoom is not None:
             z = amap.zoom
-            out.append(mercator_overlay(z.lat, z.lon, z.log_prob, vmax, height=2 * len(z.lat)))
+            out.append(mercator_overlay(z.lat, z.lon, z.log_prob, vmax, height=2 * len(z.lat), feather=0.2))
         return out
 
     def _remember(self, key: str, record: dict[str, Any], amap: Any) -> None:

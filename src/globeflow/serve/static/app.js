@@ -11,6 +11,9 @@ map.attributionControl.setPrefix(false);
 map.attributionControl.addAttribution("Borders: Natural Earth · Places: GeoNames");
 L.control.scale({ position: "bottomright" }).addTo(map);
 map.setView([25, 5], 2);
+map.createPane("basemap").style.zIndex = 250;
+map.createPane("density").style.zIndex = 410;
+map.createPane("labels").style.zIndex = 430;
 map.createPane("regions").style.zIndex = 420;
 map.createPane("modes").style.zIndex = 640;
 let layers = [];
@@ -19,6 +22,8 @@ fetch("/v1/basemap.geojson")
   .then((r) => r.json())
   .then((fc) => {
     L.geoJSON(fc, {
+      pane: "basemap",
+      filter: (f) => f.properties.kind !== "label",
       style: (f) => f.properties.kind === "graticule"
         ? { color: "#9fb6c7", weight: 0.6, opacity: 0.7, interactive: false }
         : { color: "#8a8f94", weight: 0.8, fillColor: "#f4f1ea", fillOpacity: 1 },
@@ -26,7 +31,21 @@ fetch("/v1/basemap.geojson")
         if (f.properties.name) layer.bindTooltip(f.properties.name, { sticky: true, direction: "top", opacity: 0.85 });
       },
     }).addTo(map);
+    for (const f of fc.features.filter((f) => f.properties.kind === "label")) {
+      const [lon, lat] = f.geometry.coordinates;
+      L.marker([lat, lon], {
+        pane: "labels", interactive: false, keyboard: false,
+        icon: L.divIcon({ className: "country-label", html: esc(f.properties.name), iconSize: null }),
+      }).addTo(map);
+    }
   });
+
+function labelsByZoom() {
+  const z = map.getZoom();
+  map.getContainer().classList.toggle("labels-off", z < 3);
+}
+map.on("zoomend", labelsByZoom);
+labelsByZoom();
 
 function setStatus(text, busy) {
   $("status").textContent = text || "";
@@ -63,14 +82,14 @@ function render(ans) {
   $("dl-geojson").href = `/v1/answers/${ans.id}.geojson`;
   $("dl-kml").href = `/v1/answers/${ans.id}.kml`;
 
-  for (const o of ans.overlay || []) layers.push(L.imageOverlay(o.url, o.bounds, { opacity: 1, interactive: false }).addTo(map));
+  for (const o of ans.overlay || []) layers.push(L.imageOverlay(o.url, o.bounds, { pane: "density", opacity: 1, interactive: false }).addTo(map));
   const regions = ans.geojson.features.filter((f) => f.properties.kind === "region");
   let focus = null;
   for (const f of regions) {
     const p50 = f.properties.level < 0.7;
     const layer = L.geoJSON(f, {
       pane: "regions",
-      style: { color: p50 ? "#0b6e4f" : "#1f5fa8", weight: p50 ? 2.5 : 2, dashArray: p50 ? null : "6 5", fillOpacity: 0.04, className: "region" },
+      style: { color: p50 ? "#0b6e4f" : "#174f8f", weight: p50 ? 3 : 2.5, dashArray: p50 ? null : "7 5", fillOpacity: 0, className: "region" },
     }).bindTooltip(`${Math.round(100 * f.properties.level)}% region`, { sticky: true });
     layers.push(layer.addTo(map));
     if (!p50 && f.geometry.coordinates.length) focus = layer.getBounds();
@@ -88,7 +107,7 @@ function render(ans) {
   });
   const pts = L.latLngBounds(ans.modes.map((m) => [m.latitude, m.longitude]));
   const target = focus ? focus.extend(pts) : pts;
-  if (target.isValid()) map.fitBounds(target.pad(0.15), { maxZoom: 9, animate: false });
+  if (target.isValid()) map.fitBounds(target.pad(0.5), { maxZoom: 6, animate: false });
   document.body.dataset.state = "done";
 }
 
@@ -151,11 +170,11 @@ fetch("/v1/models").then((r) => r.json()).then((info) => {
     const photo = (info.available || []).filter((x) => x.input === "image");
     const here = photo.filter((x) => x.source !== "hub" && x.encoder_available).map((x) => x.ref);
     $("photo-note").hidden = false;
-    $("photo-note").innerHTML =
+    $("photo-note").innerHTML = `<details><summary>Have a photo?</summary>` +
       `This model (${esc(m.name)}) reads text, not photos. ` +
       (here.length ? `Models here that take photos: <code>${here.map(esc).join("</code>, <code>")}</code>. ` :
         `Models that take photos: the published PLONK models (e.g. <code>hf:nicolas-dufour/PLONK_YFCC</code>, downloaded with its image encoder on a connected machine) or your own (<code>globeflow embed</code> + <code>globeflow train</code>). `) +
-      `Start one with <code>globeflow serve --model …</code>; <code>globeflow models</code> lists them.`;
+      `Start one with <code>globeflow serve --model …</code>; <code>globeflow models</code> lists them.</details>`;
   }
   const q = new URLSearchParams(window.location.search).get("q");
   if (q && m.input === "text") { $("q").value = q; askText(q); }
