@@ -58,6 +58,7 @@ def _photo_model(tmp: Path):
     """A random-weight image model: a tiny RFM on 32-d embeddings of a tiny random CLIP
     vision tower (the streetclip architecture), saved as a run directory."""
     import torch
+
     transformers = pytest.importorskip("transformers")
 
     from globeflow.api import save
@@ -70,7 +71,11 @@ def _photo_model(tmp: Path):
     )
     enc = get_encoder("streetclip", model=transformers.CLIPVisionModel(cfg))
     method = build_method(
-        {"method": "rfm", "net": {"cond_dim": 32, "dim": 32, "depth": 1, "expansion": 2}, "schedule": {"name": "skewed_sigmoid"}}
+        {
+            "method": "rfm",
+            "net": {"cond_dim": 32, "dim": 32, "depth": 1, "expansion": 2},
+            "schedule": {"name": "skewed_sigmoid"},
+        }
     )
     run = save(method, tmp / "photo-run", extra={"encoder": enc.settings()})
     calls = []
@@ -173,7 +178,11 @@ def test_health_models_and_offline_docs(client):
     assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     spec = client.get("/openapi.json").json()
     assert "/v1/locate" in spec["paths"]
-    for url in ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/vendor/leaflet/leaflet.js", "/static/app.js"):
+    for url in (
+        "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/static/vendor/leaflet/leaflet.js",
+        "/static/app.js",
+    ):
         assert client.get(url).status_code == 200
     base = client.get("/v1/basemap.geojson").json()
     assert len([f for f in base["features"] if f["properties"]["kind"] == "country"]) == 177
@@ -183,8 +192,19 @@ def test_locate_text_has_the_predict_fields_places_and_sentence(client):
     r = client.post("/v1/locate", json={"text": "Canton, Ohio"})
     assert r.status_code == 200, r.text
     (a,) = r.json()["answers"]
-    for key in ("query", "latitude", "longitude", "modes", "countries", "localizability_bits", "hpd50_area_km2",
-                "hpd90_area_km2", "num_samples", "model", "encoder"):
+    for key in (
+        "query",
+        "latitude",
+        "longitude",
+        "modes",
+        "countries",
+        "localizability_bits",
+        "hpd50_area_km2",
+        "hpd90_area_km2",
+        "num_samples",
+        "model",
+        "encoder",
+    ):
         assert key in a
     assert a["num_samples"] == SAMPLES and a["encoder"] == "minilm"
     assert a["place"]["label"] and a["sentence"].startswith("90% likely within an area")
@@ -241,7 +261,12 @@ def test_locate_embedding_and_overlay(client, text_locator):
     ],
 )
 def test_bad_json_requests_get_4xx_naming_the_field(client, body, status, field):
-    if isinstance(body, dict) and body.get("embedding") and isinstance(body["embedding"][0], float) and math.isnan(body["embedding"][0]):
+    if (
+        isinstance(body, dict)
+        and body.get("embedding")
+        and isinstance(body["embedding"][0], float)
+        and math.isnan(body["embedding"][0])
+    ):
         r = client.post("/v1/locate", content=json.dumps(body), headers={"content-type": "application/json"})
     else:
         r = client.post("/v1/locate", json=body)

@@ -1251,8 +1251,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"globeflow serve: {locator.name} ({locator.input_kind or 'embedding'} input) on http://{host}:{args.port}/ "
-          f"(API docs: /docs; Ctrl-C to stop)", file=sys.stderr)
+    print(
+        f"globeflow serve: {locator.name} ({locator.input_kind or 'embedding'} input) on http://{host}:{args.port}/ "
+        f"(API docs: /docs; Ctrl-C to stop)",
+        file=sys.stderr,
+    )
     serve(locator, host=args.host, port=args.port)
     return 0
 

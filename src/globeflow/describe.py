@@ -102,7 +102,7 @@ class Place:
 
     @property
     def label(self) -> str:
-        """"Canton, Ohio, US": name, state (when it is not the name itself), country code."""
+        """ "Canton, Ohio, US": name, state (when it is not the name itself), country code."""
         parts = [self.name]
         if self.admin1 and self.admin1 != self.name:
             parts.append(self.admin1)
@@ -111,7 +111,7 @@ class Place:
 
     @property
     def phrase(self) -> str:
-        """"near Canton, Ohio, United States" or "about 40 km from Canton, Ohio, United States"."""
+        """ "near Canton, Ohio, United States" or "about 40 km from Canton, Ohio, United States"."""
         parts = [self.name]
         if self.admin1 and self.admin1 != self.name:
             parts.append(self.admin1)
@@ -166,7 +166,7 @@ def _round_sig(x: float, digits: int) -> float:
 
 
 def format_area(km2: float) -> str:
-    """"690,000 km²" (two significant digits; small areas to the km²)."""
+    """ "690,000 km²" (two significant digits; small areas to the km²)."""
     if km2 < 10:
         return f"{km2:.1f} km²"
     return f"{_round_sig(km2, 2):,.0f} km²"
@@ -298,7 +298,9 @@ def describe(
     if not answers:
         return []
     counts = [1 + len(a.modes) for a in answers]
-    points = np.array([[a.latitude, a.longitude] for a in answers] + [[m.latitude, m.longitude] for a in answers for m in a.modes])
+    points = np.array(
+        [[a.latitude, a.longitude] for a in answers] + [[m.latitude, m.longitude] for a in answers for m in a.modes]
+    )
     # One reverse-geocoding query for every estimate and mode.
     places = nearest_places(points, gazetteer=gazetteer)
     land = on_land(points[: len(answers)])
@@ -327,9 +329,7 @@ def describe(
                 "hedging between coasts; look at the modes."
             )
         if unlike_training is not None and bool(unlike_training[i]):
-            warnings.append(
-                "This input is unlike the data the model was trained on: the answer may be meaningless."
-            )
+            warnings.append("This input is unlike the data the model was trained on: the answer may be meaningless.")
         out.append(
             Description(
                 place=place,

@@ -204,7 +204,9 @@ def format_models(infos: Sequence[ModelInfo]) -> str:
     rows = []
     for m in infos:
         enc = "-" if m.encoder is None else m.encoder + ("" if m.encoder_available else " (not here)")
-        rows.append((m.ref, m.source, m.input, enc, "-" if m.embedding_dim is None else str(m.embedding_dim), m.method or "-"))
+        rows.append(
+            (m.ref, m.source, m.input, enc, "-" if m.embedding_dim is None else str(m.embedding_dim), m.method or "-")
+        )
     widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h) for k, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

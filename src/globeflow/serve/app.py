@@ -113,20 +113,30 @@ def basemap_geojson() -> str:
             cy = ((y[:-1] + y[1:]) * cross).sum() / (6 * area)
             label_at[int(owner[k])] = (abs(area), [round(float(cx), 2), round(float(cy), 2)])
     features = [
-        {"type": "Feature", "properties": {"name": str(names[i]), "kind": "country"},
-         "geometry": {"type": "MultiPolygon", "coordinates": p}}
+        {
+            "type": "Feature",
+            "properties": {"name": str(names[i]), "kind": "country"},
+            "geometry": {"type": "MultiPolygon", "coordinates": p},
+        }
         for i, p in sorted(polys.items())
     ]
     features += [
-        {"type": "Feature", "properties": {"name": str(names[i]), "kind": "label"},
-         "geometry": {"type": "Point", "coordinates": c}}
+        {
+            "type": "Feature",
+            "properties": {"name": str(names[i]), "kind": "label"},
+            "geometry": {"type": "Point", "coordinates": c},
+        }
         for i, (a, c) in sorted(label_at.items())
         if a > 2.0  # square degrees: no labels on small islands and city states
     ]
     lines = [[[lon, lat] for lat in range(-85, 86, 5)] for lon in range(-180, 181, 30)]
     lines += [[[lon, lat] for lon in range(-180, 181, 5)] for lat in range(-60, 61, 30)]
     features.append(
-        {"type": "Feature", "properties": {"kind": "graticule"}, "geometry": {"type": "MultiLineString", "coordinates": lines}}
+        {
+            "type": "Feature",
+            "properties": {"kind": "graticule"},
+            "geometry": {"type": "MultiLineString", "coordinates": lines},
+        }
     )
     return json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
 
@@ -218,10 +228,14 @@ def create_app(locator: Locator) -> FastAPI:
         try:
             text = locator.export(answer_id, fmt)
         except KeyError:
-            raise InputError("id", f"no recent answer {answer_id!r} (the server keeps the last ones only)", 404) from None
+            raise InputError(
+                "id", f"no recent answer {answer_id!r} (the server keeps the last ones only)", 404
+            ) from None
         media = "application/geo+json" if fmt == "geojson" else "application/vnd.google-earth.kml+xml"
         return Response(
-            text, media_type=media, headers={"Content-Disposition": f'attachment; filename="globeflow-{answer_id}.{fmt}"'}
+            text,
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="globeflow-{answer_id}.{fmt}"'},
         )
 
     @app.post(

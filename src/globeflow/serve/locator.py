@@ -123,6 +123,7 @@ def mercator_overlay(
     rgb = _colormap()[np.round(rel * 255).astype(int)]
     alpha = np.where(rel > 0, 255 * OVERLAY_MAX_ALPHA * (0.15 + 0.85 * rel), 0.0)
     if feather > 0:
+
         def ramp(n):
             t = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5) / (feather * n)
             return np.clip(t, 0.0, 1.0)
@@ -189,9 +190,7 @@ class Locator:
         else:
             enc_name = encoder or _model_encoder_name(model, method)
             if enc_name is None:  # nothing recorded: the offline encoder of that dimension, if any
-                enc_name = next(
-                    (n for n, s in ENCODERS.items() if s.offline and s.dim == self.embedding_dim), None
-                )
+                enc_name = next((n for n, s in ENCODERS.items() if s.offline and s.dim == self.embedding_dim), None)
             self.encoder = None if enc_name is None else get_encoder(enc_name, source=encoder_path, device=device)
         if self.encoder is not None and self.encoder.dim != self.embedding_dim:
             raise ValueError(
