@@ -459,3 +459,51 @@ def test_page_sends_a_dropped_photo_through_the_encoder(browser, photo, tmp_path
         assert page.locator("path.mode").count() >= 1
         page.close()
     assert watch.external == [] and watch.errors == []
+
+
+def test_globeflow_serve_command_starts_answers_and_stops():
+    """`globeflow serve` as a user starts it: a subprocess on a free port, always terminated."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "globeflow", "serve", "--port", str(port), "--samples", "32", "--max-batch", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    assert json.load(r)["model"] == "geonames-text"
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "globeflow serve did not come up"
+                time.sleep(0.5)
+        req = urllib.request.Request(
+            base + "/v1/locate",
+            data=json.dumps({"text": "Lyon"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            (a,) = json.load(r)["answers"]
+        assert a["num_samples"] == 32 and a["countries"] and a["sentence"]
+        req = urllib.request.Request(
+            base + "/v1/locate",
+            data=json.dumps({"texts": ["a", "b", "c"]}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 413 and json.load(err.value)["error"]["field"] == "texts"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
