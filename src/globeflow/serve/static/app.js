@@ -25,7 +25,7 @@ fetch("/v1/basemap.geojson")
       pane: "basemap",
       filter: (f) => f.properties.kind !== "label",
       style: (f) => f.properties.kind === "graticule"
-        ? { color: "#9fb6c7", weight: 0.6, opacity: 0.7, interactive: false }
+        ? { color: "#8fa9bd", weight: 0.7, opacity: 0.6, dashArray: "3 5", interactive: false }
         : { color: "#8a8f94", weight: 0.8, fillColor: "#f4f1ea", fillOpacity: 1 },
       onEachFeature: (f, layer) => {
         if (f.properties.name) layer.bindTooltip(f.properties.name, { sticky: true, direction: "top", opacity: 0.85 });
@@ -107,7 +107,7 @@ function render(ans) {
   });
   const pts = L.latLngBounds(ans.modes.map((m) => [m.latitude, m.longitude]));
   const target = focus ? focus.extend(pts) : pts;
-  if (target.isValid()) map.fitBounds(target.pad(0.5), { maxZoom: 6, animate: false });
+  if (target.isValid()) map.fitBounds(target.pad(0.8), { maxZoom: 5, animate: false });
   document.body.dataset.state = "done";
 }
 
