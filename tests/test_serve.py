@@ -279,6 +279,16 @@ def test_bad_bodies_and_photos_on_a_text_model(client):
     _error(client.post("/v1/locate", content=b"x", headers={"content-type": "text/plain"}), 415, "content-type")
     msg = _error(client.post("/v1/locate", files={"photo": ("a.jpg", _jpeg(), "image/jpeg")}), 400, "photo")
     assert "globeflow models" in msg
+
+    # A chunked body (no Content-Length) is cut off at the limit too.
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    r = client.post("/v1/locate", content=chunks(), headers={"content-type": "application/json"})
+    _error(r, 413, "body")
     # Larger than the limit: refused from the Content-Length header, before reading the body.
     big = b"0" * 400_000
     _error(client.post("/v1/locate", files={"photo": ("big.jpg", big, "image/jpeg")}), 413, "photo")

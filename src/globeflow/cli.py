@@ -1250,6 +1250,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         density_steps=args.density_steps,
         limits=limits,
     )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: --host {args.host} makes the server reachable from other machines; it has no authentication",
+            file=sys.stderr,
+        )
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"globeflow serve: {locator.name} ({locator.input_kind or 'embedding'} input) on http://{host}:{args.port}/ "

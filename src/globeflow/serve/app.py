@@ -287,7 +287,15 @@ def _options(body: dict[str, Any], locator: Locator) -> dict[str, Any]:
 
 
 async def _parse_json(request: Request, locator: Locator):
-    raw = await request.body()
+    # Read at most the upload limit, also when no Content-Length was sent (chunked bodies).
+    lim_bytes = locator.limits.max_upload_bytes
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > lim_bytes:
+            raise InputError("body", f"larger than {lim_bytes:,} bytes", 413)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         raise InputError("body", 'empty request; send JSON like {"text": "Canton, Ohio"} or a multipart photo', 400)
     try:
