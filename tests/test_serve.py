@@ -517,3 +517,30 @@ def test_globeflow_serve_command_starts_answers_and_stops():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.parametrize("peak_lat", [-60.0, 0.0, 40.0, 70.0])
+def test_mercator_overlay_puts_each_latitude_where_leaflet_draws_it(peak_lat):
+    """Leaflet stretches an image linearly in Web-Mercator y: the overlay's densest row must
+    sit at the Mercator y of the raster's densest latitude (a lat/lon image would not)."""
+    import base64
+
+    from globeflow.serve.locator import mercator_overlay
+
+    lat = np.arange(-89.5, 90.0, 1.0)
+    lon = np.arange(-179.5, 180.0, 1.0)
+    lp = np.repeat(-np.abs(lat - peak_lat)[:, None] / 5.0, lon.size, axis=1)
+    ov = mercator_overlay(lat, lon, lp, float(lp.max()), height=1024)
+    png = Image.open(io.BytesIO(base64.b64decode(ov["url"].split(",", 1)[1])))
+    alpha = np.asarray(png)[..., 3].astype(float)
+    # Centre of the brightest rows (alpha is quantised to 8 bits: a plateau around the peak).
+    row = (np.flatnonzero(alpha[:, 0] == alpha[:, 0].max()).mean() + 0.5) / alpha.shape[0]  # 0: north edge
+    (south, _), (north, _) = ov["bounds"]
+
+    def merc(phi):
+        return np.log(np.tan(np.pi / 4 + np.radians(phi) / 2))
+
+    y = merc(north) - row * (merc(north) - merc(south))
+    assert np.degrees(2 * np.arctan(np.exp(y)) - np.pi / 2) == pytest.approx(peak_lat, abs=0.2)
+    assert alpha[:, 0].max() == pytest.approx(255 * 0.6, abs=1)  # peak opacity
+    assert (alpha[:, 0] == 0).any()  # below 1/100 of the peak: transparent

@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const pct = (p) => (p >= 0.995 ? "99%+" : p < 0.005 ? "<1%" : Math.round(100 * p) + "%");
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
-const map = L.map("map", { minZoom: 1, maxZoom: 13, zoomSnap: 0.5, worldCopyJump: false, attributionControl: true });
+const map = L.map("map", { minZoom: 2, maxZoom: 13, zoomSnap: 0.5, worldCopyJump: false, attributionControl: true });
 map.attributionControl.setPrefix(false);
 map.attributionControl.addAttribution("Borders: Natural Earth · Places: GeoNames");
 L.control.scale({ position: "bottomright" }).addTo(map);
