@@ -440,7 +440,9 @@ def test_page_runs_a_query_from_the_link_and_draws_regions_and_modes(browser, te
         assert page.locator(".leaflet-image-layer").count() >= 1  # the density overlay
         assert page.locator("path.leaflet-interactive").count() > 100  # the basemap's countries
         assert page.get_attribute("#dl-kml", "href").endswith(".kml")
-        assert "photo" in page.locator("#photo-note").inner_text()  # a text model says where photos go
+        # A text model says so, and which models take photos and how to get one.
+        assert "reads text, not photos" in page.locator("#photo-note").inner_text()
+        assert "globeflow models" in page.locator("#photo-note").text_content()
         shot = os.environ.get("GLOBEFLOW_SCREENSHOT")
         if shot:
             Path(shot).parent.mkdir(parents=True, exist_ok=True)

@@ -170,11 +170,11 @@ fetch("/v1/models").then((r) => r.json()).then((info) => {
     const photo = (info.available || []).filter((x) => x.input === "image");
     const here = photo.filter((x) => x.source !== "hub" && x.encoder_available).map((x) => x.ref);
     $("photo-note").hidden = false;
-    $("photo-note").innerHTML = `<details><summary>Have a photo?</summary>` +
-      `This model (${esc(m.name)}) reads text, not photos. ` +
+    $("photo-note").innerHTML =
+      `This model (${esc(m.name)}) reads text, not photos. <details><summary>Which models take photos?</summary>` +
       (here.length ? `Models here that take photos: <code>${here.map(esc).join("</code>, <code>")}</code>. ` :
-        `Models that take photos: the published PLONK models (e.g. <code>hf:nicolas-dufour/PLONK_YFCC</code>, downloaded with its image encoder on a connected machine) or your own (<code>globeflow embed</code> + <code>globeflow train</code>). `) +
-      `Start one with <code>globeflow serve --model …</code>; <code>globeflow models</code> lists them.</details>`;
+        `The published PLONK models (e.g. <code>hf:nicolas-dufour/PLONK_YFCC</code>: download it and its image encoder on a connected machine) or your own (<code>globeflow embed</code> + <code>globeflow train</code>). `) +
+      `Start one with <code>globeflow serve --model …</code>; <code>globeflow models</code> lists what is here.</details>`;
   }
   const q = new URLSearchParams(window.location.search).get("q");
   if (q && m.input === "text") { $("q").value = q; askText(q); }
