@@ -1,0 +1,344 @@
+"""Answers in words: place names, one plain sentence, how sure the model is, and warnings.
+
+:func:`describe` turns :class:`~globeflow.answers.Answer` objects into what a reader without a
+manual can act on, for the web page, the API, the terminal and the reports alike:
+
+* **place names** — the estimate and every mode reverse-geocoded to the nearest GeoNames
+  cities1000 place (great circle, :mod:`globeflow.metrics.admin`): "near Canton, Ohio,
+  United States", or "about 40 km from …" when the nearest town is farther than
+  :data:`NEAR_KM`;
+* **a plain sentence** — the 90% region's area compared with a well-known area
+  (:data:`REFERENCE_AREAS`): "90% likely within an area about 4.6 times the size of Illinois";
+* **a category** of localizability (Eq. 19): L bits mean the answer is as concentrated as a
+  uniform spread over R²·2^{−L} km² (the uniform distribution on the sphere has
+  L = −log₂ 4π), so the category follows that *effective area*;
+* **warnings** — low confidence, an estimate at sea, and input unlike the training data (the
+  caller measures that: :class:`EmbeddingNovelty`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz
+
+__all__ = [
+    "NEAR_KM",
+    "REFERENCE_AREAS",
+    "Description",
+    "EmbeddingNovelty",
+    "Place",
+    "area_comparison",
+    "describe",
+    "format_area",
+    "localizability_category",
+    "nearest_places",
+    "on_land",
+]
+
+#: A place closer than this to the nearest town is "near" it; farther, "about N km from" it.
+NEAR_KM = 25.0
+#: Surface of the Earth (km²) on the sphere of radius R used everywhere in globeflow.
+EARTH_AREA_KM2 = 4.0 * math.pi * EARTH_RADIUS_KM**2
+
+#: Well-known areas (km², land + inland water as usually quoted) that readers can picture,
+#: smallest first. An area is compared with the largest reference not bigger than it.
+REFERENCE_AREAS: tuple[tuple[str, float], ...] = (
+    ("Manhattan", 59.1),
+    ("Paris (the city proper)", 105.4),
+    ("Washington, D.C.", 177.0),
+    ("New York City", 783.8),
+    ("Greater London", 1572.0),
+    ("Luxembourg", 2586.0),
+    ("Rhode Island", 4001.0),
+    ("Cyprus", 9251.0),
+    ("Belgium", 30689.0),
+    ("the Netherlands", 41850.0),
+    ("Ireland", 70273.0),
+    ("Illinois", 149997.0),
+    ("the United Kingdom", 242495.0),
+    ("Germany", 357022.0),
+    ("France", 551695.0),
+    ("Texas", 695662.0),
+    ("Mexico", 1964375.0),
+    ("India", 3287263.0),
+    ("Australia", 7692024.0),
+    ("the United States", 9833520.0),
+    ("Africa", 30370000.0),
+    ("all land on Earth", 148940000.0),
+)
+
+#: (upper bound of the effective area in km², category, what it means), smallest first.
+_CATEGORIES = (
+    (2.0e3, "pinpointed", "as sure as knowing the city or district"),
+    (5.0e4, "local", "as sure as knowing the metropolitan area"),
+    (5.0e5, "regional", "as sure as knowing the state or province"),
+    (5.0e6, "national", "as sure as knowing the country"),
+    (5.0e7, "continental", "as sure as knowing the continent"),
+    (math.inf, "unsure", "barely better than a guess anywhere in the world"),
+)
+#: Top mode mass below which the answer is flagged as uncertain (several far-apart places).
+LOW_MASS = 0.35
+#: 90% regions larger than this (km², about Europe) are flagged as uncertain.
+LARGE_AREA_KM2 = 1.0e7
+
+
+@dataclass(frozen=True)
+class Place:
+    """The nearest cities1000 place to a point: ``name``, ``admin1`` (state/province, may be
+    empty), ISO ``country_code`` and English ``country``, and ``distance_km`` to it."""
+
+    name: str
+    admin1: str
+    country_code: str
+    country: str
+    distance_km: float
+
+    @property
+    def label(self) -> str:
+        """ "Canton, Ohio, US": name, state (when it is not the name itself), country code."""
+        parts = [self.name]
+        if self.admin1 and self.admin1 != self.name:
+            parts.append(self.admin1)
+        parts.append(self.country_code)
+        return ", ".join(p for p in parts if p)
+
+    @property
+    def phrase(self) -> str:
+        """ "near Canton, Ohio, United States" or "about 40 km from Canton, Ohio, United States"."""
+        parts = [self.name]
+        if self.admin1 and self.admin1 != self.name:
+            parts.append(self.admin1)
+        parts.append(self.country)
+        where = ", ".join(p for p in parts if p)
+        if self.distance_km <= NEAR_KM:
+            return f"near {where}"
+        return f"about {_round_sig(self.distance_km, 2):,.0f} km from {where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "admin1": self.admin1,
+            "country_code": self.country_code,
+            "country": self.country,
+            "distance_km": self.distance_km,
+            "label": self.label,
+            "phrase": self.phrase,
+        }
+
+
+@dataclass(frozen=True)
+class Description:
+    """An answer in words: the estimate's ``place``, one place per mode (``mode_places``), the
+    plain ``sentence``, the localizability ``category`` with its ``category_meaning``, the
+    ``effective_area_km2`` behind it (None without a density), and ``warnings``."""
+
+    place: Place
+    mode_places: tuple[Place, ...]
+    sentence: str
+    category: str
+    category_meaning: str
+    effective_area_km2: float | None
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "place": self.place.to_dict(),
+            "mode_places": [p.to_dict() for p in self.mode_places],
+            "sentence": self.sentence,
+            "localizability_category": self.category,
+            "localizability_meaning": self.category_meaning,
+            "effective_area_km2": self.effective_area_km2,
+            "warnings": list(self.warnings),
+        }
+
+
+def _round_sig(x: float, digits: int) -> float:
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def format_area(km2: float) -> str:
+    """ "690,000 km²" (two significant digits; small areas to the km²)."""
+    if km2 < 10:
+        return f"{km2:.1f} km²"
+    return f"{_round_sig(km2, 2):,.0f} km²"
+
+
+def area_comparison(km2: float) -> str:
+    """An area as a multiple of a well-known one: "about 4.6 times the size of Illinois",
+    "about the size of Belgium", "smaller than Manhattan" or "about 60% of the Earth's surface"."""
+    if not (isinstance(km2, (int, float)) and math.isfinite(km2) and km2 >= 0):
+        raise ValueError(f"area_km2 must be a finite non-negative number, got {km2!r}")
+    name0, a0 = REFERENCE_AREAS[0]
+    if km2 < 0.8 * a0:
+        return f"smaller than {name0}"
+    if km2 > 2.0 * REFERENCE_AREAS[-1][1]:
+        return f"about {100 * min(km2 / EARTH_AREA_KM2, 1.0):.0f}% of the Earth's surface"
+    # The reference nearest in log-ratio among those not much bigger: ratios stay in ~[0.8, 5].
+    fits = [(n, a) for n, a in REFERENCE_AREAS if a <= km2 * 1.25]
+    name, a = fits[-1]
+    ratio = km2 / a
+    if 0.8 <= ratio < 1.25:
+        return f"about the size of {name}"
+    return f"about {_round_sig(ratio, 2):g} times the size of {name}"
+
+
+def localizability_category(bits: float | None, hpd90_area_km2: float | None = None) -> tuple[str, str, float | None]:
+    """(category, meaning, effective area km²) from localizability ``bits`` (Eq. 19); without
+    a density, from the 90% region's area; ("unknown", …, None) without either."""
+    if bits is not None and math.isfinite(bits):
+        area = EARTH_RADIUS_KM**2 * 2.0 ** (-float(bits))
+    elif hpd90_area_km2 is not None and math.isfinite(hpd90_area_km2):
+        area = float(hpd90_area_km2)
+    else:
+        return "unknown", "this model gives no density, so how sure it is cannot be measured", None
+    for bound, name, meaning in _CATEGORIES:
+        if area < bound:
+            return name, meaning, area
+    raise AssertionError("unreachable: the last bound is infinite")
+
+
+@functools.lru_cache(maxsize=1)
+def _land_paths():
+    from matplotlib.path import Path as MplPath
+
+    from globeflow.viz.maps import load_basemap
+
+    return [MplPath(r) for r in load_basemap()]
+
+
+def on_land(latlon: np.ndarray) -> np.ndarray:
+    """Whether points (N, 2) degrees fall inside a Natural Earth 1:110m country polygon (N,) bool.
+    Coarse (small islands are missing): pair it with the distance to the nearest place."""
+    p = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    lonlat = p[:, ::-1]
+    inside = np.zeros(p.shape[0], dtype=bool)
+    for path in _land_paths():
+        inside |= path.contains_points(lonlat)
+    return inside
+
+
+def nearest_places(latlon: np.ndarray, *, gazetteer: Any = None) -> list[Place]:
+    """The nearest cities1000 place (great circle) to each point of ``latlon`` (N, 2) degrees."""
+    from globeflow.answers import country_name
+    from globeflow.metrics.admin import load_gazetteer
+
+    p = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    if p.shape[0] == 0:
+        return []
+    g = gazetteer if gazetteer is not None else load_gazetteer()
+    idx = g.nearest(p)
+    chord = np.linalg.norm(np.asarray(latlon_to_xyz(p[:, 0], p[:, 1])) - g.xyz[idx], axis=-1)
+    dist = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
+    out = []
+    for i, d in zip(idx, dist):
+        name, _admin2, admin1, cc = str(g.city[i]).split("|")
+        out.append(Place(name, admin1, cc, country_name(cc), float(d)))
+    return out
+
+
+class EmbeddingNovelty:
+    """Is an embedding unlike the training data? Cosine similarity to the nearest of some
+    ``reference`` embeddings (R, D) (e.g. a model's held-out rows), compared with the same
+    statistic among the references themselves (leave-one-out): below its ``quantile``
+    (default 1%), the input is flagged."""
+
+    def __init__(self, reference: np.ndarray, *, quantile: float = 0.01) -> None:
+        ref = np.asarray(reference, dtype=np.float32)
+        if ref.ndim != 2 or ref.shape[0] < 10 or not np.isfinite(ref).all():
+            raise ValueError(f"reference: expected ≥ 10 finite embeddings of shape (R, D), got {ref.shape}")
+        self.reference = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+        sim = self.reference @ self.reference.T
+        np.fill_diagonal(sim, -np.inf)
+        self.threshold = float(np.quantile(sim.max(axis=1), quantile))
+
+    def similarity(self, emb: np.ndarray) -> np.ndarray:
+        """Cosine similarity (B,) of each of ``emb`` (B, D) to its nearest reference."""
+        e = np.asarray(emb, dtype=np.float32).reshape(-1, self.reference.shape[1])
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return (e @ self.reference.T).max(axis=1)
+
+    def unlike(self, emb: np.ndarray) -> np.ndarray:
+        """(B,) bool: below the threshold."""
+        return self.similarity(emb) < self.threshold
+
+
+def _share(p: float) -> str:
+    return "nearly all" if p >= 0.995 else f"{100 * p:.0f}%"
+
+
+def _sentence(ans: Any, place: Place) -> str:
+    area = ans.hpd90_area_km2
+    mass = _share(ans.modes[0].mass)
+    if area is not None and math.isfinite(area):
+        head = f"90% likely within an area {area_comparison(area)} ({format_area(area)})"
+        return f"{head}; most likely {place.phrase} ({mass} of the probability is around there)."
+    return f"Most likely {place.phrase} ({mass} of the samples); this model gives no region sizes."
+
+
+def describe(
+    answers: Sequence[Any],
+    *,
+    gazetteer: Any = None,
+    unlike_training: Sequence[bool] | None = None,
+) -> list[Description]:
+    """One :class:`Description` per :class:`~globeflow.answers.Answer` (see the module docstring).
+
+    ``unlike_training`` (B,): the caller's verdict on each input (e.g. from
+    :class:`EmbeddingNovelty`); True adds a warning."""
+    answers = list(answers)
+    if not answers:
+        return []
+    counts = [1 + len(a.modes) for a in answers]
+    points = np.array(
+        [[a.latitude, a.longitude] for a in answers] + [[m.latitude, m.longitude] for a in answers for m in a.modes]
+    )
+    # One reverse-geocoding query for every estimate and mode.
+    places = nearest_places(points, gazetteer=gazetteer)
+    land = on_land(points[: len(answers)])
+    out = []
+    k = len(answers)
+    for i, ans in enumerate(answers):
+        place = places[i]
+        modes = tuple(places[k : k + counts[i] - 1])
+        k += counts[i] - 1
+        category, meaning, eff = localizability_category(ans.localizability_bits, ans.hpd90_area_km2)
+        warnings = []
+        top = ans.modes[0].mass
+        if top < LOW_MASS:
+            warnings.append(
+                f"Low confidence: the most likely place holds only {100 * top:.0f}% of the probability; "
+                "the model hesitates between places far apart (see the modes)."
+            )
+        if ans.hpd90_area_km2 is not None and ans.hpd90_area_km2 > LARGE_AREA_KM2:
+            warnings.append(
+                f"Low confidence: the 90% region covers {format_area(ans.hpd90_area_km2)}, "
+                f"{area_comparison(ans.hpd90_area_km2)}; read the map, not the single point."
+            )
+        if not land[i] and place.distance_km > NEAR_KM:
+            warnings.append(
+                f"The estimate is at sea, {place.distance_km:,.0f} km from the nearest town: the model is "
+                "hedging between coasts; look at the modes."
+            )
+        if unlike_training is not None and bool(unlike_training[i]):
+            warnings.append("This input is unlike the data the model was trained on: the answer may be meaningless.")
+        out.append(
+            Description(
+                place=place,
+                mode_places=modes,
+                sentence=_sentence(ans, place),
+                category=category,
+                category_meaning=meaning,
+                effective_area_km2=eff,
+                warnings=tuple(warnings),
+            )
+        )
+    return out
