@@ -9,6 +9,7 @@ globeflow evaluate  GeoScore, distances, accuracies (radii; country/region/city)
                     recall/density/coverage (--density: NLL, localizability, calibration)
 globeflow compare   evaluate several runs on the same data and seeds into one table
 globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
+globeflow calibrate conformal calibration of a run's credible regions on held-out rows
 globeflow embed     photos (a folder or a metadata CSV) -> Parquet of embeddings
 """
 
@@ -100,6 +101,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> No
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def _add_uncalibrated_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="regions at the model's own levels, ignoring the run's conformal calibration (calibration.json)",
+    )
+
+
 def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
     p.add_argument("--samples", type=_positive_int, default=None, help=f"samples per answer (default {samples})")
     p.add_argument(
@@ -115,6 +124,7 @@ def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
         metavar="N",
         help="draw N denoising paths of the sampler on each map (paper Figs. 1, 3; default 0)",
     )
+    _add_uncalibrated_arg(p)
     p.add_argument(
         "--exact-maps",
         action="store_true",
@@ -178,6 +188,7 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
     p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
+    _add_uncalibrated_arg(p)
     p.add_argument("--no-prdc", action="store_true", help="skip precision/recall/density/coverage")
     p.add_argument(
         "--prdc-guidance",
@@ -296,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument("--steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE (default 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    _add_uncalibrated_arg(p)
+
+    p = sub.add_parser(
+        "calibrate", help="conformal calibration of a run's credible regions on held-out rows (docs/calibration.md)"
+    )
+    p.add_argument("--model", required=True, help="run directory of a trained model")
+    p.add_argument("--data", required=True, help="held-out rows with latitude/longitude, not used in training")
+    p.add_argument("--out", default=None, help="output JSON (default: RUN/calibration.json, used by default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing calibration file")
+    p.add_argument("--samples", type=_positive_int, default=64, help="model samples per row (default 64)")
+    p.add_argument("--steps", type=_positive_int, default=8, help="RK4 steps of the likelihood ODE (default 8)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=1.0,
+        help="share of the rows that calibrate (a seeded split; the rest are recorded as test rows; default 1)",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the calibration/test split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and the score randomisation")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("embed", help="embed photos (a folder or a metadata CSV) into a Parquet file")
@@ -574,6 +606,7 @@ def _answers(model, emb: np.ndarray, args: argparse.Namespace, *, default_sample
         guidance=0.0 if guidance is None else guidance,
         seed=args.seed,
         density_steps=args.density_steps,
+        calibration=None if getattr(args, "uncalibrated", False) else "auto",
     )
 
 
@@ -862,6 +895,7 @@ def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, d
             "guidance": args.density_guidance,
             "seed": args.seed,
             "rows": args.density_rows,
+            "calibration": None if args.uncalibrated else "auto",
         }
     prdc = False if args.no_prdc else {"guidance": args.prdc_guidance, "unconditional": args.prdc_unconditional}
     return options, density, prdc
@@ -875,6 +909,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
+    if "regions" in metrics:
+        print(f"credible regions: {metrics['regions']}")
     print(f"metrics written to {args.out}")
     return 0
 
@@ -962,6 +998,7 @@ def _print_answer(label: str, record: dict) -> None:
             f"  localizability: {record['localizability_bits']:.2f} bits   "
             f"90% region: {record['hpd90_area_km2']:,.0f} km²   50% region: {record['hpd50_area_km2']:,.0f} km²"
         )
+        print(f"  regions: {record.get('calibration') or 'uncalibrated (the model levels)'}")
 
 
 def heldout_metrics(
@@ -977,9 +1014,9 @@ def heldout_metrics(
     """GeoScore, distances and country accuracy of the point estimates (ω = 2, 16 steps, the
     paper's) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
     coverage on the first ``density_rows`` of them (``density_samples`` samples each,
-    ``density_steps`` RK4 steps). The HPD thresholds are quantiles of few samples: with 32, a
-    calibrated model expects an hpd90_coverage of ≈ 0.88 (the truth must beat the 4th–5th
-    lowest of 32 sample log-densities: 1 − 4.1/33), not 0.90."""
+    ``density_steps`` RK4 steps). Coverage counts the truth's HPD rank among the samples, so a
+    calibrated model expects hpd90_coverage = 0.90 even from 32 samples; the regions are the
+    run's conformally calibrated ones when it has a calibration.json."""
     density = None
     if density_rows > 0 and model.density_space == "S2":
         density = {"rows": density_rows, "num_samples": density_samples, "seed": seed, "steps": density_steps}
@@ -1055,8 +1092,8 @@ def _demo_answers(args: argparse.Namespace) -> int:
         note = (
             f"First {metrics['n']} held-out queries of {heldout.name}: point estimates at guidance 2 "
             f"(16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
-            f"(32 samples, {args.density_steps} RK4 steps; a calibrated model expects hpd90_coverage ≈ 0.88 "
-            "with 32 samples)."
+            f"(32 samples, {args.density_steps} RK4 steps; a calibrated model expects hpd90_coverage ≈ 0.90; "
+            f"regions: {metrics.get('regions', 'uncalibrated')})."
         )
         print(f"\nheld-out ({note})")
         print(format_metrics(metrics, title=Path(model_ref).name))
@@ -1136,6 +1173,7 @@ def cmd_density(args: argparse.Namespace) -> int:
     from globeflow.api import load
     from globeflow.data import read_dataset
     from globeflow.density import density_map_for_method
+    from globeflow.density.calibration import drawable_levels, resolve_calibration
     from globeflow.density.localizability import localizability_from_log_prob
     from globeflow.viz.export import (
         hpd_level_raster,
@@ -1174,7 +1212,9 @@ def cmd_density(args: argparse.Namespace) -> int:
     truth = None
     if data.latitude is not None and np.isfinite(data.latitude[args.row]):
         truth = (float(data.latitude[args.row]), float(data.longitude[args.row]))
-    regions = region_thresholds(dmap, levels, samples.log_prob[0])
+    cal = None if args.uncalibrated else resolve_calibration(model, "auto", args.guidance)
+    model_levels = drawable_levels(cal, levels, args.samples)
+    regions = region_thresholds(dmap, levels, samples.log_prob[0], model_levels=model_levels)
     loc = localizability_from_log_prob(samples.log_prob)
     title = f"{Path(args.model).name}: row {args.row}"
     plot_density_map(
@@ -1200,17 +1240,54 @@ def cmd_density(args: argparse.Namespace) -> int:
                 else "  (misses the true location)"
             )
         print(f"{100 * r['level']:.0f}% credible region: {r['area_km2']:.4g} km²{inside}")
+    print(f"regions: {cal.describe() if cal is not None else 'uncalibrated (the model levels)'}")
     print(f"map: {args.out} ({dmap.num_evaluations} exact evaluations, {elapsed:.1f} s)")
     if args.geojson:
         props = {"row": args.row, "model": str(args.model)}
         write_geojson(
-            args.geojson, regions_geojson(dmap, levels, sample_log_prob=samples.log_prob[0], properties=props)
+            args.geojson, regions_geojson(
+                dmap,
+                levels,
+                sample_log_prob=samples.log_prob[0],
+                properties={**props, "calibration": None if cal is None else cal.describe()},
+                model_levels=model_levels,
+            ),
         )
         print(f"regions: {args.geojson}")
     if args.raster:
         thresholds = [(r["level"], r["threshold_log_prob"]) for r in regions]
         write_esri_ascii(args.raster, dmap.lat, dmap.lon, hpd_level_raster(dmap, thresholds))
         print(f"raster: {args.raster}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit and store the conformal calibration of a run's credible regions."""
+    from globeflow.density.calibration import calibrate_run
+
+    res = calibrate_run(
+        args.model,
+        args.data,
+        out=args.out,
+        overwrite=args.overwrite,
+        num_samples=args.samples,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        calibration_fraction=args.calibration_fraction,
+        split_seed=args.split_seed,
+        device=args.device,
+    )
+    cal = res.calibration
+    print(
+        f"calibrated on {cal.n} rows of {args.data} ({len(res.test_rows)} left as test rows), "
+        f"{cal.num_samples} samples, {cal.steps} RK4 steps, ω = {cal.guidance:g}, in {res.seconds:.1f} s"
+    )
+    print("nominal  model level  coverage before (calibration rows)")
+    for a in (0.5, 0.9, 0.95):
+        print(f"  {100 * a:4.0f}%   {float(cal.level(a)):.4f}       {100 * res.raw_coverage[f'{a:g}']:.1f}%")
+    print(f"guarantee: coverage ≥ nominal and ≤ nominal + 1/(n+1) = +{1 / (cal.n + 1):.4f} on exchangeable rows")
+    print(f"calibration written to {res.path}")
     return 0
 
 
@@ -1222,6 +1299,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "density": cmd_density,
+    "calibrate": cmd_calibrate,
     "embed": cmd_embed,
 }
 

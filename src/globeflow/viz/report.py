@@ -38,6 +38,7 @@ def density_report(
     title: str | None = None,
     log_prob_options: dict[str, Any] | None = None,
     sample_options: dict[str, Any] | None = None,
+    calibration: Any = "auto",
 ) -> dict[str, Any]:
     """Density map of ``method`` for ONE embedding ``emb`` (D,), with its HPD regions.
 
@@ -47,8 +48,13 @@ def density_report(
     each pixel, in %). Returns a JSON-ready summary: the estimate, the regions (threshold,
     importance-sampling area ± standard error in km², the map's area and mass), the map's
     total mass, the number of exact density evaluations and, with ``truth``, its log-density
-    and the smallest level whose region holds it.
+    and the smallest level whose region holds it. ``calibration``: "auto" (the method's own
+    conformal calibration, when fitted at ``guidance``: the regions at nominal α are the model's
+    of level q̂(α)), None (uncalibrated) or a Calibration; ``summary["calibration"]`` says which.
     """
+    from globeflow.density.calibration import drawable_levels, resolve_calibration
+
+    cal = resolve_calibration(method, calibration, guidance)
     dmap, samples = density_map_for_method(
         method,
         emb,
@@ -60,7 +66,8 @@ def density_report(
         log_prob_options=log_prob_options,
     )
     sample_lp = samples.log_prob[0]
-    regions = region_thresholds(dmap, levels, sample_log_prob=sample_lp)
+    model_levels = drawable_levels(cal, levels, sample_lp.shape[0])
+    regions = region_thresholds(dmap, levels, sample_log_prob=sample_lp, model_levels=model_levels)
     estimate = samples.latlon[0][int(np.argmax(sample_lp))]
     summary: dict[str, Any] = {
         "estimate": [float(estimate[0]), float(estimate[1])],
@@ -68,6 +75,7 @@ def density_report(
         "mass": dmap.mass(),
         "num_evaluations": dmap.num_evaluations,
         "resolution_deg": dmap.resolution_deg,
+        "calibration": None if cal is None else cal.describe(),
     }
     if truth is not None:
         from globeflow.density.maps import log_prob_fn_from_method
@@ -94,7 +102,7 @@ def density_report(
         )
         summary["png"] = str(Path(out_png))
     if geojson is not None:
-        write_geojson(geojson, regions_geojson(dmap, levels, sample_log_prob=sample_lp))
+        write_geojson(geojson, regions_geojson(dmap, levels, sample_log_prob=sample_lp, model_levels=model_levels))
         summary["geojson"] = str(Path(geojson))
     if ascii_grid is not None:
         raster = hpd_level_raster(dmap, [(r["level"], r["threshold_log_prob"]) for r in regions])
