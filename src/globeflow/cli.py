@@ -187,6 +187,12 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
     p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
     p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument(
+        "--density-precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="network products of the likelihood ODE (bfloat16: faster; its error in docs/benchmarks.md)",
+    )
     p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
     _add_uncalibrated_arg(p)
     p.add_argument("--no-prdc", action="store_true", help="skip precision/recall/density/coverage")
@@ -317,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="held-out rows with latitude/longitude, not used in training")
     p.add_argument("--out", default=None, help="output JSON (default: RUN/calibration.json, used by default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing calibration file")
-    p.add_argument("--samples", type=_positive_int, default=64, help="model samples per row (default 64)")
+    p.add_argument("--samples", type=_positive_int, default=32, help="model samples per row (default 32)")
     p.add_argument("--steps", type=_positive_int, default=8, help="RK4 steps of the likelihood ODE (default 8)")
     p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument(
@@ -893,6 +899,7 @@ def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, d
             "num_samples": args.density_samples,
             "steps": args.density_steps,
             "guidance": args.density_guidance,
+            "precision": args.density_precision,
             "seed": args.seed,
             "rows": args.density_rows,
             "calibration": None if args.uncalibrated else "auto",

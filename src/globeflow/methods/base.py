@@ -268,6 +268,9 @@ class GenerativeMethod(Method, nn.Module):
     path_cls: ClassVar[type[NoisingPath]]
     solvers: ClassVar[dict[str, int]]
     default_solver: ClassVar[str]
+    #: Grading of the likelihood ODE's RK4 nodes towards the data end (1: uniform; see
+    #: :func:`~globeflow.solvers.likelihood.integrate_with_divergence`).
+    likelihood_grid_power: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -493,6 +496,7 @@ class GenerativeMethod(Method, nn.Module):
         seed: int,
         stats: dict | None,
         precision: str = "float32",
+        grid_power: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Integrate the likelihood ODE for ``x`` (B, P, 3) in chunks of embeddings.
 
@@ -531,6 +535,7 @@ class GenerativeMethod(Method, nn.Module):
                     atol=atol,
                     rtol=rtol,
                     generator=generator,
+                    grid_power=self.likelihood_grid_power if grid_power is None else grid_power,
                 )
                 nfe += res.nfe
                 # log p(x(s_end)) = log p(x(s_start)) − ∫ div ds (see solvers/likelihood.py).
@@ -558,12 +563,15 @@ class GenerativeMethod(Method, nn.Module):
         seed: int = 0,
         stats: dict | None = None,
         precision: str = "float32",
+        grid_power: float | None = None,
     ) -> Tensor:
         """log p(x | c) by the ODE from data to noise (Prop. 2): ``emb`` (B, D), ``x`` (B, P, 3) -> (B, P).
 
         ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``) or ``"rk4"`` (``steps`` fixed
         steps); ``divergence``: ``"exact"`` trace or ``"hutchinson"`` (unbiased, one probe, drawn
         with ``seed``). ``stats``, if a dict, receives the number of field evaluations (``nfe``).
+        ``precision="bfloat16"``: the block MLPs multiply in bfloat16. ``grid_power``: RK4 nodes
+        graded towards the data end (default: the method's ``likelihood_grid_power``).
         """
         _, logp = self._solve_chunks(
             emb,
@@ -579,6 +587,7 @@ class GenerativeMethod(Method, nn.Module):
             seed=seed,
             stats=stats,
             precision=precision,
+            grid_power=grid_power,
         )
         return logp
 
@@ -597,6 +606,7 @@ class GenerativeMethod(Method, nn.Module):
         max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
         stats: dict | None = None,
         precision: str = "float32",
+        grid_power: float | None = None,
         **_: Any,
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
@@ -622,5 +632,6 @@ class GenerativeMethod(Method, nn.Module):
             seed=seed,
             stats=stats,
             precision=precision,
+            grid_power=grid_power,
         )
         return sphere.project(x), logp

@@ -249,8 +249,9 @@ class AdaLNMLP(nn.Module):
         bfloat16, while LayerNorms, the residual stream, the 3 → d / d → 3 maps and the
         divergence stay in float32 (its error on log p: ``docs/benchmarks.md``).
         """
+        low = _autocast_dtype(x.device.type)  # read before autocast is switched off below
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._forward_with_jvp(x, tangents, mods, head, _autocast_dtype(x.device.type))
+            return self._forward_with_jvp(x, tangents, mods, head, low)
 
     def _forward_with_jvp(self, x, tangents, mods, head, low: torch.dtype | None) -> tuple[Tensor, Tensor]:
         dtype = self.input_mapper.weight.dtype
