@@ -185,7 +185,15 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
     p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
-    p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
+    p.add_argument(
+        "--density-steps", type=_positive_int, default=32, help="RK4 steps of the samples' likelihood ODE"
+    )
+    p.add_argument(
+        "--nll-steps",
+        type=_positive_int,
+        default=None,
+        help="RK4 steps of the true locations' likelihood ODE (default: --density-steps)",
+    )
     p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument(
         "--density-precision",
@@ -900,6 +908,7 @@ def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, d
             "steps": args.density_steps,
             "guidance": args.density_guidance,
             "precision": args.density_precision,
+            "truth_steps": args.nll_steps,
             "seed": args.seed,
             "rows": args.density_rows,
             "calibration": None if args.uncalibrated else "auto",
