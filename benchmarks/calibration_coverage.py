@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -35,23 +36,61 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the calibration's")
     ap.add_argument("--seed", type=int, default=1, help="sampling seed of the test (default 1; the fit used 0)")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--scores",
+        default=None,
+        help="NPZ cache of the test rows' scores: read if it exists, else written (to score the "
+        "test rows while the calibration is still being fitted: --split)",
+    )
+    ap.add_argument("--split", default=None, metavar="FRACTION,SEED", help="with --scores and no calibration yet")
     args = ap.parse_args()
-    cal = load_calibration(args.calibration)
-    if cal.source.get("data_sha256") not in (None, file_sha256(args.data)):
-        raise SystemExit(f"--data: {args.data} is not the file the calibration was fitted on")
-    rows = np.asarray(cal.source["test_rows"], dtype=np.int64)
+    cal = None
+    if Path(args.calibration).is_file():
+        cal = load_calibration(args.calibration)
+        if cal.source.get("data_sha256") not in (None, file_sha256(args.data)):
+            raise SystemExit(f"--data: {args.data} is not the file the calibration was fitted on")
+        rows = np.asarray(cal.source["test_rows"], dtype=np.int64)
+        samples, steps, guidance = args.samples or cal.num_samples, args.steps or cal.steps, cal.guidance
+    elif args.split and args.scores:
+        from globeflow.density.calibration import conformal_split
+
+        fraction, split_seed = args.split.split(",")
+        n = len(read_dataset(args.data, require_coords=True))
+        rows = conformal_split(n, float(fraction), int(split_seed))[1]
+        samples, steps, guidance = args.samples or 32, args.steps or 8, 0.0
+    else:
+        raise SystemExit(f"--calibration: {args.calibration} not found (give --split and --scores to score first)")
     if rows.size == 0:
         raise SystemExit("the calibration used every row; fit it with --calibration-fraction < 1")
-    model = load(args.model)
-    data = read_dataset(args.data, require_coords=True, expected_dim=model.embedding_dim)
-    truth = np.stack([data.latitude, data.longitude], axis=1)[rows]
-    samples = args.samples or cal.num_samples
-    steps = args.steps or cal.steps
-    start = time.perf_counter()
-    s = hpd_scores(
-        model, data.embeddings[rows], truth, num_samples=samples, steps=steps, guidance=cal.guidance, seed=args.seed
-    )
-    seconds = time.perf_counter() - start
+    if args.scores and Path(args.scores).is_file():
+        z = np.load(args.scores)
+        if not np.array_equal(z["rows"], rows) or int(z["samples"]) != samples or int(z["steps"]) != steps:
+            raise SystemExit(f"--scores: {args.scores} holds other rows or settings")
+        s = SimpleNamespace(scores=z["scores"], truth_log_prob=z["truth_log_prob"], sample_log_prob=z["sample_log_prob"])
+        seconds = float(z["seconds"])
+    else:
+        model = load(args.model)
+        data = read_dataset(args.data, require_coords=True, expected_dim=model.embedding_dim)
+        truth = np.stack([data.latitude, data.longitude], axis=1)[rows]
+        start = time.perf_counter()
+        s = hpd_scores(
+            model, data.embeddings[rows], truth, num_samples=samples, steps=steps, guidance=guidance, seed=args.seed
+        )
+        seconds = time.perf_counter() - start
+        if args.scores:
+            np.savez(
+                args.scores,
+                rows=rows,
+                samples=samples,
+                steps=steps,
+                seconds=seconds,
+                scores=s.scores,
+                truth_log_prob=s.truth_log_prob,
+                sample_log_prob=s.sample_log_prob,
+            )
+    if cal is None:
+        print(f"scores of {rows.size} test rows written to {args.scores} in {seconds:.0f} s")
+        return
     _, area_raw, _ = calibrated_regions(s.sample_log_prob, LEVELS, None)
     _, area_cal, q = calibrated_regions(s.sample_log_prob, LEVELS, cal)
     n = len(rows)

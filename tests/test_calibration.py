@@ -255,3 +255,19 @@ def test_cli_calibrate_then_evaluate_uses_it(run_and_data, tmp_path, capsys):
     assert main(ev + ["--uncalibrated"]) == 0
     m = json.loads(out.read_text())
     assert m["regions"] == "uncalibrated" and "hpd90_coverage_uncalibrated" not in m
+
+
+def test_the_shipped_model_is_calibrated_on_half_of_its_heldout_rows():
+    from globeflow.pretrained import default_model_dir, heldout_path
+
+    model = globeflow.load(default_model_dir())
+    cal = model.calibration
+    assert cal is not None and cal.guidance == 0.0
+    cal_rows, test_rows = conformal_split(cal.source["data_rows"], cal.source["calibration_fraction"], cal.source["split_seed"])
+    assert cal.source["calibration_rows"] == cal_rows.tolist() and cal.source["test_rows"] == test_rows.tolist()
+    assert cal.n == len(cal_rows) >= 1000 and len(test_rows) >= 1000
+    from globeflow.density.calibration import file_sha256
+
+    assert cal.source["data_sha256"] == file_sha256(heldout_path())
+    # Its regions were too wide (docs/calibration.md): the calibrated levels are below nominal.
+    assert (cal.level(np.array([0.5, 0.9])) < np.array([0.5, 0.9])).all()

@@ -184,22 +184,27 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
     )
     p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
-    p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
+    # Defaults measured in docs/benchmarks.md (issue 12): coverage from ranks is unbiased at 32
+    # samples; 16 graded RK4 steps for the samples; the NLL's own solve (1/S of the work) at 64.
     p.add_argument(
-        "--density-steps", type=_positive_int, default=32, help="RK4 steps of the samples' likelihood ODE"
+        "--density-samples", type=_positive_int, default=32, help="samples per row for the regions (default 32)"
+    )
+    p.add_argument(
+        "--density-steps", type=_positive_int, default=16, help="RK4 steps of the samples' likelihood ODE (default 16)"
     )
     p.add_argument(
         "--nll-steps",
         type=_positive_int,
-        default=None,
-        help="RK4 steps of the true locations' likelihood ODE (default: --density-steps)",
+        default=64,
+        help="RK4 steps of the true locations' likelihood ODE, for the NLL and the ranks (default 64)",
     )
     p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument(
         "--density-precision",
         choices=("float32", "bfloat16"),
-        default="float32",
-        help="network products of the likelihood ODE (bfloat16: faster; its error in docs/benchmarks.md)",
+        default="bfloat16",
+        help="products of the samples' likelihood ODE (default bfloat16: faster, error in docs/benchmarks.md; "
+        "the true locations' solve is float32)",
     )
     p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
     _add_uncalibrated_arg(p)
