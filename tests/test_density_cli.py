@@ -70,7 +70,7 @@ def test_evaluate_density_rows_and_ensemble(data_file, tmp_path):
     model = globeflow.load(run)
     data = read_dataset(data_file)
     truth = np.stack([data.latitude, data.longitude], axis=1)
-    log_p = model.log_prob(data.embeddings[:3], truth[:3], steps=4)
+    log_p = model.log_prob(data.embeddings[:3], truth[:3], steps=64)  # --nll-steps (default 64)
     assert m["nll"] == pytest.approx(-log_p.mean() / (3 * math.log(2)), rel=1e-5)
 
 

@@ -19,6 +19,11 @@ log-densities (``method.sample_with_log_prob``: the likelihood ODE of Prop. 2, s
 * **localizability** (Eq. 19) in bits and the **areas of the 50/90% HPD regions** in km²
   (importance sampling, :mod:`globeflow.density.regions`) from the samples' log-densities —
   only for methods with a density per steradian (``density_space == "S2"``), else None.
+  **Calibrated by default**: when the model carries a conformal calibration fitted at the
+  answer's guidance (``globeflow calibrate``, :mod:`globeflow.density.calibration`; loaded from
+  the run directory by :func:`globeflow.api.load`), the nominal 50/90% regions are the model's
+  HPD regions of the calibrated levels q̂(0.5), q̂(0.9); ``Answer.calibration`` says which
+  calibration (None: the model's own levels). ``calibration=None`` opts out.
 
 The answer describes the model's own distribution, so the default guidance is ω = 0 (guidance
 sharpens point estimates, Sec. 4, but the guided flow is not the model's p(y | c)).
@@ -35,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from globeflow.density.calibration import calibrated_regions, resolve_calibration
 from globeflow.density.localizability import localizability_from_log_prob
-from globeflow.density.regions import hpd_area_km2, hpd_threshold
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_latlon
 
 __all__ = [
@@ -86,6 +91,8 @@ class Answer:
     ``hpd50_area_km2``/``hpd90_area_km2`` and the regions' log-density thresholds
     ``hpd_thresholds`` {level: τ} (natural log per steradian) are None without a density on S².
     ``samples`` (S, 2) degrees and ``sample_log_prob`` (S,) (or None) are the draws behind it.
+    ``calibration``: description of the conformal calibration the regions use (None: the
+    model's own, uncalibrated levels); ``region_levels`` {nominal: model level} of the regions.
     """
 
     latitude: float
@@ -99,6 +106,8 @@ class Answer:
     hpd_thresholds: dict[float, float] | None
     samples: np.ndarray = field(repr=False)
     sample_log_prob: np.ndarray | None = field(repr=False)
+    calibration: str | None = None
+    region_levels: dict[float, float] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -115,6 +124,8 @@ class Answer:
             "localizability_stderr": self.localizability_stderr,
             "hpd50_area_km2": self.hpd50_area_km2,
             "hpd90_area_km2": self.hpd90_area_km2,
+            "regions_calibrated": self.calibration is not None,
+            "calibration": self.calibration,
             "num_samples": self.num_samples,
         }
 
@@ -276,6 +287,7 @@ def answer(
     mode_samples: int = 1000,
     max_countries: int = 5,
     gazetteer: Any = None,
+    calibration: Any = "auto",
 ) -> list[Answer]:
     """One :class:`Answer` per embedding of ``emb`` (B, D) (see the module docstring).
 
@@ -283,13 +295,16 @@ def answer(
     ``density_steps`` RK4 steps (``divergence`` "exact" or "hutchinson"); the others draw
     ``sample_steps`` sampler steps and get no localizability nor areas. Mean shift costs
     O(S²) per embedding, so the modes use the first ``mode_samples`` samples (i.i.d., so an
-    unbiased subset); P(country) and the densities use all of them.
+    unbiased subset); P(country) and the densities use all of them. ``calibration``: "auto"
+    (the model's own conformal calibration when fitted at ``guidance``), None (uncalibrated)
+    or a :class:`~globeflow.density.calibration.Calibration`.
     """
     from globeflow.methods.base import as_embedding
 
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples!r}")
     emb_t = as_embedding(emb, method.embedding_dim, device=method.device)
+    cal = resolve_calibration(method, calibration, guidance) if getattr(method, "density_space", None) == "S2" else None
     if getattr(method, "density_space", None) == "S2":
         res = method.sample_with_log_prob(
             emb_t,
@@ -307,12 +322,11 @@ def answer(
     modes = find_modes(xyz[:, :mode_samples], lp_modes, bandwidth_km=bandwidth_km, max_modes=max_modes)
     countries = country_probabilities(latlon, gazetteer=gazetteer, max_countries=max_countries)
     b = latlon.shape[0]
-    loc_bits = loc_se = area = tau = None
+    loc_bits = loc_se = area = tau = model_levels = None
     if log_prob is not None:
         loc = localizability_from_log_prob(log_prob)
         loc_bits, loc_se = loc.bits, loc.stderr
-        tau = hpd_threshold(log_prob, np.asarray(LEVELS))  # (B, L)
-        area, _ = hpd_area_km2(log_prob, np.asarray(LEVELS), threshold=tau)
+        tau, area, model_levels = calibrated_regions(log_prob, LEVELS, cal)  # (B, L), (B, L), (L,)
     out = []
     for i in range(b):
         top = modes[i][0]
@@ -329,6 +343,8 @@ def answer(
                 hpd_thresholds=None if tau is None else {lv: float(t) for lv, t in zip(LEVELS, tau[i])},
                 samples=latlon[i],
                 sample_log_prob=None if log_prob is None else log_prob[i],
+                calibration=None if cal is None else cal.describe(),
+                region_levels=None if model_levels is None else {lv: float(q) for lv, q in zip(LEVELS, model_levels)},
             )
         )
     return out

@@ -1,7 +1,9 @@
 """Saving and loading trained methods.
 
 A globeflow run directory holds ``config.json`` (with a ``model`` section) and
-``model.safetensors``. :func:`load` also takes a published PLONK checkpoint: a local
+``model.safetensors``, and optionally ``calibration.json`` (conformal calibration of its credible
+regions, ``globeflow calibrate``; :func:`load` attaches it as ``method.calibration``, else None).
+:func:`load` also takes a published PLONK checkpoint: a local
 directory in the hub layout (``config.json`` with the network's arguments +
 ``model.safetensors``), or ``"hf:ORG/NAME"`` downloaded with ``huggingface_hub``.
 """
@@ -16,7 +18,7 @@ import torch
 
 from globeflow.methods import GenerativeMethod, build_method
 from globeflow.io import CheckpointError, load_json, load_weights, save_json, save_weights
-from globeflow.runs import CONFIG_FILE, WEIGHTS_FILE
+from globeflow.runs import CALIBRATION_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = ["load", "save"]
 
@@ -81,4 +83,13 @@ def load(
             f"model: weights in {weights_path} do not fit the config in {config_path}: {err}"
         ) from None
     method.net.eval()
-    return method.to(device)
+    method = method.to(device)
+    method.calibration = None
+    if (run_dir / CALIBRATION_FILE).is_file():
+        from globeflow.density.calibration import load_calibration
+
+        try:
+            method.calibration = load_calibration(run_dir / CALIBRATION_FILE)
+        except ValueError as err:
+            raise CheckpointError(f"model: {err}") from None
+    return method

@@ -9,6 +9,7 @@ globeflow evaluate  GeoScore, distances, accuracies (radii; country/region/city)
                     recall/density/coverage (--density: NLL, localizability, calibration)
 globeflow compare   evaluate several runs on the same data and seeds into one table
 globeflow density   density map, credible regions (GeoJSON, raster) for one row of a file
+globeflow calibrate conformal calibration of a run's credible regions on held-out rows
 globeflow embed     photos (a folder or a metadata CSV) -> Parquet of embeddings
 globeflow serve     an offline web page (map, places, sentence) and a REST API over one model
 globeflow models    the shipped, local and cached hub models, and the input each takes
@@ -64,6 +65,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> No
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def _add_uncalibrated_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="regions at the model's own levels, ignoring the run's conformal calibration (calibration.json)",
+    )
+
+
 def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
     p.add_argument("--samples", type=_positive_int, default=None, help=f"samples per answer (default {samples})")
     p.add_argument(
@@ -79,6 +88,7 @@ def _add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
         metavar="N",
         help="draw N denoising paths of the sampler on each map (paper Figs. 1, 3; default 0)",
     )
+    _add_uncalibrated_arg(p)
     p.add_argument(
         "--exact-maps",
         action="store_true",
@@ -138,10 +148,30 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
     )
     p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
-    p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
-    p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
+    # Defaults measured in docs/benchmarks.md (issue 12): coverage from ranks is unbiased at 32
+    # samples; 16 graded RK4 steps for the samples; the NLL's own solve (1/S of the work) at 64.
+    p.add_argument(
+        "--density-samples", type=_positive_int, default=32, help="samples per row for the regions (default 32)"
+    )
+    p.add_argument(
+        "--density-steps", type=_positive_int, default=16, help="RK4 steps of the samples' likelihood ODE (default 16)"
+    )
+    p.add_argument(
+        "--nll-steps",
+        type=_positive_int,
+        default=64,
+        help="RK4 steps of the true locations' likelihood ODE, for the NLL and the ranks (default 64)",
+    )
     p.add_argument("--density-guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument(
+        "--density-precision",
+        choices=("float32", "bfloat16"),
+        default="bfloat16",
+        help="products of the samples' likelihood ODE (default bfloat16: faster, error in docs/benchmarks.md; "
+        "the true locations' solve is float32)",
+    )
     p.add_argument("--density-rows", type=_positive_int, default=None, help="density metrics on the first N rows")
+    _add_uncalibrated_arg(p)
     p.add_argument("--no-prdc", action="store_true", help="skip precision/recall/density/coverage")
     p.add_argument(
         "--prdc-guidance",
@@ -260,6 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument("--steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE (default 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    _add_uncalibrated_arg(p)
+
+    p = sub.add_parser(
+        "calibrate", help="conformal calibration of a run's credible regions on held-out rows (docs/calibration.md)"
+    )
+    p.add_argument("--model", required=True, help="run directory of a trained model")
+    p.add_argument("--data", required=True, help="held-out rows with latitude/longitude, not used in training")
+    p.add_argument("--out", default=None, help="output JSON (default: RUN/calibration.json, used by default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing calibration file")
+    p.add_argument("--samples", type=_positive_int, default=32, help="model samples per row (default 32)")
+    p.add_argument("--steps", type=_positive_int, default=8, help="RK4 steps of the likelihood ODE (default 8)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
+    p.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=1.0,
+        help="share of the rows that calibrate (a seeded split; the rest are recorded as test rows; default 1)",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the calibration/test split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and the score randomisation")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("embed", help="embed photos (a folder or a metadata CSV) into a Parquet file")
@@ -386,7 +437,13 @@ def _predict_answers(args: argparse.Namespace) -> int:
     if good:
         guidance = 0.0 if args.guidance is None else args.guidance
         answers = answer(
-            model, emb, num_samples=args.samples or 512, guidance=guidance, seed=args.seed, density_steps=args.density_steps
+            model,
+            emb,
+            num_samples=args.samples or 512,
+            guidance=guidance,
+            seed=args.seed,
+            density_steps=args.density_steps,
+            calibration=None if args.uncalibrated else "auto",
         )
         for j, ans in zip(good, answers):
             records[j].update(ans.to_dict())
@@ -470,8 +527,11 @@ def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, d
             "num_samples": args.density_samples,
             "steps": args.density_steps,
             "guidance": args.density_guidance,
+            "precision": args.density_precision,
+            "truth_steps": args.nll_steps,
             "seed": args.seed,
             "rows": args.density_rows,
+            "calibration": None if args.uncalibrated else "auto",
         }
     prdc = False if args.no_prdc else {"guidance": args.prdc_guidance, "unconditional": args.prdc_unconditional}
     return options, density, prdc
@@ -486,6 +546,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
+    if "regions" in metrics:
+        print(f"credible regions: {metrics['regions']}")
     print(f"metrics written to {args.out}")
     return 0
 
@@ -586,6 +648,7 @@ def cmd_density(args: argparse.Namespace) -> int:
         log_prob_options={"steps": args.steps},
         sample_options={"sample_steps": args.steps},
         properties={"row": args.row, "model": str(args.model)},
+        calibration=None if args.uncalibrated else "auto",
     )
     estimate, loc = summary["estimate"], summary["localizability"]
     print(f"estimate (densest of {args.samples} samples): {estimate[0]:.4f}, {estimate[1]:.4f}")
@@ -599,11 +662,42 @@ def cmd_density(args: argparse.Namespace) -> int:
             contains = log_p_true >= r["threshold_log_prob"]
             inside = "  (contains the true location)" if contains else "  (misses the true location)"
         print(f"{100 * r['level']:.0f}% credible region: {r['area_km2']:.4g} km²{inside}")
+    print(f"regions: {summary['calibration'] or 'uncalibrated (the model levels)'}")
     print(f"map: {args.out} ({summary['num_evaluations']} exact evaluations, {summary['map_seconds']:.1f} s)")
     if args.geojson:
         print(f"regions: {args.geojson}")
     if args.raster:
         print(f"raster: {args.raster}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit and store the conformal calibration of a run's credible regions."""
+    from globeflow.density.calibration import calibrate_run
+
+    res = calibrate_run(
+        args.model,
+        args.data,
+        out=args.out,
+        overwrite=args.overwrite,
+        num_samples=args.samples,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        calibration_fraction=args.calibration_fraction,
+        split_seed=args.split_seed,
+        device=args.device,
+    )
+    cal = res.calibration
+    print(
+        f"calibrated on {cal.n} rows of {args.data} ({len(res.test_rows)} left as test rows), "
+        f"{cal.num_samples} samples, {cal.steps} RK4 steps, ω = {cal.guidance:g}, in {res.seconds:.1f} s"
+    )
+    print("nominal  model level  coverage before (calibration rows)")
+    for a in (0.5, 0.9, 0.95):
+        print(f"  {100 * a:4.0f}%   {float(cal.level(a)):.4f}       {100 * res.raw_coverage[f'{a:g}']:.1f}%")
+    print(f"guarantee: coverage ≥ nominal and ≤ nominal + 1/(n+1) = +{1 / (cal.n + 1):.4f} on exchangeable rows")
+    print(f"calibration written to {res.path}")
     return 0
 
 
@@ -659,6 +753,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "density": cmd_density,
+    "calibrate": cmd_calibrate,
     "embed": cmd_embed,
     "serve": cmd_serve,
     "models": cmd_models,

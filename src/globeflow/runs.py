@@ -31,6 +31,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "DATA_CACHE_DIR",
+    "CALIBRATION_FILE",
     "HELDOUT_FILE",
     "LOG_FILE",
     "TRAIN_CONFIG_FILE",
@@ -51,6 +52,8 @@ CHECKPOINT_DIR = "checkpoint"
 DATA_CACHE_DIR = "data_cache"
 #: A model directory's held-out rows (embeddings + true locations), evaluated by ``globeflow demo``.
 HELDOUT_FILE = "heldout.parquet"
+#: Conformal calibration of the run's credible regions (:mod:`globeflow.density.calibration`).
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)

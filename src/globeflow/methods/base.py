@@ -270,6 +270,9 @@ class GenerativeMethod(Method, nn.Module):
     path_cls: ClassVar[type[NoisingPath]]
     solvers: ClassVar[dict[str, int]]
     default_solver: ClassVar[str]
+    #: Grading of the likelihood ODE's RK4 nodes towards the data end (1: uniform; see
+    #: :func:`~globeflow.solvers.likelihood.integrate_with_divergence`).
+    likelihood_grid_power: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -354,13 +357,18 @@ class GenerativeMethod(Method, nn.Module):
 
         Returns ``f(x (B, S, 3), tangents (B, S, K, 3), κ) -> (ψ̂ (B, S, 3), J_ψ̂ · tangents
         (B, S, K, 3))``; guidance (Eq. 13) is linear in ψ, so its Jacobian combines the same way.
+        The condition path (once per embedding and step) stays in float32 under autocast.
         """
-        cond = self.net.embed_condition(emb)
-        if guidance != 0.0:
-            null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
-            cond = torch.cat([cond, null], dim=0)
+        fp32 = torch.autocast(device_type=emb.device.type, enabled=False)
+        with fp32:
+            cond = self.net.embed_condition(emb)
+            if guidance != 0.0:
+                null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
+                cond = torch.cat([cond, null], dim=0)
+
         def field_jvp(x: Tensor, tangents: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
-            mods, head = self.net.modulations(cond, kappa)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                mods, head = self.net.modulations(cond, kappa)
             if guidance == 0.0:
                 return self.net.forward_with_jvp(x, tangents, mods, head)
             out, jvp = self.net.forward_with_jvp(torch.cat([x, x]), torch.cat([tangents, tangents]), mods, head)
@@ -489,13 +497,18 @@ class GenerativeMethod(Method, nn.Module):
         max_points: int,
         seed: int,
         stats: dict | None,
+        precision: str = "float32",
+        grid_power: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Integrate the likelihood ODE for ``x`` (B, P, 3) in chunks of embeddings.
 
         ``to_data``: from noise (s = 1) to data (s = 0), else from data to noise. Returns the end
-        states (B, P, 3) and log p (B, P) at the *data* end of each path.
+        states (B, P, 3) and log p (B, P) at the *data* end of each path. ``precision``
+        "bfloat16": the network's block MLPs multiply in bfloat16 (state and divergence float32).
         """
         self._check_likelihood_options(solver, divergence, steps, atol, rtol)
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         guidance = float(guidance)
         if not np.isfinite(guidance):
             raise ValueError(f"guidance must be finite, got {guidance}")
@@ -504,7 +517,8 @@ class GenerativeMethod(Method, nn.Module):
         per_chunk = max(1, max_points // p)
         ends, logps, nfe = [], [], 0
         s0, s1 = (1.0, 0.0) if to_data else (0.0, 1.0)
-        with torch.inference_mode():
+        low = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+        with torch.inference_mode(), low:
             for start in range(0, b, per_chunk):
                 sl = slice(start, start + per_chunk)
                 # The state runs in the network's dtype: float64 weights give a float64 reference.
@@ -523,6 +537,7 @@ class GenerativeMethod(Method, nn.Module):
                     atol=atol,
                     rtol=rtol,
                     generator=generator,
+                    grid_power=self.likelihood_grid_power if grid_power is None else grid_power,
                 )
                 nfe += res.nfe
                 # log p(x(s_end)) = log p(x(s_start)) − ∫ div ds (see solvers/likelihood.py).
@@ -549,12 +564,16 @@ class GenerativeMethod(Method, nn.Module):
         max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
         seed: int = 0,
         stats: dict | None = None,
+        precision: str = "float32",
+        grid_power: float | None = None,
     ) -> Tensor:
         """log p(x | c) by the ODE from data to noise (Prop. 2): ``emb`` (B, D), ``x`` (B, P, 3) -> (B, P).
 
         ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``) or ``"rk4"`` (``steps`` fixed
         steps); ``divergence``: ``"exact"`` trace or ``"hutchinson"`` (unbiased, one probe, drawn
         with ``seed``). ``stats``, if a dict, receives the number of field evaluations (``nfe``).
+        ``precision="bfloat16"``: the block MLPs multiply in bfloat16. ``grid_power``: RK4 nodes
+        graded towards the data end (default: the method's ``likelihood_grid_power``).
         """
         _, logp = self._solve_chunks(
             emb,
@@ -569,6 +588,8 @@ class GenerativeMethod(Method, nn.Module):
             max_points=max_points,
             seed=seed,
             stats=stats,
+            precision=precision,
+            grid_power=grid_power,
         )
         return logp
 
@@ -586,6 +607,8 @@ class GenerativeMethod(Method, nn.Module):
         rtol: float = 1e-5,
         max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
         stats: dict | None = None,
+        precision: str = "float32",
+        grid_power: float | None = None,
         **_: Any,
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
@@ -610,5 +633,7 @@ class GenerativeMethod(Method, nn.Module):
             max_points=max_points,
             seed=seed,
             stats=stats,
+            precision=precision,
+            grid_power=grid_power,
         )
         return sphere.project(x), logp

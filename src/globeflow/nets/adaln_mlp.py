@@ -91,6 +91,20 @@ def _onednn_mlp_available() -> bool:
     return _onednn_status
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active on ``device_type`` (None when autocast is off)."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        on = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not on:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
 def _cpu_autocast_enabled() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -140,9 +154,14 @@ class _Block(nn.Module):
         return self.mlp(x)
 
 
-def _linear_primal_bias(z: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer`` on a (…, 1 + K, n) primal+tangents stack: the bias goes to the primal row only."""
-    out = F.linear(z, layer.weight)
+def _linear_primal_bias(z: Tensor, layer: nn.Linear, low: torch.dtype | None = None) -> Tensor:
+    """``layer`` on a (…, 1 + K, n) primal+tangents stack: the bias goes to the primal row only.
+
+    ``low`` (e.g. bfloat16): the product runs in that dtype, the result comes back in z's."""
+    if low is None:
+        out = F.linear(z, layer.weight)
+    else:
+        out = F.linear(z.to(low), layer.weight.to(low)).to(z.dtype)
     out[..., 0, :] += layer.bias
     return out
 
@@ -225,9 +244,16 @@ class AdaLNMLP(nn.Module):
         tangents travel as one (B, S, 1 + K, ·) tensor, so every matrix product of the network
         is one GEMM over (1 + K)× the rows, and no autograd graph is built (this runs under
         ``torch.inference_mode``). For the divergence on S² two tangents suffice (the tangent
-        plane), three in R³; a Hutchinson probe needs one. Float32 only: a density is a sum of
-        many divergences, so it gets no bfloat16 path (it runs in the weights' dtype).
+        plane), three in R³; a Hutchinson probe needs one. It runs in the weights' dtype; under
+        a bfloat16 autocast only the block MLPs' matrix products (almost all the FLOPs) run in
+        bfloat16, while LayerNorms, the residual stream, the 3 → d / d → 3 maps and the
+        divergence stay in float32 (its error on log p: ``docs/benchmarks.md``).
         """
+        low = _autocast_dtype(x.device.type)  # read before autocast is switched off below
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._forward_with_jvp(x, tangents, mods, head, low)
+
+    def _forward_with_jvp(self, x, tangents, mods, head, low: torch.dtype | None) -> tuple[Tensor, Tensor]:
         dtype = self.input_mapper.weight.dtype
         z = torch.cat([x.unsqueeze(-2), tangents], dim=-2).to(dtype)  # (B, S, 1+K, 3)
         h = _linear_primal_bias(z, self.input_mapper)
@@ -237,7 +263,7 @@ class AdaLNMLP(nn.Module):
             u = u * (1.0 + gamma)
             u[..., 0, :] += mu[..., 0, :]
             up, _, down = block.mlp
-            a = _linear_primal_bias(u, up)
+            a = _linear_primal_bias(u, up, low)
             a0 = a[..., :1, :]
             # d/da GELU(a) = Φ(a) + a φ(a) (the exact, erf-based GELU of nn.GELU()).
             cdf = torch.erf(a0 * 0.7071067811865476).add_(1.0).mul_(0.5)
@@ -245,7 +271,7 @@ class AdaLNMLP(nn.Module):
             # Tangent rows are scaled by the derivative in place; then the primal row is set.
             a.mul_(torch.exp(-0.5 * a0 * a0).mul_(0.3989422804014327).mul_(a0).add_(cdf))
             a[..., :1, :] = primal
-            h = torch.addcmul(h, _linear_primal_bias(a, down), gate)
+            h = torch.addcmul(h, _linear_primal_bias(a, down, low), gate)
         scale, shift = head.to(dtype).unsqueeze(-2).chunk(2, dim=-1)
         u = _layer_norm_jvp(h, self.final_norm.eps) * (1.0 + scale)
         u[..., 0, :] += shift[..., 0, :]

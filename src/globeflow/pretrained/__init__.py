@@ -5,7 +5,9 @@ place-name queries built from GeoNames cities1000 (see :mod:`globeflow.data.geon
 and ``docs/geonames.md`` for the dataset, the training command and the held-out metrics).
 The directory is an ordinary globeflow run directory (``config.json`` + ``model.safetensors``),
 loadable with :func:`globeflow.api.load`, plus ``heldout.parquet``: held-out queries with
-their embeddings and true locations.
+their embeddings and true locations, and ``calibration.json``: the conformal calibration of its
+credible regions, fitted on half of those rows (``docs/calibration.md``; the rows used and the
+rows left for testing are listed in the file).
 """
 
 from __future__ import annotations

@@ -74,10 +74,14 @@ def integrate_with_divergence(
     atol: float = 1e-5,
     rtol: float = 1e-5,
     generator: torch.Generator | None = None,
+    grid_power: float = 1.0,
 ) -> ODEResult:
     """Integrate dx/ds = v and d(delta)/ds = div v from ``s_start`` to ``s_end``.
 
-    ``x`` (..., 3). ``solver="rk4"`` takes ``steps`` uniform steps (4 field calls each);
+    ``x`` (..., 3). ``solver="rk4"`` takes ``steps`` steps (4 field calls each), uniform in s
+    for ``grid_power`` 1; with p > 1 the nodes are uᵖ for u uniform in [0, 1] measured from the
+    end nearer s = 0 (the data end), so that steps shrink where a sharp density contracts the
+    flow (div v ~ 1/s there);
     ``"dopri5"`` is torchdiffeq's adaptive Dormand–Prince with ``atol``/``rtol`` on the joint
     state (x, delta), one step size for the whole batch.
     """
@@ -108,7 +112,11 @@ def integrate_with_divergence(
         return field(y, s, probes)
 
     if solver == "rk4":
-        s_grid = torch.linspace(s_start, s_end, steps + 1, dtype=torch.float64)
+        if not (isinstance(grid_power, (int, float)) and grid_power >= 1.0):
+            raise ValueError(f"grid_power must be a number ≥ 1, got {grid_power!r}")
+        base = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** float(grid_power)
+        lo, hi = min(s_start, s_end), max(s_start, s_end)
+        s_grid = lo + (hi - lo) * (base if s_start <= s_end else base.flip(0))
         delta = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
         for i in range(steps):
             s0, s1 = s_grid[i], s_grid[i + 1]

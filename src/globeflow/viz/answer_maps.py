@@ -160,9 +160,16 @@ def answer_map(
     else:
         fn = kde_log_prob_fn(xyz, ans.sample_log_prob, bandwidth_km=bandwidth_km)
         at_samples = fn(xyz)
-        tau = hpd_threshold(at_samples, np.asarray(LEVELS))
+        # The answer's regions are at model levels q̂(α) when it is conformally calibrated.
+        model_levels = getattr(ans, "region_levels", None) or {lv: lv for lv in LEVELS}
+        q = np.asarray([model_levels.get(lv, lv) for lv in LEVELS])
+        tau = np.where(q < 1.0, hpd_threshold(at_samples, np.minimum(q, 0.999999)), -np.inf)
         thresholds = {lv: float(t) for lv, t in zip(LEVELS, tau)}
         kind = "samples"
+    # A calibrated level of 1 is the whole sphere (τ = −∞): drawn as a threshold below every
+    # sample, so that contours and polygons stay finite.
+    floor = float(np.min(at_samples)) - 1.0
+    thresholds = {lv: (t if np.isfinite(t) else floor) for lv, t in thresholds.items()}
     with warnings.catch_warnings():
         # A city-scale density is narrower than the world raster's cells: its world map holds
         # the wrong mass (density_map warns), and the zoom panel below is what shows it.
@@ -353,4 +360,6 @@ def plot_answer_map(
     ax.legend(handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.04))
     density = "kernel estimate from the model's samples" if amap.kind == "samples" else "the model's exact density"
     label = f"log$_{{10}}$ probability per km$^2$ ({density})"
+    if getattr(ans, "calibration", None):
+        label += "; regions conformally calibrated"
     return finish_map_figure(fig, im, out_png, label=label, title=title, dpi=dpi, colorbar_y=0.08, title_size=10)

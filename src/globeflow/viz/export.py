@@ -114,27 +114,35 @@ def region_thresholds(
     dmap: DensityMap,
     levels: Sequence[float] = (0.5, 0.9, 0.95),
     sample_log_prob: np.ndarray | None = None,
+    *,
+    model_levels: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Threshold, area and map mass of each HPD level for one embedding.
 
     With the model's samples' log-densities ``sample_log_prob`` (S,) the threshold is their
     quantile and the area the importance-sampling estimate (with its standard error);
     without, both come from the map's equal-area cells. ``mass`` is the map's own mass in
-    {log p ≥ τ} (a check of the threshold against the map).
+    {log p ≥ τ} (a check of the threshold against the map). ``model_levels`` (one per level):
+    the regions reported at nominal ``levels`` are the model's HPD regions of these levels (a
+    conformal calibration's q̂(α), :mod:`globeflow.density.calibration`; < 1 each).
     """
     lv = np.asarray(levels, dtype=np.float64).reshape(-1)
+    q = lv if model_levels is None else np.asarray(model_levels, dtype=np.float64).reshape(-1)
+    if q.shape != lv.shape:
+        raise ValueError(f"model_levels: expected one per level ({lv.size}), got {q.size}")
     out = []
     if sample_log_prob is not None:
-        tau = hpd_threshold(sample_log_prob, lv)
-        area, se = hpd_area_km2(sample_log_prob, lv, threshold=tau)
+        tau = hpd_threshold(sample_log_prob, q)
+        area, se = hpd_area_km2(sample_log_prob, q, threshold=tau)
     else:
-        tau = np.atleast_1d(dmap.hpd_threshold(lv))
+        tau = np.atleast_1d(dmap.hpd_threshold(q))
         area = np.array([dmap.region_area_km2(t) for t in tau])
         se = np.full(lv.shape, np.nan)
-    for a, t, ar, e in zip(lv, tau, area, se):
+    for a, m, t, ar, e in zip(lv, q, tau, area, se):
         out.append(
             {
                 "level": float(a),
+                "model_level": float(m),
                 "threshold_log_prob": float(t),
                 "area_km2": float(ar),
                 "area_se_km2": None if np.isnan(e) else float(e),
@@ -151,12 +159,15 @@ def regions_geojson(
     *,
     sample_log_prob: np.ndarray | None = None,
     properties: dict[str, Any] | None = None,
+    model_levels: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """GeoJSON FeatureCollection: one MultiPolygon Feature per HPD level (largest level first,
     so that smaller regions draw on top), with the level's threshold, area and mass as
-    properties (see :func:`region_thresholds`), plus ``properties`` on every feature."""
+    properties (see :func:`region_thresholds`, also for ``model_levels``), plus ``properties``
+    on every feature."""
     features = []
-    for region in sorted(region_thresholds(dmap, levels, sample_log_prob), key=lambda r: -r["level"]):
+    regions = region_thresholds(dmap, levels, sample_log_prob, model_levels=model_levels)
+    for region in sorted(regions, key=lambda r: -r["level"]):
         polys = hpd_polygons(dmap.lat, dmap.lon, dmap.log_prob, region["threshold_log_prob"])
         features.append(
             {

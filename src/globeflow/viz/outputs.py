@@ -68,6 +68,7 @@ def _summary_properties(record: dict[str, Any]) -> dict[str, Any]:
         "hpd90_area_km2": record.get("hpd90_area_km2"),
         "top_country": countries[0]["code"] if countries else None,
         "top_country_probability": countries[0]["probability"] if countries else None,
+        "regions_calibrated": bool(record.get("regions_calibrated", False)),
     }
 
 
@@ -105,6 +106,7 @@ def answers_geojson(records: Sequence[dict[str, Any]], maps: Sequence[Any | None
                         "kind": "region",
                         "level": level,
                         "density": amap.kind,
+                        "calibration": record.get("calibration"),
                         "area_km2": record.get(f"hpd{round(100 * level)}_area_km2"),
                     },
                     "geometry": {
@@ -156,7 +158,8 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
             if not polys:
                 continue
             pm = ET.SubElement(folder, "Placemark")
-            ET.SubElement(pm, "name").text = f"{100 * level:g}% region"
+            calibrated = " (calibrated)" if record.get("regions_calibrated") else ""
+            ET.SubElement(pm, "name").text = f"{100 * level:g}% region{calibrated}"
             ET.SubElement(pm, "styleUrl").text = f"#hpd{round(100 * level)}"
             multi = ET.SubElement(pm, "MultiGeometry")
             for poly in polys:
@@ -274,6 +277,7 @@ def write_html_report(
             ("localizability", f"{_fmt(r.get('localizability_bits'), '.2f')} bits"),
             ("50% region", f"{_fmt(r.get('hpd50_area_km2'), ',.0f')} km²"),
             ("90% region", f"{_fmt(r.get('hpd90_area_km2'), ',.0f')} km²"),
+            ("regions", "conformally calibrated" if r.get("regions_calibrated") else "model levels (uncalibrated)"),
         ]
         if r.get("true_latitude") is not None:
             summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))

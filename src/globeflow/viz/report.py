@@ -41,6 +41,7 @@ def density_report(
     log_prob_options: dict[str, Any] | None = None,
     sample_options: dict[str, Any] | None = None,
     properties: dict[str, Any] | None = None,
+    calibration: Any = "auto",
 ) -> dict[str, Any]:
     """Density map of ``method`` for ONE embedding ``emb`` (D,), with its HPD regions.
 
@@ -52,8 +53,14 @@ def density_report(
     km², the map's area and mass), the localizability (bits ± standard error, from the samples'
     log-densities), the map's total mass, the number of exact density evaluations, the seconds
     the map took and, with ``truth``, its log-density and the smallest level whose region holds it.
+    ``calibration``: "auto" (the method's own conformal calibration, when fitted at ``guidance``:
+    the regions at nominal α are the model's of level q̂(α)), None (uncalibrated) or a
+    Calibration; ``summary["calibration"]`` says which.
     """
+    from globeflow.density.calibration import drawable_levels, resolve_calibration
+
     start = time.perf_counter()
+    cal = resolve_calibration(method, calibration, guidance)
     dmap, samples = density_map_for_method(
         method,
         emb,
@@ -66,7 +73,8 @@ def density_report(
     )
     map_seconds = time.perf_counter() - start
     sample_lp = samples.log_prob[0]
-    regions = region_thresholds(dmap, levels, sample_log_prob=sample_lp)
+    model_levels = drawable_levels(cal, levels, sample_lp.shape[0])
+    regions = region_thresholds(dmap, levels, sample_log_prob=sample_lp, model_levels=model_levels)
     estimate = samples.latlon[0][int(np.argmax(sample_lp))]
     loc = localizability_from_log_prob(samples.log_prob)
     summary: dict[str, Any] = {
@@ -77,6 +85,7 @@ def density_report(
         "num_evaluations": dmap.num_evaluations,
         "resolution_deg": dmap.resolution_deg,
         "map_seconds": map_seconds,
+        "calibration": None if cal is None else cal.describe(),
     }
     if truth is not None:
         from globeflow.density.maps import log_prob_fn_from_method
@@ -103,7 +112,12 @@ def density_report(
         )
         summary["png"] = str(Path(out_png))
     if geojson is not None:
-        write_geojson(geojson, regions_geojson(dmap, levels, sample_log_prob=sample_lp, properties=properties))
+        write_geojson(
+            geojson,
+            regions_geojson(
+                dmap, levels, sample_log_prob=sample_lp, properties=properties, model_levels=model_levels
+            ),
+        )
         summary["geojson"] = str(Path(geojson))
     if ascii_grid is not None:
         raster = hpd_level_raster(dmap, [(r["level"], r["threshold_log_prob"]) for r in regions])
