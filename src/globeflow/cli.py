@@ -154,6 +154,11 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite_arg(p: argparse.ArgumentParser, *, folder: bool = False) -> None:
+    what = "write into an existing folder that globeflow did not create" if folder else "replace existing output files"
+    p.add_argument("--overwrite", action="store_true", help=f"{what} (an input is never overwritten)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from globeflow import __version__
 
@@ -162,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probabilistic visual geolocation with diffusion and flow matching on the sphere.",
     )
     parser.add_argument("--version", action="version", version=f"globeflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="geolocate example queries with the shipped model; maps and an HTML report")
     p.add_argument("--out", default="globeflow-demo", help="output folder (default ./globeflow-demo)")
+    _add_overwrite_arg(p, folder=True)
     p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -201,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_positive_int, default=20000, help="training rows")
     p.add_argument("--test", type=_positive_int, default=2000, help="test rows")
     p.add_argument("--seed", type=int, default=0)
+    _add_overwrite_arg(p, folder=True)
 
     p = sub.add_parser("train", help="train a method on a Parquet/NPZ file of embeddings and coordinates")
     p.add_argument(
@@ -230,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-dir", default=None, help="--text/IMAGE…: also write one PNG density map per input here")
     p.add_argument("--geojson", default=None, help="--text/IMAGE…: also write estimates, modes and 50/90%% regions")
     p.add_argument("--kml", default=None, help="--text/IMAGE…: the same as KML (Google Earth)")
+    _add_overwrite_arg(p)
     _add_answer_args(p)
     _add_sampling_args(p, guidance=None)
 
@@ -238,12 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
     p.add_argument("--out", required=True, help="output JSON with the metrics")
     _add_evaluation_args(p)
+    _add_overwrite_arg(p)
 
     p = sub.add_parser("compare", help="evaluate several runs on the same data and seeds: one table")
     p.add_argument("models", nargs="+", metavar="RUN", help="run directories (or PLONK checkpoints) to compare")
     p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
-    p.add_argument("--out", required=True, help="output Markdown table (the metrics go next to it as .json)")
+    p.add_argument(
+        "--out", required=True, help="output Markdown table, e.g. t.md; it also writes the metrics beside it as t.json"
+    )
     _add_evaluation_args(p)
+    _add_overwrite_arg(p)
 
     p = sub.add_parser("density", help="density map and credible regions of one row of a file")
     p.add_argument("--model", required=True, help="run directory of a trained model")
@@ -259,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    _add_overwrite_arg(p)
 
     p = sub.add_parser("embed", help="embed photos (a folder or a metadata CSV) into a Parquet file")
     p.add_argument("--encoder", default="efficientnet-lite0", help="encoder name (default efficientnet-lite0, offline)")
@@ -321,6 +335,13 @@ def _check_predict(args: argparse.Namespace) -> None:
         raise CLIError("--out is required with --data")
     if args.text and any(not t.strip() for t in args.text):
         raise CLIError("--text: empty query")
+    from globeflow.io import check_output_dir, check_outputs
+
+    inputs = {"--data": args.data, "--model": args.model, "--encoder-path": args.encoder_path}
+    inputs.update({f"IMAGE {i + 1}": p for i, p in enumerate(args.images or [])})
+    outputs = {"--out": args.out, "--geojson": args.geojson, "--kml": args.kml}
+    check_outputs(outputs, inputs, overwrite=args.overwrite)
+    check_output_dir("--map-dir", args.map_dir, overwrite=args.overwrite)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -364,6 +385,10 @@ def _predict_answers(args: argparse.Namespace) -> int:
         )
         emb, good, records, name = images.embeddings, images.good, images.records, images.encoder
     if good:
+        if args.map_dir is not None:
+            from globeflow.io import claim_output_dir
+
+            claim_output_dir(args.map_dir)
         guidance = 0.0 if args.guidance is None else args.guidance
         answers = answer(
             model, emb, num_samples=args.samples or 512, guidance=guidance, seed=args.seed, density_steps=args.density_steps
@@ -503,6 +528,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from globeflow.data import SyntheticWorld, write_world_dataset
 
+    from globeflow.io import claim_output_dir
+
+    claim_output_dir(args.out)
     world = SyntheticWorld.make(num_types=args.types, dim=args.dim, sigma=args.sigma, seed=args.seed)
     paths = write_world_dataset(args.out, world, args.train, args.test, seed=args.seed)
     for split, path in paths.items():
@@ -512,7 +540,9 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from globeflow.demo import DemoOptions, run_demo
+    from globeflow.io import claim_output_dir
 
+    claim_output_dir(args.out)
     return run_demo(DemoOptions(**_fields_of(DemoOptions, args), progress=not args.no_progress))
 
 
@@ -520,6 +550,54 @@ def _check_density(args: argparse.Namespace) -> None:
     args.levels = _parse_levels(args.levels)
     if not 0.05 <= args.resolution <= 10.0:
         raise CLIError(f"--resolution: expected degrees in [0.05, 10], got {args.resolution}")
+    from globeflow.io import check_outputs
+
+    outputs = {"--out": args.out, "--geojson": args.geojson, "--raster": args.raster}
+    check_outputs(outputs, {"--data": args.data, "--model": args.model}, overwrite=args.overwrite)
+
+
+def _check_evaluate(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    check_outputs({"--out": args.out}, {"--data": args.data, "--model": args.model}, overwrite=args.overwrite)
+
+
+def _check_compare(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    out = Path(args.out)
+    if out.suffix.lower() == ".json":
+        raise CLIError(
+            f"--out {out}: compare writes a Markdown table there and its metrics beside it as .json; "
+            "give a table name such as results.md"
+        )
+    inputs = {"--data": args.data, **{f"RUN {m}": m for m in args.models}}
+    check_outputs({"--out": out, "--out's metrics": out.with_suffix(".json")}, inputs, overwrite=args.overwrite)
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; train writes a run directory")
+    check_outputs({"--out": out / "config.json"}, {"--data": args.data}, overwrite=True)
+    if Path(args.data).exists() and Path(args.data).resolve() == out.resolve():
+        raise CLIError(f"--out {out} is the input --data; choose a new run directory")
+
+
+def _check_embed(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    inputs = {"--images": args.images if Path(args.images).is_file() else None, "--encoder-path": args.encoder_path}
+    # --out is resumed when it holds embeddings of the same encoder (checked by embed_images).
+    check_outputs({"--out": args.out}, inputs, overwrite=True)
+
+
+def _check_folder_out(args: argparse.Namespace) -> None:
+    from globeflow.io import check_output_dir
+
+    check_output_dir("--out", args.out, overwrite=args.overwrite)
 
 
 def _parse_levels(text: str) -> tuple[float, ...]:
@@ -588,7 +666,16 @@ def cmd_density(args: argparse.Namespace) -> int:
 
 
 #: Checks of a command's arguments that need no library: they run before any model loads.
-CHECKS = {"predict": _check_predict, "density": _check_density}
+CHECKS = {
+    "predict": _check_predict,
+    "density": _check_density,
+    "evaluate": _check_evaluate,
+    "compare": _check_compare,
+    "train": _check_train,
+    "embed": _check_embed,
+    "demo": _check_folder_out,
+    "synthetic": _check_folder_out,
+}
 COMMANDS = {
     "demo": cmd_demo,
     "synthetic": cmd_synthetic,
@@ -615,6 +702,27 @@ def _check_device(name: str) -> None:
         raise CLIError(f"--device {name}: MPS is not available on this machine")
 
 
+def _explain(err: BaseException) -> str:
+    """One line for a failure the library did not phrase itself (no traceback)."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, FloatingPointError):
+        return (
+            f"the computation diverged ({text}); lower --lr, raise --warmup-steps or --grad-clip, "
+            "or use --precision float32"
+        )
+    if isinstance(err, MemoryError):
+        return f"out of memory ({text}); use smaller settings (--batch-size, --samples, --sh-degree, --width)"
+    if isinstance(err, OSError) and err.errno == 28 and err.filename is None:
+        return f"no space left on device: {text}"
+    if type(err).__name__ == "SafetensorError":
+        return f"weights file error: {text}"
+    if type(err).__name__ in ("UnpicklingError",):
+        return "refused to unpickle a file: globeflow loads weights as safetensors only (or torch files with weights_only=True)"
+    if isinstance(err, (KeyError, TypeError, AttributeError, IndexError)):
+        return f"malformed input ({type(err).__name__}: {text}); rerun with --debug for the traceback"
+    return f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from globeflow.io import CheckpointError  # light; DataError is a ValueError
@@ -624,12 +732,22 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             _check_device(args.device)
         return COMMANDS[args.command](args)
-    except (CLIError, CheckpointError, ValueError, FileNotFoundError, ImportError, OSError) as err:
-        print(f"globeflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (CLIError, CheckpointError, ValueError, FileNotFoundError, ImportError, OSError) as err:
+        if args.debug:
+            raise
+        message = str(err)
+        if "weights_only" in message:  # torch's advice to unpickle arbitrary code: never follow it
+            message = _explain(type("UnpicklingError", (Exception,), {})(message))
+        print(f"globeflow {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
+        if args.debug:
+            raise
+        print(f"globeflow {args.command}: error: {_explain(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

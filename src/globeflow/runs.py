@@ -7,6 +7,7 @@ A run directory (``globeflow train --out RUN``)::
     RUN/train_config.json     the trainer's TrainConfig
     RUN/train_log.jsonl       one JSON record per logged step
     RUN/checkpoint/           crash-safe training state, for resuming
+    RUN/.lock                 the pid of the process training into RUN (while it runs)
     RUN/data_cache/           WebDataset shards memory-mapped for training
     RUN/heldout.parquet       shipped models only: held-out rows evaluated by ``globeflow demo``
 
@@ -32,6 +33,7 @@ __all__ = [
     "CONFIG_FILE",
     "DATA_CACHE_DIR",
     "HELDOUT_FILE",
+    "LOCK_FILE",
     "LOG_FILE",
     "TRAIN_CONFIG_FILE",
     "WEIGHTS_FILE",
@@ -47,6 +49,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAIN_CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.jsonl"
+#: Held (pid inside) while a process trains into the run; see :func:`globeflow.io.run_lock`.
+LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoint"
 DATA_CACHE_DIR = "data_cache"
 #: A model directory's held-out rows (embeddings + true locations), evaluated by ``globeflow demo``.
@@ -150,7 +154,29 @@ def train_run(
     *,
     embedding_key: str | None = None,
 ) -> Path:
-    """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible)."""
+    """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible).
+
+    The run directory is locked (``out/.lock``, see :func:`globeflow.io.run_lock`) while this
+    process trains into it: a second training into the same ``out`` fails at once with
+    :class:`~globeflow.io.RunLockedError`; a lock left by a killed process is taken over.
+    """
+    import contextlib
+
+    from globeflow.io import run_lock
+
+    lock = run_lock(out, LOCK_FILE) if is_main_process() else contextlib.nullcontext()
+    with lock:
+        return _train_run(data_path, Path(out), model_cfg, train_cfg, embedding_key=embedding_key)
+
+
+def _train_run(
+    data_path: str | Path,
+    out: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    embedding_key: str | None = None,
+) -> Path:
     import torch
 
     from globeflow.geometry import latlon_to_xyz
