@@ -349,10 +349,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_answers(args)
     from globeflow.api import load
     from globeflow.data import read_dataset, write_parquet
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
     from globeflow.pretrained import model_or_default
 
     model = load(model_or_default(args.model), device=args.device)
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
+    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
     pred = model.predict(data.embeddings, **_sample_options(args), progress=True)
     columns = dict(data.extra)
     columns["pred_latitude"] = pred[:, 0]
@@ -617,12 +618,13 @@ def cmd_density(args: argparse.Namespace) -> int:
 
     from globeflow.api import load
     from globeflow.data import read_dataset
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
     from globeflow.viz.report import density_report
 
     model = load(args.model, device=args.device)
     if model.density_space != "S2":
         raise CLIError(f"method {model.name!r} has no density on the sphere (density_space={model.density_space!r})")
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
+    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
     if not 0 <= args.row < len(data):
         raise CLIError(f"--row: {args.row} is out of range for {args.data} ({len(data)} rows)")
     truth = None

@@ -119,8 +119,9 @@ def evaluate_run(
 def _first_rows(data_path: str | Path, embedding_dim: int, rows: int | None) -> GeoDataset:
     """The file's rows with coordinates (all, or the first ``rows``)."""
     from globeflow.data import read_dataset
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
 
-    data = read_dataset(data_path, require_coords=True, expected_dim=embedding_dim)
+    data = read_dataset(data_path, require_coords=True, expected_dim=embedding_dim, max_abs=MAX_EMBEDDING_ABS)
     if rows is None:
         return data
     first = slice(0, rows)

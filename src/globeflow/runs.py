@@ -103,13 +103,16 @@ class ModelConfig:
 def read_training_data(data_path: str | Path, out: Path, embedding_key: str | None) -> GeoDataset:
     """Parquet/NPZ in memory, or WebDataset shards memory-mapped through a cache in ``out``."""
     from globeflow.data import read_dataset
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS, check_embedding_range
     from globeflow.data.webdataset import is_webdataset, read_webdataset
 
     if is_webdataset(data_path):
-        return read_webdataset(data_path, cache_dir=out / DATA_CACHE_DIR, embedding_key=embedding_key)
+        data = read_webdataset(data_path, cache_dir=out / DATA_CACHE_DIR, embedding_key=embedding_key)
+        check_embedding_range(str(data_path), data.embeddings)
+        return data
     if embedding_key is not None:
         raise ValueError("--embedding-key applies to WebDataset shards only")
-    return read_dataset(data_path, require_coords=True)
+    return read_dataset(data_path, require_coords=True, max_abs=MAX_EMBEDDING_ABS)
 
 
 def data_encoder(data_path: str | Path) -> dict | None:
