@@ -127,14 +127,19 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
-    _add_sampling_args(p, guidance=2.0)
+def _add_strategy_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strategy",
-        choices=("sample", "ensemble"),
-        default="sample",
-        help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
+        default=None,
+        help="point estimate: the method's own (default; what predict writes: one sample for the generative "
+        "methods, the mode for vmf/vmf_mixture/mvmf, the centre of 16 samples for locdiffusion), "
+        "sample, ensemble (the densest of 32, Appendix A), mode or center where the method has them",
     )
+
+
+def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    _add_sampling_args(p, guidance=2.0)
+    _add_strategy_arg(p)
     p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
     p.add_argument("--density-samples", type=_positive_int, default=128, help="samples per row for the regions")
     p.add_argument("--density-steps", type=_positive_int, default=32, help="RK4 steps of the likelihood ODE")
@@ -238,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-dir", default=None, help="--text/IMAGE…: also write one PNG density map per input here")
     p.add_argument("--geojson", default=None, help="--text/IMAGE…: also write estimates, modes and 50/90%% regions")
     p.add_argument("--kml", default=None, help="--text/IMAGE…: the same as KML (Google Earth)")
+    _add_strategy_arg(p)
     _add_overwrite_arg(p)
     _add_answer_args(p)
     _add_sampling_args(p, guidance=None)
@@ -354,7 +360,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load(model_or_default(args.model), device=args.device)
     data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
-    pred = model.predict(data.embeddings, **_sample_options(args), progress=True)
+    options = _sample_options(args)
+    if args.strategy is not None:
+        options["strategy"] = args.strategy
+    pred = model.predict(data.embeddings, **options, progress=True)
     columns = dict(data.extra)
     columns["pred_latitude"] = pred[:, 0]
     columns["pred_longitude"] = pred[:, 1]
@@ -489,6 +498,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     options, density, prdc = _evaluation_settings(args)
     metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density, prdc=prdc)
+    options["strategy"] = metrics["strategy"]  # the method's own estimate when not given
     metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))

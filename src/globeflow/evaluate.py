@@ -20,6 +20,7 @@ __all__ = [
     "POINT_KEYS",
     "PRDC_KEYS",
     "UNCOND_PRDC_KEYS",
+    "estimate_strategy",
     "evaluate_run",
     "format_metrics",
     "format_table",
@@ -60,6 +61,16 @@ def prdc_samples(model: Method, emb: np.ndarray, options: dict, *, guidance: flo
     return model.sample(null, len(emb), guidance=0.0, **sample_opts)[0]
 
 
+def estimate_strategy(model: Method, strategy: str | None) -> str:
+    """``strategy``, or the default of ``model.predict`` (what ``globeflow predict`` writes)."""
+    if strategy is not None:
+        return strategy
+    import inspect
+
+    param = inspect.signature(model.predict).parameters.get("strategy")
+    return "sample" if param is None or param.default is inspect.Parameter.empty else str(param.default)
+
+
 def evaluate_run(
     model_dir: str | Path | Method,
     data_path: str | Path,
@@ -89,6 +100,10 @@ def evaluate_run(
     if rows is not None and rows < 1:
         raise ValueError(f"rows: expected a positive number of rows, got {rows}")
     model = model_dir if isinstance(model_dir, Method) else load(model_dir, device=device)
+    # One code path with ``globeflow predict``: the same estimate (the method's own unless a
+    # strategy is given) is scored; the settings record which one it was.
+    options = {k: v for k, v in options.items() if not (k == "strategy" and v is None)}
+    options["strategy"] = estimate_strategy(model, options.get("strategy"))
     data = _first_rows(data_path, model.embedding_dim, rows)
     truth = np.stack([data.latitude, data.longitude], axis=1)
     start = time.perf_counter()
@@ -99,6 +114,7 @@ def evaluate_run(
     metrics.update(admin_accuracy(pred, truth, true_keys=true_keys))
     metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
     metrics["predict_seconds"] = elapsed
+    metrics["strategy"] = options["strategy"]
     if prdc is not False:
         start = time.perf_counter()
         metrics.update(_prdc_metrics(model, data.embeddings, truth, pred, options, dict(prdc or {}), label=model_dir))
