@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -356,6 +357,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from globeflow.api import load
     from globeflow.data import read_dataset, write_parquet
     from globeflow.data.dataset import MAX_EMBEDDING_ABS
+    from globeflow.evaluate import check_predictions
     from globeflow.pretrained import model_or_default
 
     model = load(model_or_default(args.model), device=args.device)
@@ -363,7 +365,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = _sample_options(args)
     if args.strategy is not None:
         options["strategy"] = args.strategy
-    pred = model.predict(data.embeddings, **options, progress=True)
+    pred = check_predictions(model.predict(data.embeddings, **options, progress=True), args.data, model)
     columns = dict(data.extra)
     columns["pred_latitude"] = pred[:, 0]
     columns["pred_longitude"] = pred[:, 1]
@@ -380,12 +382,15 @@ def _predict_answers(args: argparse.Namespace) -> int:
     from globeflow.embed import encode_images, encode_texts
     from globeflow.io import write_text
     from globeflow.pretrained import model_or_default
-    from globeflow.runs import model_encoder
+    from globeflow.runs import model_encoder, model_encoder_source
     from globeflow.viz.outputs import answers_csv_text, write_answer_files
 
     model_ref = model_or_default(args.model)
     model = load(model_ref, device=args.device)
-    encoder = {"embedding_dim": model.embedding_dim, "encoder": args.encoder, "source": args.encoder_path}
+    source = args.encoder_path
+    if source is None and args.images:  # the weights the training photos were embedded with
+        source = model_encoder_source(model_ref, args.encoder or model_encoder(model_ref, model))
+    encoder = {"embedding_dim": model.embedding_dim, "encoder": args.encoder, "source": source}
     if args.text:
         emb, name = encode_texts(args.text, **encoder, model_encoder=model_encoder(model_ref), device=args.device)
         good, records = list(range(len(args.text))), [{"query": t} for t in args.text]
@@ -586,8 +591,33 @@ def _check_compare(args: argparse.Namespace) -> None:
     check_outputs({"--out": out, "--out's metrics": out.with_suffix(".json")}, inputs, overwrite=args.overwrite)
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_sh_degree(args: argparse.Namespace) -> None:
+    """locdiffusion's latent has (L+1)² coefficients; the SH tables over the 10000 decoding and
+    2048 training anchors (float64 while built) and the network's first and last layers (with
+    gradients, AdamW moments and EMA) grow with it: refuse what cannot fit before allocating."""
+    if getattr(args, "method", None) != "locdiffusion" or args.sh_degree is None:
+        return
+    d = (args.sh_degree + 1) ** 2
+    need = 8 * d * (10000 + 2048 + args.batch_size) + 4 * 5 * 2 * args.width * d
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise CLIError(
+            f"--sh-degree {args.sh_degree}: (L+1)² = {d:,} coefficients need about {need / 2**30:,.0f} GiB "
+            f"of memory, more than this machine's {have / 2**30:,.0f} GiB; the paper uses L = 31"
+        )
+
+
 def _check_train(args: argparse.Namespace) -> None:
     from globeflow.io import check_outputs
+
+    _check_sh_degree(args)
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -20,6 +20,7 @@ __all__ = [
     "POINT_KEYS",
     "PRDC_KEYS",
     "UNCOND_PRDC_KEYS",
+    "check_predictions",
     "estimate_strategy",
     "evaluate_run",
     "format_metrics",
@@ -59,6 +60,20 @@ def prdc_samples(model: Method, emb: np.ndarray, options: dict, *, guidance: flo
         )
     null = np.zeros((1, emb.shape[1]), dtype=np.float32)
     return model.sample(null, len(emb), guidance=0.0, **sample_opts)[0]
+
+
+def check_predictions(pred: np.ndarray, source: object, model: object = None) -> np.ndarray:
+    """``pred`` (N, 2) unchanged if every row is finite; else a ``ValueError`` naming the rows
+    (a model that answers NaN says so instead of writing NaN coordinates)."""
+    bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+    if bad.size:
+        shown = ", ".join(str(int(r)) for r in bad[:10]) + (f", … ({bad.size} in all)" if bad.size > 10 else "")
+        name = getattr(model, "name", "the model")
+        raise ValueError(
+            f"{name} produced NaN/inf estimates for row(s) {shown} of {source} "
+            "(diverged or corrupt weights, or inputs far from the training data)"
+        )
+    return pred
 
 
 def estimate_strategy(model: Method, strategy: str | None) -> str:
@@ -107,7 +122,7 @@ def evaluate_run(
     data = _first_rows(data_path, model.embedding_dim, rows)
     truth = np.stack([data.latitude, data.longitude], axis=1)
     start = time.perf_counter()
-    pred = model.predict(data.embeddings, **options, progress=progress)
+    pred = check_predictions(model.predict(data.embeddings, **options, progress=progress), data_path, model)
     elapsed = time.perf_counter() - start
     metrics = distance_metrics(pred, truth)
     true_keys = _truth_keys(data)

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _META_KEY = "globeflow"  # safetensors metadata is str -> str; we store one JSON string
+_DIGEST_KEY = "globeflow.sha256"  # sha256 of the tensors' names, dtypes, shapes and bytes
 
 
 class CheckpointError(RuntimeError):
@@ -344,8 +345,23 @@ def save_weights(
             safetensors header; read it back with :func:`load_weights_metadata`.
     """
     tensors = _to_saveable(state_dict)
-    meta = None if metadata is None else {_META_KEY: json.dumps(metadata)}
+    meta = {_DIGEST_KEY: _tensor_digest(tensors)}
+    if metadata is not None:
+        meta[_META_KEY] = json.dumps(metadata)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over every tensor (sorted by name): a flipped bit anywhere in the data shows."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Tensor]:
@@ -361,10 +377,22 @@ def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f"weights file not found: {path}")
+    from safetensors import safe_open
+
     try:
-        return load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt") as f:
+            digest = (f.metadata() or {}).get(_DIGEST_KEY)
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt or unreadable weights file {path}: {e}") from e
+    if digest is not None and _tensor_digest(tensors) != digest:
+        raise CheckpointError(
+            f"corrupt weights file {path}: its tensors do not match the checksum written with them "
+            "(a flipped bit or a modified file)"
+        )
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors
 
 
 def load_weights_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -41,6 +41,7 @@ __all__ = [
     "data_encoder",
     "is_main_process",
     "model_encoder",
+    "model_encoder_source",
     "read_training_data",
     "train_run",
 ]
@@ -138,6 +139,19 @@ def model_encoder(model_ref: str | Path, method: Any = None) -> str | None:
         cfg = load_json(path / CONFIG_FILE)
         if isinstance(cfg, dict) and isinstance(cfg.get("encoder"), dict):
             return cfg["encoder"].get("name")
+    return None
+
+
+def model_encoder_source(model_ref: str | Path, name: str | None) -> str | None:
+    """Where the encoder ``name`` was loaded from when the run's training data was embedded
+    (the hub id or local directory ``globeflow embed`` recorded), if that run recorded it."""
+    path = Path(model_ref)
+    if not (path / CONFIG_FILE).is_file():
+        return None
+    cfg = load_json(path / CONFIG_FILE)
+    enc = cfg.get("encoder") if isinstance(cfg, dict) else None
+    if isinstance(enc, dict) and enc.get("source") and (name is None or enc.get("name") == name):
+        return str(enc["source"])
     return None
 
 

@@ -88,6 +88,31 @@ def as_latlon(latlon: Any, batch: int, *, name: str = "latlon") -> np.ndarray:
     return a
 
 
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 counters: a bijective, well-mixed hash."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_noise(path: Any, rows: int, num_samples: int, generator: torch.Generator) -> Tensor:
+    """The initial noise (rows, S, 3), each value a counter-based hash of (seed, row, sample,
+    coordinate): a row's samples depend only on the seed and its index, not on the other rows
+    of its batch (predicting 5 rows or 10 gives the same first 5). Standard Gaussian in R³
+    (Box–Muller), projected onto S² for the sphere's path (uniform there, by symmetry)."""
+    key = _splitmix64(np.array([int(generator.initial_seed()) % 2**64], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        counter = np.arange(rows * num_samples * 4, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + key
+    u = (_splitmix64(counter) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
+    u = u.reshape(rows, num_samples, 2, 2)
+    r = np.sqrt(-2.0 * np.log1p(-u[..., 0]))  # 1 - u in (0, 1]
+    z = np.concatenate([r * np.cos(2 * np.pi * u[..., 1]), r * np.sin(2 * np.pi * u[..., 1])], axis=-1)[..., :3]
+    if getattr(path, "name", None) == "rfm":  # GeodesicPath: uniform on the sphere
+        z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-300)
+    return torch.from_numpy(z.astype(np.float32))
+
+
 @dataclass(frozen=True)
 class SamplesWithLogProb:
     """Samples with the model's log-density at each of them.
@@ -414,7 +439,7 @@ class GenerativeMethod(Method, nn.Module):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         b = emb.shape[0]
         # All noise is drawn up front so that results do not depend on the chunking.
-        noise = self.path.sample_noise((b, num_samples), generator=generator).to(emb.device)
+        noise = row_noise(self.path, b, num_samples, generator).to(emb.device)
         per_chunk = max(1, max_points // num_samples)
         out = []
         with (
@@ -595,7 +620,7 @@ class GenerativeMethod(Method, nn.Module):
         each sample's log p is the density of the model at that sample. Samples of R³ methods
         are returned on the sphere but their log p is the R³ density at the unprojected end point.
         """
-        noise = self.path.sample_noise((emb.shape[0], num_samples), generator=generator).to(emb.device)
+        noise = row_noise(self.path, emb.shape[0], num_samples, generator).to(emb.device)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         x, logp = self._solve_chunks(
             emb,
