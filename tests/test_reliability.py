@@ -439,7 +439,8 @@ def test_kill_9_during_training_then_resume_and_a_concurrent_run_is_refused(data
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    done = _cli(*[a if a != "100000" else "60" for a in args], timeout=300)
+    step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+    done = _cli(*[a if a != "100000" else str(step + 20) for a in args], timeout=300)
     assert done.returncode == 0, done.stderr
     assert not (out / ".lock").exists() and torch.isfinite(next(iter(load_weights(out / "model.safetensors").values()))).all()
     assert not list(out.rglob("*.tmp"))
