@@ -316,7 +316,7 @@ def _write_part(path: Path, rows: list[tuple[EmbedItem, np.ndarray, tuple | None
     for key in rows[0][0].extra:
         columns[key] = pa.array([r[0].extra.get(key, "") for r in rows], pa.string())
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.table(columns), tmp)
+    pq.write_table(pa.table(columns), tmp, write_page_checksum=True)
     os.replace(tmp, path)
 
 
@@ -365,7 +365,7 @@ def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -
         )
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(settings)})
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, write_page_checksum=True)
     os.replace(tmp, out)
     for p in [*part_files, *parts.glob("*.json"), *parts.glob("*.jsonl")]:
         p.unlink()
