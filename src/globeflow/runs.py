@@ -234,6 +234,7 @@ def _train_run(
     if encoder is not None:  # predict on photos uses the same encoder by default
         resolved["encoder"] = encoder
     config_path = out / CONFIG_FILE
+    previous = None
     if config_path.is_file():
         previous = load_json(config_path)
         if previous.get("model") != resolved["model"]:
@@ -241,7 +242,9 @@ def _train_run(
                 f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():  # under torchrun only rank 0 writes files
+    # A fresh run records its config at once; a resumed one keeps the config that matches its
+    # weights until the training succeeds (a resume that fails leaves the run as it was).
+    if is_main_process() and previous is None:  # under torchrun only rank 0 writes files
         save_json(config_path, resolved)
     if not any(p.requires_grad for p in method.net.parameters()):
         # Nothing to train (uniform): the run directory is the config and the (empty) weights.
@@ -250,4 +253,6 @@ def _train_run(
         return out
     # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
     train(method, x0, emb, out, train_cfg)
+    if is_main_process() and previous is not None and previous != resolved:
+        save_json(config_path, resolved)
     return out
