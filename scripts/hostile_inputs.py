@@ -130,21 +130,40 @@ def build_and_replay(root: Path) -> Replay:
 
     # ---------------------------------------------------------------- outputs (data loss)
     for cmd in ("predict", "evaluate", "density"):
-        r.case(f"{cmd} --out = --data", [cmd, "--model", run, "--data", good, "--out", good, *(["--overwrite"] if cmd == "predict" else [])])
+        r.case(
+            f"{cmd} --out = --data",
+            [cmd, "--model", run, "--data", good, "--out", good, *(["--overwrite"] if cmd == "predict" else [])],
+        )
     link = root / "link.parquet"
     link.symlink_to(good)
-    r.case("predict --out = symlink to --data", ["predict", "--model", run, "--data", good, "--out", link, "--overwrite"])
+    r.case(
+        "predict --out = symlink to --data", ["predict", "--model", run, "--data", good, "--out", link, "--overwrite"]
+    )
     hard = root / "hard.parquet"
     os.link(good, hard)
-    r.case("predict --out = hard link to --data", ["predict", "--model", run, "--data", good, "--out", hard, "--overwrite"])
-    r.case("predict --out = the model's weights", ["predict", "--model", run, "--data", good, "--out", run / "model.safetensors", "--overwrite"])
+    r.case(
+        "predict --out = hard link to --data", ["predict", "--model", run, "--data", good, "--out", hard, "--overwrite"]
+    )
+    r.case(
+        "predict --out = the model's weights",
+        ["predict", "--model", run, "--data", good, "--out", run / "model.safetensors", "--overwrite"],
+    )
     precious = root / "precious.json"
     precious.write_text("{}")
-    r.case("evaluate --out existing file", ["evaluate", "--model", run, "--data", good, "--no-prdc", *common, "--out", precious])
+    r.case(
+        "evaluate --out existing file",
+        ["evaluate", "--model", run, "--data", good, "--no-prdc", *common, "--out", precious],
+    )
     (root / "notes.json").write_text("notes")
-    r.case("compare --out notes.md beside notes.json", ["compare", run, "--data", good, "--no-prdc", *common, "--out", root / "notes.md"])
+    r.case(
+        "compare --out notes.md beside notes.json",
+        ["compare", run, "--data", good, "--no-prdc", *common, "--out", root / "notes.md"],
+    )
     r.case("compare --out t.json", ["compare", run, "--data", good, "--no-prdc", *common, "--out", root / "t.json"])
-    r.case("density --geojson = --out", ["density", "--model", run, "--data", good, "--out", root / "m.png", "--geojson", root / "m.png"])
+    r.case(
+        "density --geojson = --out",
+        ["density", "--model", run, "--data", good, "--out", root / "m.png", "--geojson", root / "m.png"],
+    )
     foreign_dir = root / "thesis"
     foreign_dir.mkdir()
     (foreign_dir / "thesis.tex").write_text("x")
@@ -153,8 +172,27 @@ def build_and_replay(root: Path) -> Replay:
     lock_dir = root / "locked"
     lock_dir.mkdir()
     (lock_dir / ".lock").write_text(f"{os.getppid()}\n")  # a live process holds it
-    r.case("train into a locked run", ["train", "--data", good, "--out", lock_dir, "--train-steps", "1", "--width", "8", "--depth", "1", "--no-progress"])
-    r.case("embed --out foreign Parquet", ["embed", "--images", root, "--out", good], )
+    r.case(
+        "train into a locked run",
+        [
+            "train",
+            "--data",
+            good,
+            "--out",
+            lock_dir,
+            "--train-steps",
+            "1",
+            "--width",
+            "8",
+            "--depth",
+            "1",
+            "--no-progress",
+        ],
+    )
+    r.case(
+        "embed --out foreign Parquet",
+        ["embed", "--images", root, "--out", good],
+    )
 
     # ---------------------------------------------------------------- bad data files
     def bad_file(name: str, data: bytes) -> Path:
@@ -175,8 +213,12 @@ def build_and_replay(root: Path) -> Replay:
         p = bad_file(name, data)
         r.case(f"predict {name}", ["predict", "--model", run, "--data", p, "--out", root / f"o-{name}"])
     ragged = root / "ragged.parquet"
-    pq.write_table(pa.table({"embedding": [[1.0] * D, [1.0] * (D - 1)], "latitude": [0.0, 0.0], "longitude": [0.0, 0.0]}), ragged)
-    r.case("predict ragged embeddings", ["predict", "--model", run, "--data", ragged, "--out", root / "o-ragged.parquet"])
+    pq.write_table(
+        pa.table({"embedding": [[1.0] * D, [1.0] * (D - 1)], "latitude": [0.0, 0.0], "longitude": [0.0, 0.0]}), ragged
+    )
+    r.case(
+        "predict ragged embeddings", ["predict", "--model", run, "--data", ragged, "--out", root / "o-ragged.parquet"]
+    )
     for value, tag in ((np.nan, "nan"), (np.inf, "inf"), (1e15, "1e15"), (1e7, "1e7")):
         e = emb.copy()
         e[3, 2] = value
@@ -188,23 +230,39 @@ def build_and_replay(root: Path) -> Replay:
         (la if field == "latitude" else lo)[2] = value
         p = root / f"coord-{field}.parquet"
         write_parquet(p, emb, la, lo)
-        r.case(f"evaluate {field} {value}", ["evaluate", "--model", run, "--data", p, "--out", root / f"o-{field}.json"])
+        r.case(
+            f"evaluate {field} {value}", ["evaluate", "--model", run, "--data", p, "--out", root / f"o-{field}.json"]
+        )
     wrongdim = root / "wrongdim.parquet"
     write_parquet(wrongdim, emb[:, :4], lat, lon)
-    r.case("predict wrong embedding dim", ["predict", "--model", run, "--data", wrongdim, "--out", root / "o-dim.parquet"])
+    r.case(
+        "predict wrong embedding dim", ["predict", "--model", run, "--data", wrongdim, "--out", root / "o-dim.parquet"]
+    )
 
     shard = write_webdataset(root / "s.tar", emb, lat, lon)
     with tarfile.open(shard, "r|*") as tf:
         offsets = [m.offset for m in tf]
     cut = bad_file("cut.tar", shard.read_bytes()[: offsets[40]])
-    r.case("train truncated WebDataset shard", ["train", "--data", cut, "--out", root / "r-cut", "--train-steps", "1", "--no-progress"])
-    r.case("predict truncated WebDataset shard", ["predict", "--model", run, "--data", cut, "--out", root / "o-cut.parquet"])
+    r.case(
+        "train truncated WebDataset shard",
+        ["train", "--data", cut, "--out", root / "r-cut", "--train-steps", "1", "--no-progress"],
+    )
+    r.case(
+        "predict truncated WebDataset shard",
+        ["predict", "--model", run, "--data", cut, "--out", root / "o-cut.parquet"],
+    )
     mid = bad_file("mid.tar", shard.read_bytes()[: offsets[40] + 300])
-    r.case("predict WebDataset cut mid-member", ["predict", "--model", run, "--data", mid, "--out", root / "o-mid.parquet"])
+    r.case(
+        "predict WebDataset cut mid-member", ["predict", "--model", run, "--data", mid, "--out", root / "o-mid.parquet"]
+    )
     odd = root / "odd,name[1].tar"
     shutil.copy(shard, odd)
-    r.case("predict shard path with , and [ ]", ["predict", "--model", run, "--data", odd, "--out", root / "o-odd.parquet"], expect="ok",
-           check=lambda: pq.read_table(root / "o-odd.parquet").num_rows == n)
+    r.case(
+        "predict shard path with , and [ ]",
+        ["predict", "--model", run, "--data", odd, "--out", root / "o-odd.parquet"],
+        expect="ok",
+        check=lambda: pq.read_table(root / "o-odd.parquet").num_rows == n,
+    )
 
     # ---------------------------------------------------------------- bad models
     def nan(d: Path) -> None:
@@ -247,36 +305,96 @@ def build_and_replay(root: Path) -> Replay:
     }
     for name, edit in models.items():
         bad = _copy_run(run, root / f"run-{name.replace(' ', '_')}", edit)
-        r.case(f"predict with {name}", ["predict", "--model", bad, "--data", good, "--out", root / f"o-{bad.name}.parquet", *common])
+        r.case(
+            f"predict with {name}",
+            ["predict", "--model", bad, "--data", good, "--out", root / f"o-{bad.name}.parquet", *common],
+        )
     (root / "run-garbage-config").mkdir()
     (root / "run-garbage-config" / "config.json").write_text("{not json")
-    r.case("predict with corrupt config.json", ["predict", "--model", root / "run-garbage-config", "--data", good, "--out", root / "o-g.parquet"])
+    r.case(
+        "predict with corrupt config.json",
+        ["predict", "--model", root / "run-garbage-config", "--data", good, "--out", root / "o-g.parquet"],
+    )
 
     # ---------------------------------------------------------------- settings, security
-    r.case("train --sh-degree 100000", ["train", "--data", good, "--out", root / "r-sh", "--method", "locdiffusion", "--sh-degree", "100000"])
-    r.case("density --levels 1.5", ["density", "--model", run, "--data", good, "--out", root / "d.png", "--levels", "1.5"])
-    r.case("predict --device cuda:7", ["predict", "--model", run, "--data", good, "--out", root / "o-cuda.parquet", "--device", "cuda:7"])
+    r.case(
+        "train --sh-degree 100000",
+        ["train", "--data", good, "--out", root / "r-sh", "--method", "locdiffusion", "--sh-degree", "100000"],
+    )
+    r.case(
+        "density --levels 1.5", ["density", "--model", run, "--data", good, "--out", root / "d.png", "--levels", "1.5"]
+    )
+    r.case(
+        "predict --device cuda:7",
+        ["predict", "--model", run, "--data", good, "--out", root / "o-cuda.parquet", "--device", "cuda:7"],
+    )
     evil = root / "evil.pt"
     import pickle
 
     evil.write_bytes(pickle.dumps({"a": object()}))
-    r.case("predict IMAGE with a pickle at --encoder-path", ["predict", "--model", run, "--encoder", "efficientnet-lite0", "--encoder-path", evil, str(root / "x.jpg")])
+    r.case(
+        "predict IMAGE with a pickle at --encoder-path",
+        ["predict", "--model", run, "--encoder", "efficientnet-lite0", "--encoder-path", evil, str(root / "x.jpg")],
+    )
     resume = root / "resume"
-    r.case("train (fresh, for the resume case)", ["train", "--data", good, "--out", resume, "--train-steps", "4", "--checkpoint-every", "2",
-                                                  "--width", "8", "--depth", "1", "--batch-size", "4", "--no-progress"], expect="ok",
-           check=lambda: (resume / "model.safetensors").is_file())
+    r.case(
+        "train (fresh, for the resume case)",
+        [
+            "train",
+            "--data",
+            good,
+            "--out",
+            resume,
+            "--train-steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--width",
+            "8",
+            "--depth",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ],
+        expect="ok",
+        check=lambda: (resume / "model.safetensors").is_file(),
+    )
     state = resume / "checkpoint" / "state.json"
     if state.is_file():
         rec = json.loads(state.read_text())
         save_weights(root / "outside.safetensors", {"x": torch.zeros(1)})
         rec["weights_file"] = "../../outside.safetensors"
         state.write_text(json.dumps(rec))
-        r.case("resume with state.json pointing outside the run", ["train", "--data", good, "--out", resume, "--train-steps", "8",
-                                                                   "--checkpoint-every", "2", "--width", "8", "--depth", "1", "--batch-size", "4", "--no-progress"])
+        r.case(
+            "resume with state.json pointing outside the run",
+            [
+                "train",
+                "--data",
+                good,
+                "--out",
+                resume,
+                "--train-steps",
+                "8",
+                "--checkpoint-every",
+                "2",
+                "--width",
+                "8",
+                "--depth",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ],
+        )
 
     # ---------------------------------------------------------------- valid inputs, one path
-    r.case("predict valid file", ["predict", "--model", run, "--data", good, "--out", root / "p.parquet", *common], expect="ok",
-           check=lambda: set(pq.read_table(root / "p.parquet").column_names) >= {"name", "latitude", "pred_latitude"})
+    r.case(
+        "predict valid file",
+        ["predict", "--model", run, "--data", good, "--out", root / "p.parquet", *common],
+        expect="ok",
+        check=lambda: set(pq.read_table(root / "p.parquet").column_names) >= {"name", "latitude", "pred_latitude"},
+    )
 
     def same_estimate() -> bool:
         from globeflow.metrics import distance_metrics
@@ -288,10 +406,19 @@ def build_and_replay(root: Path) -> Replay:
         return abs(m["geoscore"] - distance_metrics(pred, truth)["geoscore"]) < 1e-9
 
     r.case("predict vmf", ["predict", "--model", vmf, "--data", good, "--out", root / "pv.parquet"], expect="ok")
-    r.case("evaluate vmf scores what predict wrote", ["evaluate", "--model", vmf, "--data", good, "--no-prdc", "--out", root / "ev.json"],
-           expect="ok", check=same_estimate)
-    r.case("evaluate --overwrite an existing metrics file", ["evaluate", "--model", run, "--data", good, "--no-prdc", *common, "--out", precious, "--overwrite"],
-           expect="ok", may_change=(precious,), check=lambda: "geoscore" in json.loads(precious.read_text()))
+    r.case(
+        "evaluate vmf scores what predict wrote",
+        ["evaluate", "--model", vmf, "--data", good, "--no-prdc", "--out", root / "ev.json"],
+        expect="ok",
+        check=same_estimate,
+    )
+    r.case(
+        "evaluate --overwrite an existing metrics file",
+        ["evaluate", "--model", run, "--data", good, "--no-prdc", *common, "--out", precious, "--overwrite"],
+        expect="ok",
+        may_change=(precious,),
+        check=lambda: "geoscore" in json.loads(precious.read_text()),
+    )
     return r
 
 

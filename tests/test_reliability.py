@@ -125,7 +125,9 @@ def test_compare_writes_only_what_was_asked(data, run, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "t.json")]) == 2  # table and metrics would collide
     assert "give a table name" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "t.md")]) == 0
-    assert (tmp_path / "t.md").read_text().startswith("| model") and "runs" in json.loads((tmp_path / "t.json").read_text())
+    assert (tmp_path / "t.md").read_text().startswith("| model") and "runs" in json.loads(
+        (tmp_path / "t.json").read_text()
+    )
 
 
 def test_folder_outputs_refuse_foreign_folders_but_refresh_their_own(tmp_path, capsys):
@@ -411,7 +413,7 @@ def test_csv_and_kml_escape_hostile_text(tmp_path):
 
     from globeflow.viz.outputs import answers_csv_text, csv_cell
 
-    assert csv_cell("=HYPERLINK(\"http://x\")").startswith("'=")
+    assert csv_cell('=HYPERLINK("http://x")').startswith("'=")
     assert csv_cell("@SUM(A1)") == "'@SUM(A1)" and csv_cell(-3.5) == -3.5
     text = answers_csv_text([{"query": "=1+1\x07", "latitude": 1.0, "longitude": 2.0}])
     assert "'=1+1\\x07" in text and "\x07" not in text
@@ -442,7 +444,10 @@ def test_kill_9_during_training_then_resume_and_a_concurrent_run_is_refused(data
     step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
     done = _cli(*[a if a != "100000" else str(step + 20) for a in args], timeout=300)
     assert done.returncode == 0, done.stderr
-    assert not (out / ".lock").exists() and torch.isfinite(next(iter(load_weights(out / "model.safetensors").values()))).all()
+    assert (
+        not (out / ".lock").exists()
+        and torch.isfinite(next(iter(load_weights(out / "model.safetensors").values()))).all()
+    )
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(OutputError):
         from globeflow.io import check_outputs

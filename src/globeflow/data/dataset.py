@@ -194,7 +194,9 @@ def check_finite_embeddings(path: str, emb: np.ndarray, raw: np.ndarray, *, star
         )
 
 
-def check_embedding_range(path: str, emb: np.ndarray, *, field: str = EMBEDDING_COLUMN, bound: float = MAX_EMBEDDING_ABS) -> None:
+def check_embedding_range(
+    path: str, emb: np.ndarray, *, field: str = EMBEDDING_COLUMN, bound: float = MAX_EMBEDDING_ABS
+) -> None:
     """``DataError`` at the first row of finite ``emb`` (N, D) with a value beyond ``±bound``:
     what a model is fed (see :data:`MAX_EMBEDDING_ABS`); files may hold any finite float32."""
     big = first_large_row(emb, bound)

@@ -95,5 +95,6 @@ def read_dataset(
             field=EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING,
         )
     if max_abs is not None:
-        check_embedding_range(shown, emb, field=EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING, bound=max_abs)
+        field = EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING
+        check_embedding_range(shown, emb, field=field, bound=max_abs)
     return GeoDataset(embeddings=emb, latitude=lat, longitude=lon, path=shown, extra=extra)
