@@ -344,7 +344,7 @@ def _check_predict(args: argparse.Namespace) -> None:
         raise CLIError("--text: empty query")
     from globeflow.io import check_output_dir, check_outputs
 
-    inputs = {"--data": args.data, "--model": args.model, "--encoder-path": args.encoder_path}
+    inputs = {"--data": args.data, **_model_inputs(args.model), "--encoder-path": args.encoder_path}
     inputs.update({f"IMAGE {i + 1}": p for i, p in enumerate(args.images or [])})
     outputs = {"--out": args.out, "--geojson": args.geojson, "--kml": args.kml}
     check_outputs(outputs, inputs, overwrite=args.overwrite)
@@ -562,6 +562,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(**_fields_of(DemoOptions, args), progress=not args.no_progress))
 
 
+def _model_inputs(model: str | None) -> dict:
+    """The files a command reads from ``--model``: a run directory's own files (an output such
+    as RUN/metrics.json beside them is not an input), else the path itself (a whole folder)."""
+    if model is None:
+        return {}
+    from globeflow import runs
+
+    run = Path(model)
+    if not (run / runs.CONFIG_FILE).is_file():
+        return {"--model": model}
+    names = (runs.CONFIG_FILE, runs.WEIGHTS_FILE, runs.TRAIN_CONFIG_FILE, runs.LOG_FILE, runs.HELDOUT_FILE)
+    files = {f"--model's {n}": run / n for n in names}
+    files["--model's checkpoint"] = run / runs.CHECKPOINT_DIR
+    return files
+
+
 def _check_density(args: argparse.Namespace) -> None:
     args.levels = _parse_levels(args.levels)
     if not 0.05 <= args.resolution <= 10.0:
@@ -569,13 +585,13 @@ def _check_density(args: argparse.Namespace) -> None:
     from globeflow.io import check_outputs
 
     outputs = {"--out": args.out, "--geojson": args.geojson, "--raster": args.raster}
-    check_outputs(outputs, {"--data": args.data, "--model": args.model}, overwrite=args.overwrite)
+    check_outputs(outputs, {"--data": args.data, **_model_inputs(args.model)}, overwrite=args.overwrite)
 
 
 def _check_evaluate(args: argparse.Namespace) -> None:
     from globeflow.io import check_outputs
 
-    check_outputs({"--out": args.out}, {"--data": args.data, "--model": args.model}, overwrite=args.overwrite)
+    check_outputs({"--out": args.out}, {"--data": args.data, **_model_inputs(args.model)}, overwrite=args.overwrite)
 
 
 def _check_compare(args: argparse.Namespace) -> None:
@@ -587,7 +603,9 @@ def _check_compare(args: argparse.Namespace) -> None:
             f"--out {out}: compare writes a Markdown table there and its metrics beside it as .json; "
             "give a table name such as results.md"
         )
-    inputs = {"--data": args.data, **{f"RUN {m}": m for m in args.models}}
+    inputs = {"--data": args.data}
+    for m in args.models:
+        inputs.update({f"{k} ({m})": v for k, v in _model_inputs(m).items()})
     check_outputs({"--out": out, "--out's metrics": out.with_suffix(".json")}, inputs, overwrite=args.overwrite)
 
 
