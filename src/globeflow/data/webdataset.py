@@ -234,6 +234,7 @@ def read_webdataset(
     paths = expand_shards(shards)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache(Path(paths[0]).parent)
     cache.mkdir(parents=True, exist_ok=True)
+    _clean_stale_cache_temps(cache)
     stem = cache / f"wds-{_fingerprint(paths, embedding_key)}"
     raw, index = stem.with_suffix(".f32"), stem.with_suffix(".json")
     if not (raw.is_file() and index.is_file()):
@@ -252,6 +253,16 @@ def read_webdataset(
     if require_coords and lat is None:
         raise DataError(shown, "the shards have no coordinates", field="latitude")
     return GeoDataset(embeddings=emb, latitude=lat, longitude=lon, path=shown, extra={"key": np.asarray(info["keys"])})
+
+
+def _clean_stale_cache_temps(cache: Path) -> None:
+    """Remove ``wds-*.PID.tmp`` files of cache builds whose process was killed."""
+    from globeflow.io import _pid_alive
+
+    for tmp in cache.glob("wds-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def _default_cache(data_dir: Path) -> Path:
