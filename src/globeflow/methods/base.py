@@ -140,6 +140,9 @@ class Method(abc.ABC):
     density_space: ClassVar[str | None] = None
     #: Construction options beyond the shared ones that the method takes (``create_method``).
     option_names: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`sample_xyz` takes ``noise`` (B, S, 3), which :meth:`sample` then seeds
+    #: per row (a row's samples do not depend on its batch); see :func:`row_noise`.
+    row_seeded_noise: ClassVar[bool] = False
     embedding_dim: int
 
     @abc.abstractmethod
@@ -226,6 +229,8 @@ class Method(abc.ABC):
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         if sample_steps is not None:
             options["sample_steps"] = sample_steps
+        if self.row_seeded_noise:
+            options.setdefault("noise", row_noise(self.path, emb_t.shape[0], num_samples, generator))
         x, logp = self.sample_with_log_prob_xyz(
             emb_t, num_samples, generator=generator, guidance=float(guidance), **options
         )
@@ -250,6 +255,8 @@ class Method(abc.ABC):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        if self.row_seeded_noise:
+            options.setdefault("noise", row_noise(self.path, emb_t.shape[0], num_samples, generator))
         xyz = self.sample_xyz(
             emb_t, num_samples, generator=generator, guidance=guidance, sample_steps=sample_steps, **options
         )
@@ -293,6 +300,8 @@ class GenerativeMethod(Method, nn.Module):
     """
 
     path_cls: ClassVar[type[NoisingPath]]
+    #: :meth:`sample` starts row i from noise seeded by (seed, i): see :func:`row_noise`.
+    row_seeded_noise: ClassVar[bool] = True
     solvers: ClassVar[dict[str, int]]
     default_solver: ClassVar[str]
 
@@ -419,8 +428,12 @@ class GenerativeMethod(Method, nn.Module):
         max_points: int = MAX_POINTS_PER_CHUNK,
         trajectory: list[Tensor] | None = None,
         progress: bool = False,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Samples from the model for each embedding: ``emb`` (B, D) -> (B, S, 3) unit vectors.
+
+        ``noise`` (B, S, 3): the starting points (default: drawn from ``generator``);
+        :meth:`sample` and :meth:`predict` give :func:`row_noise`, a function of (seed, row).
 
         ``precision="bfloat16"`` runs the network's matrix products in bfloat16 (autocast)
         while the state, the solver and the coordinate input layer stay in float32.
@@ -439,7 +452,9 @@ class GenerativeMethod(Method, nn.Module):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         b = emb.shape[0]
         # All noise is drawn up front so that results do not depend on the chunking.
-        noise = row_noise(self.path, b, num_samples, generator).to(emb.device)
+        if noise is None:
+            noise = self.path.sample_noise((b, num_samples), generator=generator)
+        noise = noise.to(emb.device)
         per_chunk = max(1, max_points // num_samples)
         out = []
         with (
@@ -611,6 +626,7 @@ class GenerativeMethod(Method, nn.Module):
         rtol: float = 1e-5,
         max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
         stats: dict | None = None,
+        noise: Tensor | None = None,
         **_: Any,
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
@@ -620,7 +636,9 @@ class GenerativeMethod(Method, nn.Module):
         each sample's log p is the density of the model at that sample. Samples of R³ methods
         are returned on the sphere but their log p is the R³ density at the unprojected end point.
         """
-        noise = row_noise(self.path, emb.shape[0], num_samples, generator).to(emb.device)
+        if noise is None:
+            noise = self.path.sample_noise((emb.shape[0], num_samples), generator=generator)
+        noise = noise.to(emb.device)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         x, logp = self._solve_chunks(
             emb,
