@@ -225,6 +225,44 @@ def test_embed_merge_is_idempotent_after_a_kill_before_parts_are_removed(photos,
     assert len(ids) == len(set(ids)) == 5
 
 
+_EMBED_CHILD = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_reliability import _FakeEncoder
+from globeflow import embed
+
+class Slow(_FakeEncoder):
+    def encode_pixels(self, pixels):
+        time.sleep(0.3)
+        return super().encode_pixels(pixels)
+
+embed.PART_EVERY = 1
+items = embed.collect_inputs({photos!r})
+embed.embed_images(Slow(), items, {out!r}, batch_size=1, workers=1, progress=False, report=None)
+"""
+
+
+def test_embed_survives_kill_9_and_reruns_to_every_row_once(photos, tmp_path):
+    from globeflow import embed
+
+    out = tmp_path / "emb.parquet"
+    code = _EMBED_CHILD.format(tests=str(Path(__file__).parent), photos=str(photos), out=str(out))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
+    parts = tmp_path / "emb.parquet.parts"
+    deadline = time.monotonic() + 60
+    while len(list(parts.glob("rank0-*.parquet"))) < 2 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not out.exists()  # killed mid-run: parts only
+    embed.embed_images(_FakeEncoder(), embed.collect_inputs(photos), out, progress=False, report=None)
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 5
+    assert not parts.exists() and not list(tmp_path.glob("*.tmp"))
+
+
 def test_embed_refuses_a_foreign_parquet_as_out(photos, tmp_path):
     from globeflow import embed
 
