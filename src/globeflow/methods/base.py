@@ -97,20 +97,32 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 
 
 def row_noise(path: Any, rows: int, num_samples: int, generator: torch.Generator) -> Tensor:
-    """The initial noise (rows, S, 3), each value a counter-based hash of (seed, row, sample,
-    coordinate): a row's samples depend only on the seed and its index, not on the other rows
-    of its batch (predicting 5 rows or 10 gives the same first 5). Standard Gaussian in R³
-    (Box–Muller), projected onto S² for the sphere's path (uniform there, by symmetry)."""
+    """The initial noise (rows, S, 3) of :meth:`Method.sample`, row by row a function of the
+    seed and the row's index only: a row's samples do not depend on the other rows of its
+    batch (predicting 5 rows or 10 gives the same first 5).
+
+    Row 0 is ``path.sample_noise((1, S))`` from ``generator`` (so a one-row call, the denoising
+    trajectories of a map and the PLONK fixed-noise checks see torch's stream for the seed, as
+    before); rows i ≥ 1 are a counter-based hash of (seed, i, sample, coordinate) — standard
+    Gaussian by Box–Muller, projected onto S² for the sphere's path (uniform there) —
+    vectorised, with no per-row generator.
+    """
+    first = path.sample_noise((min(rows, 1), num_samples), generator=generator)
+    if rows <= 1:
+        return first
     key = _splitmix64(np.array([int(generator.initial_seed()) % 2**64], dtype=np.uint64))[0]
     with np.errstate(over="ignore"):
-        counter = np.arange(rows * num_samples * 4, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + key
+        start = np.uint64(num_samples * 4)  # counters of rows 1..rows-1
+        counter = (np.arange((rows - 1) * num_samples * 4, dtype=np.uint64) + start) * np.uint64(
+            0x9E3779B97F4A7C15
+        ) + key
     u = (_splitmix64(counter) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
-    u = u.reshape(rows, num_samples, 2, 2)
+    u = u.reshape(rows - 1, num_samples, 2, 2)
     r = np.sqrt(-2.0 * np.log1p(-u[..., 0]))  # 1 - u in (0, 1]
     z = np.concatenate([r * np.cos(2 * np.pi * u[..., 1]), r * np.sin(2 * np.pi * u[..., 1])], axis=-1)[..., :3]
     if getattr(path, "name", None) == "rfm":  # GeodesicPath: uniform on the sphere
         z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-300)
-    return torch.from_numpy(z.astype(np.float32))
+    return torch.cat([first, torch.from_numpy(z.astype(np.float32)).to(first.dtype)])
 
 
 @dataclass(frozen=True)
