@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from globeflow.methods import GenerativeMethod, build_method
-from globeflow.io import CheckpointError, load_json, load_weights, save_json, save_weights
+from globeflow.io import CheckpointError, load_json, load_weights, load_weights_metadata, save_json, save_weights
 from globeflow.runs import CALIBRATION_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = ["load", "save"]
@@ -27,9 +27,36 @@ def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[st
     """Write ``method``'s config and network weights into ``run_dir`` (atomically, file by file)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(run_dir / WEIGHTS_FILE, method.net.state_dict())
+    save_weights(run_dir / WEIGHTS_FILE, method.net.state_dict(), metadata={"method": method.config()})
     save_json(run_dir / CONFIG_FILE, {"model": method.config(), **(extra or {})})
     return run_dir
+
+
+def _check_weights(weights_path: Path, config_path: Path, model_cfg: Any, state: dict, expected: dict) -> None:
+    """Weights that would load but answer garbage: another method's (the weights' metadata
+    names the method they were trained as), a dtype other than the network's (an int32 or
+    float16 file is silently cast by ``load_state_dict``), or NaN/inf values."""
+    meta = load_weights_metadata(weights_path) or {}
+    trained = meta.get("method") if isinstance(meta, dict) else None
+    if isinstance(trained, dict) and isinstance(model_cfg, dict):
+        name, cfg_name = trained.get("method"), model_cfg.get("method")
+        if name is not None and cfg_name is not None and name != cfg_name:
+            raise CheckpointError(
+                f"model: {config_path} says method {cfg_name!r} but the weights {weights_path} were trained "
+                f"as {name!r}; the config does not belong to these weights"
+            )
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is not None and tensor.dtype != want.dtype:
+            raise CheckpointError(
+                f"model: {weights_path}: tensor {key!r} is {tensor.dtype}, the network's is {want.dtype} "
+                "(not weights written by globeflow for this model)"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"model: {weights_path}: tensor {key!r} holds {bad} NaN/inf value(s) (corrupt file or a diverged run)"
+            )
 
 
 def load(
@@ -71,11 +98,15 @@ def load(
             method = build_method(config["model"])
     except ValueError as err:
         raise CheckpointError(f"model: {config_path}: {err}") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        raise CheckpointError(f"model: {config_path}: malformed 'model' section ({detail})") from None
     if not weights_path.is_file():
         raise CheckpointError(
             f"model: {weights_path} not found (is training of {run_dir} finished? checkpoints are in {run_dir}/checkpoint)"
         )
     state = load_weights(weights_path)
+    _check_weights(weights_path, config_path, config["model"], state, method.net.state_dict())
     try:
         method.net.load_state_dict(state)
     except RuntimeError as err:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -139,14 +140,19 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
-    _add_sampling_args(p, guidance=2.0)
+def _add_strategy_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strategy",
-        choices=("sample", "ensemble"),
-        default="sample",
-        help="point estimate: one sample (default) or the densest of 32 (Appendix A)",
+        default=None,
+        help="point estimate: the method's own (default; what predict writes: one sample for the generative "
+        "methods, the mode for vmf/vmf_mixture/mvmf, the centre of 16 samples for locdiffusion), "
+        "sample, ensemble (the densest of 32, Appendix A), mode or center where the method has them",
     )
+
+
+def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    _add_sampling_args(p, guidance=2.0)
+    _add_strategy_arg(p)
     p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
     # Defaults measured in docs/benchmarks.md (issue 12): coverage from ranks is unbiased at 32
     # samples; 16 graded RK4 steps for the samples; the NLL's own solve (1/S of the work) at 64.
@@ -186,6 +192,11 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite_arg(p: argparse.ArgumentParser, *, folder: bool = False) -> None:
+    what = "write into an existing folder that globeflow did not create" if folder else "replace existing output files"
+    p.add_argument("--overwrite", action="store_true", help=f"{what} (an input is never overwritten)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from globeflow import __version__
 
@@ -194,10 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probabilistic visual geolocation with diffusion and flow matching on the sphere.",
     )
     parser.add_argument("--version", action="version", version=f"globeflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="geolocate example queries with the shipped model; maps and an HTML report")
     p.add_argument("--out", default="globeflow-demo", help="output folder (default ./globeflow-demo)")
+    _add_overwrite_arg(p, folder=True)
     p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -233,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_positive_int, default=20000, help="training rows")
     p.add_argument("--test", type=_positive_int, default=2000, help="test rows")
     p.add_argument("--seed", type=int, default=0)
+    _add_overwrite_arg(p, folder=True)
 
     p = sub.add_parser("train", help="train a method on a Parquet/NPZ file of embeddings and coordinates")
     p.add_argument(
@@ -262,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-dir", default=None, help="--text/IMAGE…: also write one PNG density map per input here")
     p.add_argument("--geojson", default=None, help="--text/IMAGE…: also write estimates, modes and 50/90%% regions")
     p.add_argument("--kml", default=None, help="--text/IMAGE…: the same as KML (Google Earth)")
+    _add_strategy_arg(p)
+    _add_overwrite_arg(p)
     _add_answer_args(p)
     _add_sampling_args(p, guidance=None)
 
@@ -270,12 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
     p.add_argument("--out", required=True, help="output JSON with the metrics")
     _add_evaluation_args(p)
+    _add_overwrite_arg(p)
 
     p = sub.add_parser("compare", help="evaluate several runs on the same data and seeds: one table")
     p.add_argument("models", nargs="+", metavar="RUN", help="run directories (or PLONK checkpoints) to compare")
     p.add_argument("--data", required=True, help="test data with latitude/longitude (.parquet or .npz)")
-    p.add_argument("--out", required=True, help="output Markdown table (the metrics go next to it as .json)")
+    p.add_argument(
+        "--out", required=True, help="output Markdown table, e.g. t.md; it also writes the metrics beside it as t.json"
+    )
     _add_evaluation_args(p)
+    _add_overwrite_arg(p)
 
     p = sub.add_parser("density", help="density map and credible regions of one row of a file")
     p.add_argument("--model", required=True, help="run directory of a trained model")
@@ -292,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     _add_uncalibrated_arg(p)
+    _add_overwrite_arg(p)
 
     p = sub.add_parser(
         "calibrate", help="conformal calibration of a run's credible regions on held-out rows (docs/calibration.md)"
@@ -392,6 +413,13 @@ def _check_predict(args: argparse.Namespace) -> None:
         raise CLIError("--out is required with --data")
     if args.text and any(not t.strip() for t in args.text):
         raise CLIError("--text: empty query")
+    from globeflow.io import check_output_dir, check_outputs
+
+    inputs = {"--data": args.data, **_model_inputs(args.model), "--encoder-path": args.encoder_path}
+    inputs.update({f"IMAGE {i + 1}": p for i, p in enumerate(args.images or [])})
+    outputs = {"--out": args.out, "--geojson": args.geojson, "--kml": args.kml}
+    check_outputs(outputs, inputs, overwrite=args.overwrite)
+    check_output_dir("--map-dir", args.map_dir, overwrite=args.overwrite)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -399,11 +427,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_answers(args)
     from globeflow.api import load
     from globeflow.data import read_dataset, write_parquet
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
+    from globeflow.evaluate import check_predictions
     from globeflow.pretrained import model_or_default
 
     model = load(model_or_default(args.model), device=args.device)
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
-    pred = model.predict(data.embeddings, **_sample_options(args), progress=True)
+    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
+    options = _sample_options(args)
+    if args.strategy is not None:
+        options["strategy"] = args.strategy
+    pred = check_predictions(model.predict(data.embeddings, **options, progress=True), args.data, model)
     columns = dict(data.extra)
     columns["pred_latitude"] = pred[:, 0]
     columns["pred_longitude"] = pred[:, 1]
@@ -420,12 +453,15 @@ def _predict_answers(args: argparse.Namespace) -> int:
     from globeflow.embed import encode_images, encode_texts
     from globeflow.io import write_text
     from globeflow.pretrained import model_or_default
-    from globeflow.runs import model_encoder
+    from globeflow.runs import model_encoder, model_encoder_source
     from globeflow.viz.outputs import answers_csv_text, write_answer_files
 
     model_ref = model_or_default(args.model)
     model = load(model_ref, device=args.device)
-    encoder = {"embedding_dim": model.embedding_dim, "encoder": args.encoder, "source": args.encoder_path}
+    source = args.encoder_path
+    if source is None and args.images:  # the weights the training photos were embedded with
+        source = model_encoder_source(model_ref, args.encoder or model_encoder(model_ref, model))
+    encoder = {"embedding_dim": model.embedding_dim, "encoder": args.encoder, "source": source}
     if args.text:
         emb, name = encode_texts(args.text, **encoder, model_encoder=model_encoder(model_ref), device=args.device)
         good, records = list(range(len(args.text))), [{"query": t} for t in args.text]
@@ -435,6 +471,10 @@ def _predict_answers(args: argparse.Namespace) -> int:
         )
         emb, good, records, name = images.embeddings, images.good, images.records, images.encoder
     if good:
+        if args.map_dir is not None:
+            from globeflow.io import claim_output_dir
+
+            claim_output_dir(args.map_dir)
         guidance = 0.0 if args.guidance is None else args.guidance
         answers = answer(
             model,
@@ -543,6 +583,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     options, density, prdc = _evaluation_settings(args)
     metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density, prdc=prdc)
+    options["strategy"] = metrics["strategy"]  # the method's own estimate when not given
     metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
@@ -585,6 +626,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from globeflow.data import SyntheticWorld, write_world_dataset
 
+    from globeflow.io import claim_output_dir
+
+    claim_output_dir(args.out)
     world = SyntheticWorld.make(num_types=args.types, dim=args.dim, sigma=args.sigma, seed=args.seed)
     paths = write_world_dataset(args.out, world, args.train, args.test, seed=args.seed)
     for split, path in paths.items():
@@ -594,14 +638,107 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from globeflow.demo import DemoOptions, run_demo
+    from globeflow.io import claim_output_dir
 
+    claim_output_dir(args.out)
     return run_demo(DemoOptions(**_fields_of(DemoOptions, args), progress=not args.no_progress))
+
+
+def _model_inputs(model: str | None) -> dict:
+    """The files a command reads from ``--model``: a run directory's own files (an output such
+    as RUN/metrics.json beside them is not an input), else the path itself (a whole folder)."""
+    if model is None:
+        return {}
+    from globeflow import runs
+
+    run = Path(model)
+    if not (run / runs.CONFIG_FILE).is_file():
+        return {"--model": model}
+    names = (runs.CONFIG_FILE, runs.WEIGHTS_FILE, runs.TRAIN_CONFIG_FILE, runs.LOG_FILE, runs.HELDOUT_FILE)
+    files = {f"--model's {n}": run / n for n in names}
+    files["--model's checkpoint"] = run / runs.CHECKPOINT_DIR
+    return files
 
 
 def _check_density(args: argparse.Namespace) -> None:
     args.levels = _parse_levels(args.levels)
     if not 0.05 <= args.resolution <= 10.0:
         raise CLIError(f"--resolution: expected degrees in [0.05, 10], got {args.resolution}")
+    from globeflow.io import check_outputs
+
+    outputs = {"--out": args.out, "--geojson": args.geojson, "--raster": args.raster}
+    check_outputs(outputs, {"--data": args.data, **_model_inputs(args.model)}, overwrite=args.overwrite)
+
+
+def _check_evaluate(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    check_outputs({"--out": args.out}, {"--data": args.data, **_model_inputs(args.model)}, overwrite=args.overwrite)
+
+
+def _check_compare(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    out = Path(args.out)
+    if out.suffix.lower() == ".json":
+        raise CLIError(
+            f"--out {out}: compare writes a Markdown table there and its metrics beside it as .json; "
+            "give a table name such as results.md"
+        )
+    inputs = {"--data": args.data}
+    for m in args.models:
+        inputs.update({f"{k} ({m})": v for k, v in _model_inputs(m).items()})
+    check_outputs({"--out": out, "--out's metrics": out.with_suffix(".json")}, inputs, overwrite=args.overwrite)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_sh_degree(args: argparse.Namespace) -> None:
+    """locdiffusion's latent has (L+1)² coefficients; the SH tables over the 10000 decoding and
+    2048 training anchors (float64 while built) and the network's first and last layers (with
+    gradients, AdamW moments and EMA) grow with it: refuse what cannot fit before allocating."""
+    if getattr(args, "method", None) != "locdiffusion" or args.sh_degree is None:
+        return
+    d = (args.sh_degree + 1) ** 2
+    need = 8 * d * (10000 + 2048 + args.batch_size) + 4 * 5 * 2 * args.width * d
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise CLIError(
+            f"--sh-degree {args.sh_degree}: (L+1)² = {d:,} coefficients need about {need / 2**30:,.0f} GiB "
+            f"of memory, more than this machine's {have / 2**30:,.0f} GiB; the paper uses L = 31"
+        )
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    _check_sh_degree(args)
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; train writes a run directory")
+    check_outputs({"--out": out / "config.json"}, {"--data": args.data}, overwrite=True)
+    if Path(args.data).exists() and Path(args.data).resolve() == out.resolve():
+        raise CLIError(f"--out {out} is the input --data; choose a new run directory")
+
+
+def _check_embed(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    inputs = {"--images": args.images if Path(args.images).is_file() else None, "--encoder-path": args.encoder_path}
+    # --out is resumed when it holds embeddings of the same encoder (checked by embed_images).
+    check_outputs({"--out": args.out}, inputs, overwrite=True)
+
+
+def _check_folder_out(args: argparse.Namespace) -> None:
+    from globeflow.io import check_output_dir
+
+    check_output_dir("--out", args.out, overwrite=args.overwrite)
 
 
 def _parse_levels(text: str) -> tuple[float, ...]:
@@ -621,12 +758,13 @@ def cmd_density(args: argparse.Namespace) -> int:
 
     from globeflow.api import load
     from globeflow.data import read_dataset
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
     from globeflow.viz.report import density_report
 
     model = load(args.model, device=args.device)
     if model.density_space != "S2":
         raise CLIError(f"method {model.name!r} has no density on the sphere (density_space={model.density_space!r})")
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
+    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
     if not 0 <= args.row < len(data):
         raise CLIError(f"--row: {args.row} is out of range for {args.data} ({len(data)} rows)")
     truth = None
@@ -744,7 +882,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 #: Checks of a command's arguments that need no library: they run before any model loads.
-CHECKS = {"predict": _check_predict, "density": _check_density}
+CHECKS = {
+    "predict": _check_predict,
+    "density": _check_density,
+    "evaluate": _check_evaluate,
+    "compare": _check_compare,
+    "train": _check_train,
+    "embed": _check_embed,
+    "demo": _check_folder_out,
+    "synthetic": _check_folder_out,
+}
 COMMANDS = {
     "demo": cmd_demo,
     "synthetic": cmd_synthetic,
@@ -774,6 +921,27 @@ def _check_device(name: str) -> None:
         raise CLIError(f"--device {name}: MPS is not available on this machine")
 
 
+def _explain(err: BaseException) -> str:
+    """One line for a failure the library did not phrase itself (no traceback)."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, FloatingPointError):
+        return (
+            f"the computation diverged ({text}); lower --lr, raise --warmup-steps or --grad-clip, "
+            "or use --precision float32"
+        )
+    if isinstance(err, MemoryError):
+        return f"out of memory ({text}); use smaller settings (--batch-size, --samples, --sh-degree, --width)"
+    if isinstance(err, OSError) and err.errno == 28 and err.filename is None:
+        return f"no space left on device: {text}"
+    if type(err).__name__ == "SafetensorError":
+        return f"weights file error: {text}"
+    if type(err).__name__ in ("UnpicklingError",):
+        return "refused to unpickle a file: globeflow loads weights as safetensors only (or torch files with weights_only=True)"
+    if isinstance(err, (KeyError, TypeError, AttributeError, IndexError)):
+        return f"malformed input ({type(err).__name__}: {text}); rerun with --debug for the traceback"
+    return f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from globeflow.io import CheckpointError  # light; DataError is a ValueError
@@ -783,12 +951,22 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             _check_device(args.device)
         return COMMANDS[args.command](args)
-    except (CLIError, CheckpointError, ValueError, FileNotFoundError, ImportError, OSError) as err:
-        print(f"globeflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (CLIError, CheckpointError, ValueError, FileNotFoundError, ImportError, OSError) as err:
+        if args.debug:
+            raise
+        message = str(err)
+        if "weights_only" in message:  # torch's advice to unpickle arbitrary code: never follow it
+            message = _explain(type("UnpicklingError", (Exception,), {})(message))
+        print(f"globeflow {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
+        if args.debug:
+            raise
+        print(f"globeflow {args.command}: error: {_explain(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

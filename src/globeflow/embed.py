@@ -37,6 +37,7 @@ from globeflow.data.labels import read_labels
 from globeflow.data.parquet import fixed_size_list
 from globeflow.encoders.base import ImageEncoder
 from globeflow.encoders.preprocess import ImageError, load_image
+from globeflow.io import write_text
 
 __all__ = [
     "METADATA_KEY",
@@ -170,8 +171,22 @@ def _done_ids(out: Path, parts: Path) -> set[str]:
 
 def _check_settings(out: Path, parts: Path, settings: dict) -> None:
     previous = None
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} is a directory; give a Parquet file name")
     if out.is_file():
-        previous = read_embed_metadata(out)
+        try:
+            previous = read_embed_metadata(out)
+            has_ids = "id" in pq.read_schema(out).names
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise ValueError(
+                f"--out {out} exists and is not a Parquet file written by globeflow embed ({err}); "
+                "choose another --out (embed resumes only its own output)"
+            ) from None
+        if previous is None or not has_ids:
+            raise ValueError(
+                f"--out {out} exists and is not a Parquet file written by globeflow embed "
+                "(no embed metadata or id column); choose another --out (embed resumes only its own output)"
+            )
     elif (parts / "settings.json").is_file():
         previous = json.loads((parts / "settings.json").read_text())
     if previous is not None and previous != settings:
@@ -214,8 +229,9 @@ def embed_images(
     settings = json.loads(json.dumps(encoder.settings()))  # as stored: tuples become lists
     _check_settings(out, parts, settings)
     parts.mkdir(parents=True, exist_ok=True)
+    _clean_temps(out, parts)
     if rank == 0:
-        (parts / "settings.json").write_text(json.dumps(settings))
+        write_text(parts / "settings.json", json.dumps(settings))
     done = _done_ids(out, parts)
     mine = [it for i, it in enumerate(items) if i % world_size == rank]
     todo = [it for it in mine if it.id not in done]
@@ -261,12 +277,23 @@ def embed_images(
     seconds = time.perf_counter() - start
     with open(parts / f"skipped-rank{rank}.jsonl", "a", encoding="utf-8") as f:
         f.writelines(json.dumps({"id": s[0], "reason": s[1], "message": s[2]}) + "\n" for s in skipped)
-    (parts / f"done-rank{rank}.json").write_text(json.dumps({"embedded": n_done, "skipped": len(skipped)}))
+    write_text(parts / f"done-rank{rank}.json", json.dumps({"embedded": n_done, "skipped": len(skipped)}))
     summary = EmbedSummary(out, len(mine), n_done, len(mine) - len(todo), skipped, seconds)
     if rank == 0:
         _wait_for_ranks(parts, world_size, wait_timeout)
         summary.rows_written = _merge(out, parts, items, settings)
     return summary
+
+
+def _clean_temps(out: Path, parts: Path) -> None:
+    """Temporaries of a killed run: parts cut off mid-write and a merge cut off mid-write
+    (only those of processes that no longer exist, so a concurrent rank's are kept)."""
+    from globeflow.io import _pid_alive
+
+    for tmp in [*parts.glob("*.tmp"), *out.parent.glob(f".{out.name}.*.tmp")]:
+        pids = [int(f) for f in tmp.name.split(".") if f.isdigit() and len(f) < 10]
+        if not any(_pid_alive(pid) for pid in pids):
+            tmp.unlink(missing_ok=True)
 
 
 def _write_part(path: Path, rows: list[tuple[EmbedItem, np.ndarray, tuple | None]]) -> None:
@@ -288,8 +315,8 @@ def _write_part(path: Path, rows: list[tuple[EmbedItem, np.ndarray, tuple | None
     }
     for key in rows[0][0].extra:
         columns[key] = pa.array([r[0].extra.get(key, "") for r in rows], pa.string())
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table(columns), tmp)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    pq.write_table(pa.table(columns), tmp, write_page_checksum=True)
     os.replace(tmp, path)
 
 
@@ -316,6 +343,14 @@ def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -
     if not tables:
         return 0
     table = pa.concat_tables(tables, promote_options="default")
+    # A run killed after writing ``out`` but before removing its parts finds those rows twice
+    # (in ``out`` and in the parts): keep each id once, so a rerun is idempotent.
+    ids = table.column("id").to_pylist()
+    first = {}
+    for k, i in enumerate(ids):
+        first.setdefault(i, k)
+    if len(first) < len(ids):
+        table = table.take(pa.array(sorted(first.values()), pa.int64()))
     if "location_source" not in table.column_names:
         table = table.append_column("location_source", pa.array([""] * table.num_rows, pa.string()))
     order = {it.id: i for i, it in enumerate(items)}
@@ -330,7 +365,7 @@ def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -
         )
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(settings)})
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, write_page_checksum=True)
     os.replace(tmp, out)
     for p in [*part_files, *parts.glob("*.json"), *parts.glob("*.jsonl")]:
         p.unlink()

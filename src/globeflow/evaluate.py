@@ -20,6 +20,8 @@ __all__ = [
     "POINT_KEYS",
     "PRDC_KEYS",
     "UNCOND_PRDC_KEYS",
+    "check_predictions",
+    "estimate_strategy",
     "evaluate_run",
     "format_metrics",
     "format_table",
@@ -60,6 +62,30 @@ def prdc_samples(model: Method, emb: np.ndarray, options: dict, *, guidance: flo
     return model.sample(null, len(emb), guidance=0.0, **sample_opts)[0]
 
 
+def check_predictions(pred: np.ndarray, source: object, model: object = None) -> np.ndarray:
+    """``pred`` (N, 2) unchanged if every row is finite; else a ``ValueError`` naming the rows
+    (a model that answers NaN says so instead of writing NaN coordinates)."""
+    bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+    if bad.size:
+        shown = ", ".join(str(int(r)) for r in bad[:10]) + (f", … ({bad.size} in all)" if bad.size > 10 else "")
+        name = getattr(model, "name", "the model")
+        raise ValueError(
+            f"{name} produced NaN/inf estimates for row(s) {shown} of {source} "
+            "(diverged or corrupt weights, or inputs far from the training data)"
+        )
+    return pred
+
+
+def estimate_strategy(model: Method, strategy: str | None) -> str:
+    """``strategy``, or the default of ``model.predict`` (what ``globeflow predict`` writes)."""
+    if strategy is not None:
+        return strategy
+    import inspect
+
+    param = inspect.signature(model.predict).parameters.get("strategy")
+    return "sample" if param is None or param.default is inspect.Parameter.empty else str(param.default)
+
+
 def evaluate_run(
     model_dir: str | Path | Method,
     data_path: str | Path,
@@ -89,16 +115,21 @@ def evaluate_run(
     if rows is not None and rows < 1:
         raise ValueError(f"rows: expected a positive number of rows, got {rows}")
     model = model_dir if isinstance(model_dir, Method) else load(model_dir, device=device)
+    # One code path with ``globeflow predict``: the same estimate (the method's own unless a
+    # strategy is given) is scored; the settings record which one it was.
+    options = {k: v for k, v in options.items() if not (k == "strategy" and v is None)}
+    options["strategy"] = estimate_strategy(model, options.get("strategy"))
     data = _first_rows(data_path, model.embedding_dim, rows)
     truth = np.stack([data.latitude, data.longitude], axis=1)
     start = time.perf_counter()
-    pred = model.predict(data.embeddings, **options, progress=progress)
+    pred = check_predictions(model.predict(data.embeddings, **options, progress=progress), data_path, model)
     elapsed = time.perf_counter() - start
     metrics = distance_metrics(pred, truth)
     true_keys = _truth_keys(data)
     metrics.update(admin_accuracy(pred, truth, true_keys=true_keys))
     metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
     metrics["predict_seconds"] = elapsed
+    metrics["strategy"] = options["strategy"]
     if prdc is not False:
         start = time.perf_counter()
         metrics.update(_prdc_metrics(model, data.embeddings, truth, pred, options, dict(prdc or {}), label=model_dir))
@@ -119,8 +150,9 @@ def evaluate_run(
 def _first_rows(data_path: str | Path, embedding_dim: int, rows: int | None) -> GeoDataset:
     """The file's rows with coordinates (all, or the first ``rows``)."""
     from globeflow.data import read_dataset
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
 
-    data = read_dataset(data_path, require_coords=True, expected_dim=embedding_dim)
+    data = read_dataset(data_path, require_coords=True, expected_dim=embedding_dim, max_abs=MAX_EMBEDDING_ABS)
     if rows is None:
         return data
     first = slice(0, rows)

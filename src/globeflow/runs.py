@@ -7,6 +7,7 @@ A run directory (``globeflow train --out RUN``)::
     RUN/train_config.json     the trainer's TrainConfig
     RUN/train_log.jsonl       one JSON record per logged step
     RUN/checkpoint/           crash-safe training state, for resuming
+    RUN/.lock                 the pid of the process training into RUN (while it runs)
     RUN/data_cache/           WebDataset shards memory-mapped for training
     RUN/heldout.parquet       shipped models only: held-out rows evaluated by ``globeflow demo``
 
@@ -33,6 +34,7 @@ __all__ = [
     "DATA_CACHE_DIR",
     "CALIBRATION_FILE",
     "HELDOUT_FILE",
+    "LOCK_FILE",
     "LOG_FILE",
     "TRAIN_CONFIG_FILE",
     "WEIGHTS_FILE",
@@ -40,6 +42,7 @@ __all__ = [
     "data_encoder",
     "is_main_process",
     "model_encoder",
+    "model_encoder_source",
     "read_training_data",
     "train_run",
 ]
@@ -48,6 +51,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAIN_CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.jsonl"
+#: Held (pid inside) while a process trains into the run; see :func:`globeflow.io.run_lock`.
+LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoint"
 DATA_CACHE_DIR = "data_cache"
 #: A model directory's held-out rows (embeddings + true locations), evaluated by ``globeflow demo``.
@@ -102,13 +107,16 @@ class ModelConfig:
 def read_training_data(data_path: str | Path, out: Path, embedding_key: str | None) -> GeoDataset:
     """Parquet/NPZ in memory, or WebDataset shards memory-mapped through a cache in ``out``."""
     from globeflow.data import read_dataset
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS, check_embedding_range
     from globeflow.data.webdataset import is_webdataset, read_webdataset
 
     if is_webdataset(data_path):
-        return read_webdataset(data_path, cache_dir=out / DATA_CACHE_DIR, embedding_key=embedding_key)
+        data = read_webdataset(data_path, cache_dir=out / DATA_CACHE_DIR, embedding_key=embedding_key)
+        check_embedding_range(str(data_path), data.embeddings)
+        return data
     if embedding_key is not None:
         raise ValueError("--embedding-key applies to WebDataset shards only")
-    return read_dataset(data_path, require_coords=True)
+    return read_dataset(data_path, require_coords=True, max_abs=MAX_EMBEDDING_ABS)
 
 
 def data_encoder(data_path: str | Path) -> dict | None:
@@ -137,6 +145,19 @@ def model_encoder(model_ref: str | Path, method: Any = None) -> str | None:
     return None
 
 
+def model_encoder_source(model_ref: str | Path, name: str | None) -> str | None:
+    """Where the encoder ``name`` was loaded from when the run's training data was embedded
+    (the hub id or local directory ``globeflow embed`` recorded), if that run recorded it."""
+    path = Path(model_ref)
+    if not (path / CONFIG_FILE).is_file():
+        return None
+    cfg = load_json(path / CONFIG_FILE)
+    enc = cfg.get("encoder") if isinstance(cfg, dict) else None
+    if isinstance(enc, dict) and enc.get("source") and (name is None or enc.get("name") == name):
+        return str(enc["source"])
+    return None
+
+
 def is_main_process() -> bool:
     """True unless this is a non-zero rank launched by torchrun."""
     from globeflow.training.distributed import env_world
@@ -153,7 +174,29 @@ def train_run(
     *,
     embedding_key: str | None = None,
 ) -> Path:
-    """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible)."""
+    """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible).
+
+    The run directory is locked (``out/.lock``, see :func:`globeflow.io.run_lock`) while this
+    process trains into it: a second training into the same ``out`` fails at once with
+    :class:`~globeflow.io.RunLockedError`; a lock left by a killed process is taken over.
+    """
+    import contextlib
+
+    from globeflow.io import run_lock
+
+    lock = run_lock(out, LOCK_FILE) if is_main_process() else contextlib.nullcontext()
+    with lock:
+        return _train_run(data_path, Path(out), model_cfg, train_cfg, embedding_key=embedding_key)
+
+
+def _train_run(
+    data_path: str | Path,
+    out: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    embedding_key: str | None = None,
+) -> Path:
     import torch
 
     from globeflow.geometry import latlon_to_xyz
@@ -194,6 +237,7 @@ def train_run(
     if encoder is not None:  # predict on photos uses the same encoder by default
         resolved["encoder"] = encoder
     config_path = out / CONFIG_FILE
+    previous = None
     if config_path.is_file():
         previous = load_json(config_path)
         if previous.get("model") != resolved["model"]:
@@ -201,7 +245,9 @@ def train_run(
                 f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():  # under torchrun only rank 0 writes files
+    # A fresh run records its config at once; a resumed one keeps the config that matches its
+    # weights until the training succeeds (a resume that fails leaves the run as it was).
+    if is_main_process() and previous is None:  # under torchrun only rank 0 writes files
         save_json(config_path, resolved)
     if not any(p.requires_grad for p in method.net.parameters()):
         # Nothing to train (uniform): the run directory is the config and the (empty) weights.
@@ -210,4 +256,6 @@ def train_run(
         return out
     # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
     train(method, x0, emb, out, train_cfg)
+    if is_main_process() and previous is not None and previous != resolved:
+        save_json(config_path, resolved)
     return out

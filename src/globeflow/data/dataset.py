@@ -28,15 +28,22 @@ __all__ = [
     "NPZ_EMBEDDING",
     "NPZ_SUFFIXES",
     "PARQUET_SUFFIXES",
+    "MAX_EMBEDDING_ABS",
     "DataError",
     "GeoDataset",
     "check_coords",
+    "check_embedding_range",
     "check_finite_embeddings",
     "first_nonfinite_row",
     "require_columns",
 ]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+#: Largest embedding magnitude accepted. Encoders emit values of order 1 (CLIP/DINOv2/
+#: EfficientNet features, unit-norm text vectors); a value beyond 1e6 is corruption (a
+#: bit-flipped exponent) or a unit mistake, and squared in the network's normalisation it
+#: drives float32 towards overflow (1e15 already gives NaN). Rejected with the row named.
+MAX_EMBEDDING_ABS = 1e6
 NPZ_SUFFIXES = (".npz",)
 
 # Column / array names of the embedding files. Deliberately no aliases: one spelling keeps
@@ -185,6 +192,33 @@ def check_finite_embeddings(path: str, emb: np.ndarray, raw: np.ndarray, *, star
             row=start + bad,
             field=field,
         )
+
+
+def check_embedding_range(
+    path: str, emb: np.ndarray, *, field: str = EMBEDDING_COLUMN, bound: float = MAX_EMBEDDING_ABS
+) -> None:
+    """``DataError`` at the first row of finite ``emb`` (N, D) with a value beyond ``±bound``:
+    what a model is fed (see :data:`MAX_EMBEDDING_ABS`); files may hold any finite float32."""
+    big = first_large_row(emb, bound)
+    if big is not None:
+        j = int(np.argmax(np.abs(emb[big])))
+        raise DataError(
+            path,
+            f"embedding value {float(emb[big, j]):.6g} at position {j} exceeds ±{bound:g}, the range a "
+            "globeflow model accepts (encoders emit values of order 1: corrupt file or wrong units?)",
+            row=big,
+            field=field,
+        )
+
+
+def first_large_row(arr: np.ndarray, bound: float = MAX_EMBEDDING_ABS) -> int | None:
+    """Index of the first row of a finite 2-D float array with a value beyond ``±bound``."""
+    for lo in range(0, arr.shape[0], _CHECK_ROWS):
+        block = arr[lo : lo + _CHECK_ROWS]
+        rows = np.flatnonzero(np.abs(block).max(axis=1) > bound) if block.size else ()
+        if len(rows):
+            return lo + int(rows[0])
+    return None
 
 
 def first_nonfinite_row(arr: np.ndarray) -> int | None:

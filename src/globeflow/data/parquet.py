@@ -116,7 +116,7 @@ def write_parquet(
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
+        pq.write_table(table, tmp, row_group_size=row_group_size, write_page_checksum=True)
         os.replace(tmp, dest)
     except BaseException:
         # Never leave a stray temp file behind, whatever interrupted us.
@@ -133,7 +133,7 @@ def read_parquet(
     try:
         # pre_buffer=False: pre-buffering reads whole row groups ahead (GiBs for large
         # embedding files) on top of the output array; local reads gain nothing from it.
-        pf = pq.ParquetFile(path, pre_buffer=False)
+        pf = pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(path, f"cannot read as Parquet (corrupt or not a Parquet file): {exc}") from None
     try:

@@ -23,6 +23,7 @@ from globeflow.data.dataset import (
     PARQUET_SUFFIXES,
     DataError,
     GeoDataset,
+    check_embedding_range,
 )
 from globeflow.data.npz import read_npz
 from globeflow.data.parquet import read_parquet
@@ -36,6 +37,7 @@ def read_dataset(
     *,
     require_coords: bool = True,
     expected_dim: int | None = None,
+    max_abs: float | None = None,
 ) -> GeoDataset:
     """Read and validate a Parquet, NPZ or WebDataset dataset.
 
@@ -48,6 +50,8 @@ def read_dataset(
         may be absent (prediction inputs); when present they are validated all the same.
     expected_dim: if given, the embedding dimension D must equal it (the model's input
         dimension).
+    max_abs: if given, every embedding value must lie within ``±max_abs`` (pass
+        :data:`~globeflow.data.dataset.MAX_EMBEDDING_ABS` when the rows are fed to a model).
 
     Returns
     -------
@@ -61,7 +65,10 @@ def read_dataset(
     p = Path(shown)
     suffix = p.suffix.lower()
     if is_webdataset(shown):
-        return read_webdataset(shown, require_coords=require_coords, expected_dim=expected_dim)
+        data = read_webdataset(shown, require_coords=require_coords, expected_dim=expected_dim)
+        if max_abs is not None:
+            check_embedding_range(shown, data.embeddings, bound=max_abs)
+        return data
     if suffix not in PARQUET_SUFFIXES + NPZ_SUFFIXES:
         raise DataError(
             shown,
@@ -87,4 +94,7 @@ def read_dataset(
             f"embedding length {emb.shape[1]} does not match the model's embedding dimension {expected_dim}",
             field=EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING,
         )
+    if max_abs is not None:
+        field = EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING
+        check_embedding_range(shown, emb, field=field, bound=max_abs)
     return GeoDataset(embeddings=emb, latitude=lat, longitude=lon, path=shown, extra=extra)

@@ -62,11 +62,14 @@ def expand_shards(spec: str | os.PathLike) -> list[str]:
     """Shard paths of ``spec``: a file, a folder (its ``*.tar``, sorted), ``a-{000..009}.tar``
     brace ranges (zero-padded like the pattern), globs, or a comma-separated list of these."""
     out: list[str] = []
-    for part in os.fspath(spec).split(","):
+    whole = Path(os.fspath(spec))
+    # A path that exists is taken literally, even if it holds `,`, `[ ]` or `{..}`.
+    parts = [os.fspath(spec)] if whole.exists() else os.fspath(spec).split(",")
+    for part in parts:
         part = part.strip()
         if not part:
             continue
-        m = _BRACE.search(part)
+        m = None if Path(part).exists() else _BRACE.search(part)
         if m:
             lo, hi = m.group(1), m.group(2)
             width = len(lo) if lo.startswith("0") else 0
@@ -76,7 +79,7 @@ def expand_shards(spec: str | os.PathLike) -> list[str]:
         p = Path(part)
         if p.is_dir():
             out.extend(sorted(str(f) for f in p.iterdir() if f.name.lower().endswith(_TAR_SUFFIXES)))
-        elif any(c in part for c in "*?["):
+        elif not p.exists() and any(c in part for c in "*?["):
             out.extend(sorted(glob.glob(part)))
         else:
             out.append(part)
@@ -111,8 +114,30 @@ def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                 files[ext] = f.read() if f is not None else b""
             if key is not None:
                 yield key, files
+            end = tf.offset
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise DataError(shard, f"cannot read as a tar archive (corrupt or truncated shard?): {err}") from None
+    _check_end_of_archive(shard, end)
+
+
+def _check_end_of_archive(shard: str, end: int) -> None:
+    """A tar archive ends with zero blocks: a shard cut at a member boundary reads as a valid
+    but shorter archive, so the end marker is checked (uncompressed shards; a compressed one
+    cut short fails in the decompressor)."""
+    try:
+        with open(shard, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":  # gzip: checked by its own trailer
+                return
+            f.seek(end)
+            block = f.read(512)
+    except OSError as err:
+        raise DataError(shard, f"cannot read: {err}") from None
+    if len(block) < 512 or block.count(0) != 512:
+        raise DataError(
+            shard,
+            f"truncated shard: no end-of-archive marker after byte {end} "
+            "(the file was cut short; samples after that point are missing)",
+        )
 
 
 def _pick(meta: dict, names: tuple[str, ...]) -> Any:
@@ -207,8 +232,9 @@ def read_webdataset(
     """
     shown = os.fspath(shards)
     paths = expand_shards(shards)
-    cache = Path(cache_dir) if cache_dir is not None else Path(paths[0]).parent / ".globeflow-cache"
+    cache = Path(cache_dir) if cache_dir is not None else _default_cache(Path(paths[0]).parent)
     cache.mkdir(parents=True, exist_ok=True)
+    _clean_stale_cache_temps(cache)
     stem = cache / f"wds-{_fingerprint(paths, embedding_key)}"
     raw, index = stem.with_suffix(".f32"), stem.with_suffix(".json")
     if not (raw.is_file() and index.is_file()):
@@ -227,6 +253,31 @@ def read_webdataset(
     if require_coords and lat is None:
         raise DataError(shown, "the shards have no coordinates", field="latitude")
     return GeoDataset(embeddings=emb, latitude=lat, longitude=lon, path=shown, extra={"key": np.asarray(info["keys"])})
+
+
+def _clean_stale_cache_temps(cache: Path) -> None:
+    """Remove ``wds-*.PID.tmp`` files of cache builds whose process was killed."""
+    from globeflow.io import _pid_alive
+
+    for tmp in cache.glob("wds-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _default_cache(data_dir: Path) -> Path:
+    """``.globeflow-cache`` beside the shards, or, on read-only storage, the user's cache
+    folder (``$XDG_CACHE_HOME/globeflow/wds``, else ``~/.cache/globeflow/wds``)."""
+    beside = data_dir / ".globeflow-cache"
+    try:
+        beside.mkdir(parents=True, exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "globeflow" / "wds"
+    user.mkdir(parents=True, exist_ok=True)
+    return user
 
 
 def _build_cache(paths: list[str], raw: Path, index: Path, *, embedding_key: str | None, require_coords: bool) -> None:

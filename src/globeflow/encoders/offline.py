@@ -64,8 +64,19 @@ class EfficientNetLite0(ImageEncoder):
         self.transform = EFFICIENTNET_TRANSFORM
         model = EfficientNet.from_name("efficientnet-lite0")
         # weights_only: a state dict of tensors, never arbitrary pickled objects.
-        state = torch.load(self.weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        try:
+            state = torch.load(self.weights, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # UnpicklingError & co: torch's text advises weights_only=False; never
+            raise ValueError(
+                f"--encoder-path {self.weights}: not a plain state dict of tensors ({type(err).__name__}); "
+                "globeflow loads encoder weights with weights_only=True only, since a pickled object can run code"
+            ) from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise ValueError(f"--encoder-path {self.weights}: weights do not fit {name}: {str(err)[:300]}") from None
         model.eval().requires_grad_(False)
         _fold_batchnorms(model)
         # NHWC suits the depthwise convolutions of oneDNN and cuDNN (~2x on this CPU).

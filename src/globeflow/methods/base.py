@@ -88,6 +88,43 @@ def as_latlon(latlon: Any, batch: int, *, name: str = "latlon") -> np.ndarray:
     return a
 
 
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 counters: a bijective, well-mixed hash."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_noise(path: Any, rows: int, num_samples: int, generator: torch.Generator) -> Tensor:
+    """The initial noise (rows, S, 3) of :meth:`Method.sample`, row by row a function of the
+    seed and the row's index only: a row's samples do not depend on the other rows of its
+    batch (predicting 5 rows or 10 gives the same first 5).
+
+    Row 0 is ``path.sample_noise((1, S))`` from ``generator`` (so a one-row call, the denoising
+    trajectories of a map and the PLONK fixed-noise checks see torch's stream for the seed, as
+    before); rows i ≥ 1 are a counter-based hash of (seed, i, sample, coordinate) — standard
+    Gaussian by Box–Muller, projected onto S² for the sphere's path (uniform there) —
+    vectorised, with no per-row generator.
+    """
+    first = path.sample_noise((min(rows, 1), num_samples), generator=generator)
+    if rows <= 1:
+        return first
+    key = _splitmix64(np.array([int(generator.initial_seed()) % 2**64], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        start = np.uint64(num_samples * 4)  # counters of rows 1..rows-1
+        counter = (np.arange((rows - 1) * num_samples * 4, dtype=np.uint64) + start) * np.uint64(
+            0x9E3779B97F4A7C15
+        ) + key
+    u = (_splitmix64(counter) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
+    u = u.reshape(rows - 1, num_samples, 2, 2)
+    r = np.sqrt(-2.0 * np.log1p(-u[..., 0]))  # 1 - u in (0, 1]
+    z = np.concatenate([r * np.cos(2 * np.pi * u[..., 1]), r * np.sin(2 * np.pi * u[..., 1])], axis=-1)[..., :3]
+    if getattr(path, "name", None) == "rfm":  # GeodesicPath: uniform on the sphere
+        z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-300)
+    return torch.cat([first, torch.from_numpy(z.astype(np.float32)).to(first.dtype)])
+
+
 @dataclass(frozen=True)
 class SamplesWithLogProb:
     """Samples with the model's log-density at each of them.
@@ -115,6 +152,9 @@ class Method(abc.ABC):
     density_space: ClassVar[str | None] = None
     #: Construction options beyond the shared ones that the method takes (``create_method``).
     option_names: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`sample_xyz` takes ``noise`` (B, S, 3), which :meth:`sample` then seeds
+    #: per row (a row's samples do not depend on its batch); see :func:`row_noise`.
+    row_seeded_noise: ClassVar[bool] = False
     embedding_dim: int
 
     @abc.abstractmethod
@@ -201,6 +241,8 @@ class Method(abc.ABC):
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         if sample_steps is not None:
             options["sample_steps"] = sample_steps
+        if self.row_seeded_noise:
+            options.setdefault("noise", row_noise(self.path, emb_t.shape[0], num_samples, generator))
         x, logp = self.sample_with_log_prob_xyz(
             emb_t, num_samples, generator=generator, guidance=float(guidance), **options
         )
@@ -225,6 +267,8 @@ class Method(abc.ABC):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        if self.row_seeded_noise:
+            options.setdefault("noise", row_noise(self.path, emb_t.shape[0], num_samples, generator))
         xyz = self.sample_xyz(
             emb_t, num_samples, generator=generator, guidance=guidance, sample_steps=sample_steps, **options
         )
@@ -268,6 +312,8 @@ class GenerativeMethod(Method, nn.Module):
     """
 
     path_cls: ClassVar[type[NoisingPath]]
+    #: :meth:`sample` starts row i from noise seeded by (seed, i): see :func:`row_noise`.
+    row_seeded_noise: ClassVar[bool] = True
     solvers: ClassVar[dict[str, int]]
     default_solver: ClassVar[str]
     #: Grading of the likelihood ODE's RK4 nodes towards the data end (1: uniform; see
@@ -402,8 +448,12 @@ class GenerativeMethod(Method, nn.Module):
         max_points: int = MAX_POINTS_PER_CHUNK,
         trajectory: list[Tensor] | None = None,
         progress: bool = False,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Samples from the model for each embedding: ``emb`` (B, D) -> (B, S, 3) unit vectors.
+
+        ``noise`` (B, S, 3): the starting points (default: drawn from ``generator``);
+        :meth:`sample` and :meth:`predict` give :func:`row_noise`, a function of (seed, row).
 
         ``precision="bfloat16"`` runs the network's matrix products in bfloat16 (autocast)
         while the state, the solver and the coordinate input layer stay in float32.
@@ -422,7 +472,9 @@ class GenerativeMethod(Method, nn.Module):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         b = emb.shape[0]
         # All noise is drawn up front so that results do not depend on the chunking.
-        noise = self.path.sample_noise((b, num_samples), generator=generator).to(emb.device)
+        if noise is None:
+            noise = self.path.sample_noise((b, num_samples), generator=generator)
+        noise = noise.to(emb.device)
         per_chunk = max(1, max_points // num_samples)
         out = []
         with (
@@ -609,6 +661,7 @@ class GenerativeMethod(Method, nn.Module):
         stats: dict | None = None,
         precision: str = "float32",
         grid_power: float | None = None,
+        noise: Tensor | None = None,
         **_: Any,
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
@@ -618,7 +671,9 @@ class GenerativeMethod(Method, nn.Module):
         each sample's log p is the density of the model at that sample. Samples of R³ methods
         are returned on the sphere but their log p is the R³ density at the unprojected end point.
         """
-        noise = self.path.sample_noise((emb.shape[0], num_samples), generator=generator).to(emb.device)
+        if noise is None:
+            noise = self.path.sample_noise((emb.shape[0], num_samples), generator=generator)
+        noise = noise.to(emb.device)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         x, logp = self._solve_chunks(
             emb,

@@ -264,11 +264,19 @@ def load_training_state(
     if rec.get("version") != _STATE_VERSION:
         raise CheckpointError(f"{json_path}: unsupported training-state version {rec.get('version')!r}")
     try:
-        weights_path = directory / rec["weights_file"]
+        weights_name = rec["weights_file"]
+        if not isinstance(weights_name, str):
+            raise TypeError(f"weights_file is {type(weights_name).__name__}, not a file name")
+        weights_path = directory / weights_name
         expected_sha = rec["sha256"]
         step = int(rec["step"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{json_path}: malformed training-state record ({e!r})") from e
+    # A state.json is data, not an instruction: resume reads only a file of its own directory.
+    if Path(weights_name).name != weights_name or weights_path.resolve().parent != directory.resolve():
+        raise CheckpointError(
+            f"{json_path}: weights_file {weights_name!r} points outside {directory}; refusing to read it"
+        )
     if not weights_path.is_file():
         raise CheckpointNotFoundError(f"{json_path} refers to missing tensor file {weights_path}")
     if _sha256(weights_path) != expected_sha:

@@ -27,6 +27,7 @@ from globeflow.io import atomic_write
 
 __all__ = [
     "filled_polygons",
+    "wrapped_polygons",
     "hpd_level_raster",
     "hpd_polygons",
     "region_thresholds",
@@ -107,6 +108,33 @@ def filled_polygons(lat: np.ndarray, lon: np.ndarray, values: np.ndarray, thresh
             continue
         holes = [h for h in (_clean_ring(r, ccw=False) for r in rings[1:]) if h is not None]
         polygons.append([shell, *holes])
+    return polygons
+
+
+def wrapped_polygons(lat: np.ndarray, lon: np.ndarray, values: np.ndarray, threshold: float) -> list[list[np.ndarray]]:
+    """:func:`filled_polygons` of a regional raster whose longitudes run continuously across
+    the antimeridian (e.g. 170° … 190°): the raster is cut at ±180° (a column interpolated on
+    the meridian itself), each piece is shifted into [−180°, 180°] and contoured, so a region
+    straddling the antimeridian comes out whole, as polygons that meet along it (RFC 7946)."""
+    lon = np.asarray(lon, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    cuts = sorted(c for c in np.arange(-900.0, 901.0, 360.0) if lon[0] < c < lon[-1])
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    start_lon, start_v = lon, values
+    for c in cuts:
+        j = int(np.searchsorted(start_lon, c))
+        w = (c - start_lon[j - 1]) / (start_lon[j] - start_lon[j - 1])
+        col = (1.0 - w) * start_v[:, j - 1 : j] + w * start_v[:, j : j + 1]
+        pieces.append((np.append(start_lon[:j], c), np.concatenate([start_v[:, :j], col], axis=1)))
+        start_lon = np.concatenate([[c], start_lon[j:]])
+        start_v = np.concatenate([col, start_v[:, j:]], axis=1)
+    pieces.append((start_lon, start_v))
+    polygons = []
+    for plon, pv in pieces:
+        if len(plon) < 2:
+            continue
+        shift = -360.0 * np.round(0.5 * (plon[0] + plon[-1]) / 360.0)
+        polygons.extend(filled_polygons(lat, plon + shift, pv, threshold))
     return polygons
 
 

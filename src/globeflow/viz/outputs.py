@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from globeflow.io import write_text
-from globeflow.viz.export import filled_polygons, hpd_polygons
+from globeflow.viz.export import hpd_polygons, wrapped_polygons
 
 __all__ = [
     "answers_geojson",
@@ -39,6 +40,28 @@ __all__ = [
 CSV_TOP = 3
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with the characters XML 1.0 forbids (C0 controls but tab/newline/return, DEL,
+    lone surrogates) written as visible ``\\xNN`` escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: control characters escaped, and a leading
+    ``=``, ``+``, ``-``, ``@`` (or tab / carriage return) — which Excel, LibreOffice and Google
+    Sheets would evaluate as a formula — prefixed with ``'`` (OWASP's CSV-injection advice).
+    Numbers pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    value = _printable(value)
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        value = "'" + value
+    return value
+
+
 def _label(record: dict[str, Any]) -> str:
     return str(record.get("query") or record.get("image") or "")
 
@@ -49,14 +72,14 @@ def region_polygons(amap: Any, level: float) -> list[list[np.ndarray]]:
     rings (K, 2) closed (longitude, latitude), exterior counter-clockwise, holes clockwise.
 
     From the zoom raster when there is one (a city-scale region is below the world raster's
-    resolution), else from the world map. A zoom raster crossing the antimeridian has its
-    rings clamped at ±180° (the part beyond is dropped).
+    resolution), else from the world map. A zoom raster crossing the antimeridian is cut
+    there: the region comes out whole, as polygons that meet along ±180°.
     """
     tau = amap.thresholds[level]
     zoom = amap.zoom
     if zoom is None:
         return hpd_polygons(amap.world.lat, amap.world.lon, amap.world.log_prob, tau)
-    return filled_polygons(zoom.lat, zoom.lon, zoom.log_prob, tau)
+    return wrapped_polygons(zoom.lat, zoom.lon, zoom.log_prob, tau)
 
 
 def _summary_properties(record: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +191,9 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
                     boundary = ET.SubElement(polygon, "outerBoundaryIs" if k == 0 else "innerBoundaryIs")
                     ET.SubElement(ET.SubElement(boundary, "LinearRing"), "coordinates").text = _coords(ring)
     ET.indent(root)
+    for el in root.iter():  # a control character in a query would make the KML not well-formed
+        if el.text:
+            el.text = _printable(el.text)
     text = '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
     return write_text(path, text)
 
@@ -213,7 +239,7 @@ def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
             )
         row["modes_json"] = json.dumps(modes)
         row["countries_json"] = json.dumps(countries)
-        w.writerow(row)
+        w.writerow({k: csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
