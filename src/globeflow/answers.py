@@ -86,6 +86,8 @@ class Answer:
     ``hpd50_area_km2``/``hpd90_area_km2`` and the regions' log-density thresholds
     ``hpd_thresholds`` {level: τ} (natural log per steradian) are None without a density on S².
     ``samples`` (S, 2) degrees and ``sample_log_prob`` (S,) (or None) are the draws behind it.
+    ``warnings``: lines a reader must see (unfamiliar text, estimate at sea), from
+    :func:`globeflow.novelty.add_warnings`; empty by default.
     """
 
     latitude: float
@@ -99,6 +101,7 @@ class Answer:
     hpd_thresholds: dict[float, float] | None
     samples: np.ndarray = field(repr=False)
     sample_log_prob: np.ndarray | None = field(repr=False)
+    warnings: tuple[str, ...] = ()
 
     @property
     def num_samples(self) -> int:
@@ -116,6 +119,7 @@ class Answer:
             "hpd50_area_km2": self.hpd50_area_km2,
             "hpd90_area_km2": self.hpd90_area_km2,
             "num_samples": self.num_samples,
+            "warnings": list(self.warnings),
         }
 
 

@@ -593,8 +593,12 @@ def _predict_answers(args: argparse.Namespace) -> int:
         )
     answered = []
     if good:
-        answers = _answers(model, emb, args)
+        from globeflow.novelty import add_warnings
+
+        answers = add_warnings(_answers(model, emb, args), texts=args.text or None)
         for j, ans in zip(good, answers):
+            for line in ans.warnings:
+                print(f"warning: {records[j].get('query') or records[j].get('image')}: {line}", file=sys.stderr)
             records[j].update(ans.to_dict())
         answered = [records[j] for j in good]
         truths = [
@@ -962,6 +966,8 @@ def _print_answer(label: str, record: dict) -> None:
             f"  localizability: {record['localizability_bits']:.2f} bits   "
             f"90% region: {record['hpd90_area_km2']:,.0f} km²   50% region: {record['hpd50_area_km2']:,.0f} km²"
         )
+    for line in record.get("warnings") or ():
+        print(f"  warning: {line}")
 
 
 def heldout_metrics(
@@ -1019,6 +1025,9 @@ def _demo_answers(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # 256 samples: the demo's 2-minute budget on a 2-core CPU (docs/practitioners.md, Speed).
     answers = _answers(model, emb, args, default_samples=128 if quick else 256)
+    from globeflow.novelty import add_warnings
+
+    answers = add_warnings(answers, texts=None if args.image else queries)
     answer_seconds = time.perf_counter() - start
     for r, a in zip(records, answers):
         r.update(a.to_dict())

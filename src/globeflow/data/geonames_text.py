@@ -833,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, default=0.75, help="v2: place weight = max(pop, floor)^gamma")
     parser.add_argument("--augment", default="typo,alt,lower,ascii", help="v2: comma-separated variants ('' for none)")
     parser.add_argument("--device", default="cpu", help="v2: where minilm runs (cuda on a GPU machine)")
+    parser.add_argument("--test-fraction", type=float, default=0.03, help="v2: share of places held out (default 0.03)")
     args = parser.parse_args(argv)
     import torch
 
@@ -848,7 +849,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         augment = tuple(a for a in args.augment.split(",") if a)
         summary = build_geonames_text_v2(
             args.out,
-            GeonamesTextV2Config(max_places=args.max_places, encoder=args.encoder, gamma=args.gamma, augment=augment),
+            GeonamesTextV2Config(
+                max_places=args.max_places,
+                encoder=args.encoder,
+                gamma=args.gamma,
+                augment=augment,
+                test_fraction=args.test_fraction,
+            ),
             csv_path=args.csv,
             device=args.device,
             progress=not args.no_progress,
