@@ -125,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sel = np.ones(len(qs), bool) if level == "all" else levels == level
             s = score(lookup, [q for q, k in zip(qs, sel) if k], truth[sel], gaz)
             cells = [f"{s[c]:.3f}" if isinstance(s.get(c), float) else str(s.get(c, "—")) for c in cols]
-            cells = [f"{s['median_km']:.1f}" if c == "median_km" and "median_km" in s else v for c, v in zip(cols, cells)]
+            cells = [
+                f"{s['median_km']:.1f}" if c == "median_km" and "median_km" in s else v for c, v in zip(cols, cells)
+            ]
             lines.append(f"| {name} | {level} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

@@ -2,7 +2,6 @@
 the answer warnings. A fake embedder and a fake population keep it to seconds."""
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq

@@ -41,7 +41,12 @@ __all__ = [
     "NOVELTY_FILE",
     "TextNovelty",
     "add_warnings",
-    "at_sea", "build_novelty", "land_mask", "load_novelty", "query_warnings"]
+    "at_sea",
+    "build_novelty",
+    "land_mask",
+    "load_novelty",
+    "query_warnings",
+]
 
 NOVELTY_FILE = "place_novelty.npz"
 _BOS, _EOS = "^", "$"
@@ -213,12 +218,9 @@ def load_novelty(path: str | os.PathLike | None = None) -> TextNovelty:
     if not p.is_file():
         raise FileNotFoundError(f"novelty: {p} not found (build it with scripts/build_novelty.py)")
     with np.load(p, allow_pickle=False) as z:
-        grams = tuple(
-            dict(zip(z[f"gram{n}_keys"].tolist(), z[f"gram{n}_counts"].tolist())) for n in (3, 2, 1)
-        )
+        grams = tuple(dict(zip(z[f"gram{n}_keys"].tolist(), z[f"gram{n}_counts"].tolist())) for n in (3, 2, 1))
         info = {
-            k: float(z[k])
-            for k in ("heldout_names", "false_alarm_char", "false_alarm_semantic", "false_alarm_either")
+            k: float(z[k]) for k in ("heldout_names", "false_alarm_char", "false_alarm_semantic", "false_alarm_either")
         }
         return TextNovelty(
             grams,  # type: ignore[arg-type]

@@ -388,7 +388,9 @@ def _latin_alternate(alt: str, name: str) -> bool:
     )
 
 
-def _allocate(members: list[int], w: np.ndarray, budget: int, text: str, places: Sequence[Place], salt: str) -> list[int]:
+def _allocate(
+    members: list[int], w: np.ndarray, budget: int, text: str, places: Sequence[Place], salt: str
+) -> list[int]:
     """Rows (place indices, repeated) for a text: ``budget`` rows shared ∝ ``w`` by largest remainder."""
     if len(members) == 1:
         return list(members)
@@ -822,7 +824,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-places", type=int, default=None, help="only the first N places (smoke tests)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
-        "--version", type=int, choices=(1, 2), default=1, help="1: the shipped model's dataset; 2: issue 13's (default 1)"
+        "--version",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: the shipped model's dataset; 2: issue 13's (default 1)",
     )
     parser.add_argument(
         "--encoder",

@@ -91,7 +91,8 @@ def join_population(places: Sequence, *, max_km: float = 25.0, path: str | os.Pa
     g_cc = np.array([c["countrycode"] for c in cities], dtype=object)
     g_xyz = np.asarray(
         latlon_to_xyz(
-            np.array([c["latitude"] for c in cities], np.float64), np.array([c["longitude"] for c in cities], np.float64)
+            np.array([c["latitude"] for c in cities], np.float64),
+            np.array([c["longitude"] for c in cities], np.float64),
         )
     )
     by_name: dict[tuple[str, str], list[int]] = defaultdict(list)
