@@ -199,3 +199,48 @@ def test_unfamiliar_text_warning():
     s = nov.char_score(["asdfgh", "zxcvbn", "1234567", "Springfield, Illinois", "Paris", "Reykjavik"])
     assert (s[:3] < nov.char_threshold).all() and (s[3:] > nov.char_threshold).all()
     assert nov.info["false_alarm_either"] <= 0.03
+
+
+class _FakeBase:
+    """Stands in for minilm: hashes each text to an 8-d unit vector, counts the texts embedded."""
+
+    dim, name, model = 8, "fake", None
+    calls: list
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_texts(self, texts):
+        self.calls += list(texts)
+        return fake_embed(list(texts))
+
+    def settings(self):
+        return {"name": "fake", "kind": "text", "dim": 8}
+
+
+def test_parts_encoder_embeds_each_part_once_and_reads_free_text():
+    from globeflow.encoders.parts import MiniLMParts
+
+    base = _FakeBase()
+    enc = MiniLMParts(base=base)
+    assert enc.dim == 27
+    e = enc.encode_texts(["Springfield, Illinois", "Springfield, Ohio", "springfield, ILLINOIS", "asdfgh"])
+    assert sorted(base.calls) == ["asdfgh", "illinois", "ohio", "springfield"]  # each part once, by key
+    np.testing.assert_array_equal(e[0], e[2])  # case does not matter (the uncased tokenizer)
+    np.testing.assert_array_equal(e[0, :8], e[1, :8])  # same name part
+    assert not np.array_equal(e[0, 8:16], e[1, 8:16])  # different admin1 part
+    np.testing.assert_array_equal(e[3, 24:], [1, 0, 0])  # free text: the name role only
+    whole = MiniLMParts(base=base, whole=True).encode_texts(["Paris, France"])
+    assert whole.shape == (1, 35) and whole[0, 24:27].tolist() == [1, 0, 1]
+
+
+def test_at_sea_warning_on_answers():
+    from globeflow.answers import Answer
+    from globeflow.novelty import add_warnings
+
+    def ans(lat, lon):
+        return Answer(lat, lon, (), (), None, None, None, None, None, np.zeros((2, 2)), None)
+
+    out = add_warnings([ans(30.0, -40.0), ans(48.85, 2.35)])
+    assert len(out[0].warnings) == 1 and "at sea" in out[0].warnings[0]
+    assert out[1].warnings == () and out[0].to_dict()["warnings"] == list(out[0].warnings)
