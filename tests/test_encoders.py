@@ -33,6 +33,8 @@ def test_registry_names_dims_and_errors() -> None:
         "clip-vit-l-14": ("image", 1024),
         "dinov2-vitl14-reg": ("image", 1024),
         "minilm": ("text", 384),
+        "minilm-parts": ("text", 3 * 384 + 3),
+        "minilm-parts-whole": ("text", 4 * 384 + 3),
     }
     assert ENCODERS["efficientnet-lite0"].offline and not ENCODERS["streetclip"].offline
     with pytest.raises(ValueError, match="unknown name 'resnet'.*efficientnet-lite0"):

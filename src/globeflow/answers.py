@@ -93,6 +93,8 @@ class Answer:
     ``samples`` (S, 2) degrees and ``sample_log_prob`` (S,) (or None) are the draws behind it.
     ``calibration``: description of the conformal calibration the regions use (None: the
     model's own, uncalibrated levels); ``region_levels`` {nominal: model level} of the regions.
+    ``warnings``: lines a reader must see (unfamiliar text, estimate at sea), from
+    :func:`globeflow.novelty.add_warnings`; empty by default.
     """
 
     latitude: float
@@ -108,6 +110,7 @@ class Answer:
     sample_log_prob: np.ndarray | None = field(repr=False)
     calibration: str | None = None
     region_levels: dict[float, float] | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def num_samples(self) -> int:
@@ -127,6 +130,7 @@ class Answer:
             "regions_calibrated": self.calibration is not None,
             "calibration": self.calibration,
             "num_samples": self.num_samples,
+            "warnings": list(self.warnings),
         }
 
 

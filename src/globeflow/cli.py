@@ -485,7 +485,12 @@ def _predict_answers(args: argparse.Namespace) -> int:
             density_steps=args.density_steps,
             calibration=None if args.uncalibrated else "auto",
         )
+        from globeflow.novelty import add_warnings
+
+        answers = add_warnings(answers, texts=args.text or None)
         for j, ans in zip(good, answers):
+            for line in ans.warnings:
+                print(f"warning: {records[j].get('query') or records[j].get('image')}: {line}", file=sys.stderr)
             records[j].update(ans.to_dict())
         answered = [records[j] for j in good]
         truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]

