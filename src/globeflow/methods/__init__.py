@@ -11,6 +11,7 @@ from globeflow.methods.base import (
 )
 from globeflow.methods.diffusion import Diffusion
 from globeflow.methods.flow import FlowMatching
+from globeflow.methods.flowmap import FlowMapRFM
 from globeflow.methods.locdiffusion import LocDiffusion
 from globeflow.methods.mvmf import MvMF
 from globeflow.methods.rfm import RiemannianFlowMatching
@@ -23,9 +24,11 @@ from globeflow.paths.schedules import make_schedule
 __all__ = [
     "ALL_METHODS",
     "BASELINE_METHODS",
+    "DISTILLED_METHODS",
     "GENERATIVE_METHODS",
     "METHODS",
     "Diffusion",
+    "FlowMapRFM",
     "FlowMatching",
     "GenerativeMethod",
     "LocDiffusion",
@@ -53,6 +56,8 @@ METHODS = GENERATIVE_METHODS
 BASELINE_METHODS: dict[str, type[ModuleMethod]] = {
     cls.name: cls for cls in (Uniform, VMFRegression, VMFMixture, MvMF, LocDiffusion)
 }
+#: Methods made from a trained one by ``globeflow distill`` (not trainable from scratch).
+DISTILLED_METHODS: dict[str, type[GenerativeMethod]] = {FlowMapRFM.name: FlowMapRFM}
 #: Every method, by the name ``globeflow train --method`` takes.
 ALL_METHODS: dict[str, type[Method]] = {**GENERATIVE_METHODS, **BASELINE_METHODS}
 
@@ -95,6 +100,8 @@ def build_method(config: dict) -> Method:
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError("model config: missing or malformed field 'method'")
     name = config["method"]
+    if name in DISTILLED_METHODS:
+        return DISTILLED_METHODS[name].from_config(config)
     if name not in ALL_METHODS:
         raise ValueError(f"model config: unknown method {name!r}; known: {sorted(ALL_METHODS)}")
     if name in BASELINE_METHODS:

@@ -35,6 +35,8 @@ __all__ = [
 MAX_POINTS_PER_CHUNK = 1 << 16
 #: The same bound for the likelihood ODE, whose state carries 2–3 tangents per point.
 MAX_POINTS_PER_LIKELIHOOD_CHUNK = 1 << 13
+#: ODE steps of the generative samplers when ``sample_steps`` is None (the paper's 16).
+DEFAULT_SAMPLE_STEPS = 16
 
 
 def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
@@ -214,11 +216,14 @@ class Method(abc.ABC):
         num_samples: int = 1,
         *,
         guidance: float = 0.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         seed: int = 0,
         **options: Any,
     ) -> np.ndarray:
-        """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64."""
+        """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64.
+
+        ``sample_steps`` None: the method's own default (16 ODE steps; a distilled flow map's jumps).
+        """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
@@ -233,7 +238,7 @@ class Method(abc.ABC):
         emb: Any,
         *,
         guidance: float = 2.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         seed: int = 0,
         strategy: str = "sample",
         ensemble_size: int = 32,
@@ -386,7 +391,7 @@ class GenerativeMethod(Method, nn.Module):
         *,
         generator: torch.Generator,
         guidance: float = 0.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         solver: str | None = None,
         precision: str = "float32",
         max_points: int = MAX_POINTS_PER_CHUNK,
@@ -399,6 +404,7 @@ class GenerativeMethod(Method, nn.Module):
         while the state, the solver and the coordinate input layer stay in float32.
         """
         solver = self.default_solver if solver is None else solver
+        sample_steps = DEFAULT_SAMPLE_STEPS if sample_steps is None else sample_steps
         if solver not in self.solvers:
             raise ValueError(
                 f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}"
