@@ -10,6 +10,10 @@ Measures, on the current machine (CPU by default):
 * sampling points/s (16 Euler steps, guidance ω = 2): globeflow fp32, globeflow bf16 and
   official fp32 (its ``riemannian_flow_sampler`` as is), with the fraction of the measured
   matmul peak each reaches (FLOPs counted analytically, per implementation);
+* the distilled flow-map sampler (``methods/flowmap.py``, ``--distill-steps`` jumps, default 2):
+  a student of the paper's network shape with guidance folded in, so one unguided evaluation
+  per jump and point, timed in the same interleaved rounds as the rows above (its speed-up over
+  globeflow's 16-step bf16 sampler is a ratio within one run);
 * accuracy: both networks get the *same* weights (official state_dict mapped onto globeflow's),
   then (a) the raw velocity fields on identical inputs, (b) end points of globeflow fp32 vs
   bf16 for the same noise, (c) globeflow's sampler (exp map, official convention) vs the

@@ -11,9 +11,9 @@ self-distillation", 2025, where the flow map X_{s,t} is learned from a pretraine
    state: K + 1 points of each trajectory.
 2. Regression of the student's jumps onto them: for a trajectory and grid indices i < j, the
    student's X_{s_i, s_j}(x_i) should land on x_j; the loss is the squared chord |X − x_j|²
-   (≈ the squared geodesic distance at the scale of the errors). Half the pairs are the jumps
-   the distilled sampler takes (1 → 0, and the ``steps`` jumps of its grid), half are uniform
-   over i < j, so that the map is learned for every (s, t) and its jumps compose (the flow-map
+   (≈ the squared geodesic distance at the scale of the errors). A fraction ``sampler_pairs``
+   (0.7) of the pairs are the jumps the distilled sampler takes (1 → 0, 1 → κ(½) → 0 and the
+   ``steps`` jumps of its grid), the rest are uniform over i < j, so that the map is learned for every (s, t) and its jumps compose (the flow-map
    semigroup law X_{u,t} ∘ X_{s,u} = X_{s,t} holds for the teacher's trajectories, hence for
    a student that fits them).
 
@@ -59,6 +59,7 @@ class DistillConfig:
     lr: float = 5e-4
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    sampler_pairs: float = 0.7  # fraction of pairs that are the distilled sampler's own jumps
     holdout: float = 0.05  # fraction of embeddings kept out of training, for the report
     seed: int = 0
     progress: bool = True
@@ -77,6 +78,8 @@ class DistillConfig:
             raise ValueError(f"distill: omega_max must be finite and ≥ 0, got {self.omega_max!r}")
         if not 0.0 < self.lr < 1.0:
             raise ValueError(f"distill: lr must be in (0, 1), got {self.lr!r}")
+        if not 0.0 <= self.sampler_pairs <= 1.0:
+            raise ValueError(f"distill: sampler_pairs must be in [0, 1], got {self.sampler_pairs!r}")
         if not 0.0 <= self.holdout < 0.5:
             raise ValueError(f"distill: holdout must be in [0, 0.5), got {self.holdout!r}")
 
@@ -205,7 +208,7 @@ def distill(
         i = torch.randint(0, k, (b,), generator=gen)
         j = i + 1 + (torch.rand(b, generator=gen) * (k - i)).long().clamp(max=k - i - 1)
         pick = special[torch.randint(0, len(special), (b,), generator=gen)]
-        use = torch.rand(b, generator=gen) < 0.5
+        use = torch.rand(b, generator=gen) < cfg.sampler_pairs
         i = torch.where(use, pick[:, 0], i)
         j = torch.where(use, pick[:, 1], j)
         x_s = traj[i, e_idx, s_idx].unsqueeze(1)
