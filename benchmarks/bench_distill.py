@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--density-steps", type=int, default=32, help="RK4 steps of the teacher's log p")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--teacher-cache", default=None,
+                   help="npz of the teacher's results and HPD thresholds: read if present, else written")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -73,7 +76,14 @@ def main(argv=None) -> int:
         "flowmap_1": (fast, {"sample_steps": 1}, 1),
         "flowmap_2": (fast, {"sample_steps": 2}, 2),
     }
+    teacher_key = f"teacher_euler{args.teacher_steps}"
+    cache = None
+    if args.teacher_cache and Path(args.teacher_cache).is_file():
+        cache = np.load(args.teacher_cache, allow_pickle=False)
+        out[teacher_key] = json.loads(str(cache["metrics"]))
     for name, (model, opts, nfe) in samplers.items():
+        if cache is not None and name == teacher_key:
+            continue
         pred, dt = _timed(lambda: model.predict(emb, guidance=2.0, seed=0, **opts))
         m = distance_metrics(pred, truth)
         pr = prdc_latlon(truth, pred)
@@ -88,15 +98,22 @@ def main(argv=None) -> int:
 
     # HPD coverage of the teacher's regions at ω = 0.
     e = emb[: args.hpd_rows]
-    ref = teacher.sample_with_log_prob(e, args.hpd_ref_samples, guidance=0.0, seed=11, sample_steps=args.density_steps)
-    thresholds = np.quantile(ref.log_prob, [1.0 - a for a in LEVELS], axis=1).T  # (B, L)
+    if cache is not None:
+        thresholds = cache["thresholds"]
+    else:
+        ref = teacher.sample_with_log_prob(
+            e, args.hpd_ref_samples, guidance=0.0, seed=11, sample_steps=args.density_steps
+        )
+        thresholds = np.quantile(ref.log_prob, [1.0 - a for a in LEVELS], axis=1).T  # (B, L)
     for name, (model, opts, _) in samplers.items():
-        if name == "flowmap_1":
+        if name == "flowmap_1" or (cache is not None and name == teacher_key):
             continue
         lat = model.sample(e, args.hpd_samples, guidance=0.0, seed=12, **opts)
         out[name]["teacher_hpd_coverage"] = hpd_coverage(teacher, e, thresholds, lat, args.density_steps)
         print(name, "teacher HPD coverage", out[name]["teacher_hpd_coverage"], flush=True)
-    t = out[f"teacher_euler{args.teacher_steps}"]
+    if args.teacher_cache and cache is None:
+        np.savez(args.teacher_cache, thresholds=thresholds, metrics=json.dumps(out[teacher_key]))
+    t = out[teacher_key]
     s = out["flowmap_2"]
     out["flowmap_2_vs_teacher"] = {
         "geoscore_ratio": s["geoscore"] / t["geoscore"],

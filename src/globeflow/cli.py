@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new run directory for the distilled model")
     p.add_argument("--steps", type=_positive_int, default=2, help="jumps per sample by default (default 2)")
     p.add_argument("--data", default=None, help="embeddings to condition on (default: the teacher's training data)")
+    p.add_argument("--init", default=None, help="a distilled run of the same teacher to continue training from")
     p.add_argument("--teacher-steps", type=_positive_int, default=32, help="Heun steps of the teacher (default 32)")
     p.add_argument("--embeddings", type=_positive_int, default=8192, help="embeddings of the trajectories")
     p.add_argument("--samples-per-embedding", type=_positive_int, default=4, help="trajectories per embedding")
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=_positive_int, default=4000)
     p.add_argument("--batch-size", type=_positive_int, default=512)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=_nonnegative_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
@@ -1244,11 +1246,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         train_steps=args.train_steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         seed=args.seed,
         progress=not args.no_progress,
     )
     log = None if args.no_progress else (lambda record: print(json.dumps(record), flush=True))
-    out = distill_run(args.model, args.out, cfg, data=args.data, log=log)
+    out = distill_run(args.model, args.out, cfg, data=args.data, init=args.init, log=log)
     print(f"distilled model written to {out}")
     return 0
 

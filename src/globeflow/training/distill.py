@@ -160,18 +160,25 @@ def distill(
     emb_pool: Tensor,
     cfg: DistillConfig,
     *,
+    init: FlowMapRFM | None = None,
     log: Callable[[dict], None] | None = None,
 ) -> FlowMapRFM:
     """Learn the flow map of ``teacher``'s guided ODE from its trajectories (module docstring).
 
-    ``emb_pool`` (R, D): the embeddings to condition on (the teacher's training data). Returns
-    the distilled method (teacher copied in, student trained), on the CPU, in eval mode.
+    ``emb_pool`` (R, D): the embeddings to condition on (the teacher's training data). ``init``:
+    a distilled model of the same teacher whose student to continue from (default: the teacher's
+    own weights). Returns the distilled method (teacher copied in, student trained), on the CPU,
+    in eval mode.
     """
     if type(teacher) is not RiemannianFlowMatching:
         raise ValueError(f"model: distillation needs a globeflow RFM run, got method {teacher.name!r}")
     teacher = teacher.to("cpu").float().eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     method = FlowMapRFM.from_teacher(teacher, default_steps=cfg.steps, omega_max=cfg.omega_max)
+    if init is not None:
+        if init.net.config != teacher.net.config or init.student.config != method.student.config:
+            raise ValueError("init: the distilled model to continue from has another network shape")
+        method.student.load_state_dict(init.student.state_dict())
     k, s = cfg.teacher_steps, cfg.samples_per_embedding
 
     start = time.perf_counter()
@@ -249,6 +256,7 @@ def distill_run(
     cfg: DistillConfig,
     *,
     data: str | Path | None = None,
+    init: str | Path | None = None,
     log: Callable[[dict], None] | None = None,
 ) -> Path:
     """``globeflow distill``: distil run ``model_dir`` into a new run directory ``out``.
@@ -273,7 +281,14 @@ def distill_run(
             )
     dataset = read_dataset(data, expected_dim=teacher.embedding_dim)
     emb = torch.from_numpy(np.ascontiguousarray(dataset.embeddings, dtype=np.float32))
-    method = distill(teacher, emb, cfg, log=log)
+    start = None
+    if init is not None:
+        start = load(init)
+        if not isinstance(start, FlowMapRFM):
+            raise ValueError(f"init: {init} is not a distilled (rfm_flowmap) run")
+    method = distill(teacher, emb, cfg, init=start, log=log)
+    if start is not None:
+        method.distill_info["continued_from"] = {"run": str(Path(init).resolve()), "distill": start.distill_info}
     extra = {"teacher": {"run": str(model_dir.resolve())}, "data": {"path": str(Path(data).resolve())}}
     if "encoder" in config:
         extra["encoder"] = config["encoder"]
