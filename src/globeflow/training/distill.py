@@ -12,7 +12,7 @@ self-distillation", 2025, where the flow map X_{s,t} is learned from a pretraine
 2. Regression of the student's jumps onto them: for a trajectory and grid indices i < j, the
    student's X_{s_i, s_j}(x_i) should land on x_j; the loss is the squared chord |X − x_j|²
    (≈ the squared geodesic distance at the scale of the errors). A fraction ``sampler_pairs``
-   (0.7) of the pairs are the jumps the distilled sampler takes (1 → 0, 1 → κ(½) → 0 and the
+   (½) of the pairs are the jumps the distilled sampler takes (1 → 0, 1 → κ(½) → 0 and the
    ``steps`` jumps of its grid), the rest are uniform over i < j, so that the map is learned for every (s, t) and its jumps compose (the flow-map
    semigroup law X_{u,t} ∘ X_{s,u} = X_{s,t} holds for the teacher's trajectories, hence for
    a student that fits them).
@@ -51,15 +51,15 @@ class DistillConfig:
 
     steps: int = 2  # jumps of the distilled sampler by default (network evaluations per point)
     teacher_steps: int = 32  # Heun steps of the teacher's trajectories
-    embeddings: int = 8192  # training embeddings drawn (with replacement) from the data
+    embeddings: int = 4096  # training embeddings drawn (with replacement) from the data
     samples_per_embedding: int = 4  # trajectories per embedding
     omega_max: float = 4.0  # guidance range [0, ω_max] the student learns
-    train_steps: int = 4000
-    batch_size: int = 512
+    train_steps: int = 2500
+    batch_size: int = 256
     lr: float = 5e-4
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    sampler_pairs: float = 0.7  # fraction of pairs that are the distilled sampler's own jumps
+    sampler_pairs: float = 0.5  # fraction of pairs that are the distilled sampler's own jumps
     holdout: float = 0.05  # fraction of embeddings kept out of training, for the report
     seed: int = 0
     progress: bool = True
