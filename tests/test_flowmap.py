@@ -112,3 +112,23 @@ def test_guidance_outside_the_distilled_range_is_rejected(distilled):
 def test_distill_config_rejects_an_off_grid_step_count():
     with pytest.raises(ValueError, match="teacher_steps"):
         DistillConfig(steps=3, teacher_steps=32)
+
+
+def test_distill_cli_writes_a_run_that_loads_and_refuses_to_overwrite(tmp_path):
+    from globeflow.cli import main
+    from globeflow.data import SyntheticWorld, write_world_dataset
+
+    world = SyntheticWorld.make(num_types=2, dim=8, seed=0)
+    paths = write_world_dataset(tmp_path / "w", world, 64, 8, seed=0)
+    torch.manual_seed(0)
+    teacher = create_method("rfm", 8, width=16, depth=1)
+    save(teacher, tmp_path / "t", extra={"data": {"path": str(paths["train"])}})
+    args = ["distill", "--model", str(tmp_path / "t"), "--out", str(tmp_path / "f"), "--embeddings", "16",
+            "--samples-per-embedding", "2", "--teacher-steps", "4", "--train-steps", "3", "--batch-size", "8",
+            "--no-progress"]
+    assert main(args) == 0
+    fast = load(tmp_path / "f")
+    assert isinstance(fast, FlowMapRFM) and fast.default_steps == 2
+    pred = fast.predict(np.zeros((3, 8), dtype=np.float32))
+    assert pred.shape == (3, 2) and np.isfinite(pred).all()
+    assert main(args) == 2  # the output holds a model: nothing is overwritten
