@@ -16,7 +16,7 @@ then reports
 
 Usage::
 
-    python benchmarks/likelihood_quadrature.py --run RUN --data world/test.parquet --points 32
+    python benchmarks/likelihood_quadrature.py --run RUN --data world/test.parquet --points 32 --official
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=32, help="half test locations, half model samples")
     p.add_argument("--fine", type=int, default=2000)
     p.add_argument("--rk4-steps", type=int, nargs="*", default=[32, 48, 64, 128])
+    p.add_argument("--official", action="store_true", help="also count the official likelihood's evaluations")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -107,6 +108,22 @@ def main(argv=None) -> int:
         st: dict = {}
         lp = m.log_prob_xyz(emb, x, solver="rk4", steps=steps, stats=st)[:, 0].double().numpy()
         res["rk4_vs_fine"][steps] = {"nfe": st["nfe"], "max_abs": float(np.abs(lp - ref).max())}
+    if args.official:
+        # The official likelihood (diff-plonk, dopri5 1e-6, as in bench_likelihood.py) on the same
+        # weights and pairs: its number of function evaluations, the baseline of the 10x target.
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_likelihood as bl
+        from bench_core import load_official
+
+        pipe_mod, manifolds = bl.load_official_pipe()
+        off, _ = bl.build_trained(load_official(), args.run)
+        off.eval().requires_grad_(False)
+        latlon = bl.xyz_to_latlon_deg(x)
+        _, nfe = bl.official_log_prob(bl.make_pipeline(pipe_mod, manifolds, off), emb, latlon, atol=1e-6, rtol=1e-6)
+        res["official_dopri5_1e-6_nfe"] = nfe
     print(json.dumps(res, indent=1))
     if args.json:
         with open(args.json, "w") as f:
