@@ -115,6 +115,8 @@ class Method(abc.ABC):
 
     name: ClassVar[str] = ""
     density_space: ClassVar[str | None] = None
+    #: Sampler steps of :meth:`sample` and :meth:`predict` when ``sample_steps`` is None.
+    default_sample_steps: ClassVar[int] = DEFAULT_SAMPLE_STEPS
     embedding_dim: int
 
     @abc.abstractmethod
@@ -222,10 +224,13 @@ class Method(abc.ABC):
     ) -> np.ndarray:
         """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64.
 
-        ``sample_steps`` None: the method's own default (16 ODE steps; a distilled flow map's jumps).
+        ``sample_steps`` None: the method's ``default_sample_steps`` (16; a distilled flow map's
+        own jumps).
         """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if sample_steps is None:
+            sample_steps = self.default_sample_steps
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         xyz = self.sample_xyz(

@@ -151,6 +151,11 @@ class FlowMapRFM(RiemannianFlowMatching):
         assert not unexpected and all(k.startswith(("target_mlp.", "guidance_mlp.")) for k in missing)
         return out.to(teacher.device)
 
+    @property
+    def default_sample_steps(self) -> int:  # type: ignore[override]
+        """:meth:`sample` and :meth:`predict` take the distilled jumps unless told otherwise."""
+        return self.default_steps
+
     # -- persistence: one safetensors file with both networks --------------------------------
     def config(self) -> dict:
         return {
