@@ -60,8 +60,11 @@ def main(argv=None) -> int:
     p.add_argument("--density-steps", type=int, default=32, help="RK4 steps of the teacher's log p")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
-    p.add_argument("--teacher-cache", default=None,
-                   help="npz of the teacher's results and HPD thresholds: read if present, else written")
+    p.add_argument(
+        "--teacher-cache",
+        default=None,
+        help="npz of the teacher's results and HPD thresholds: read if present, else written",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -118,10 +121,7 @@ def main(argv=None) -> int:
     out["flowmap_2_vs_teacher"] = {
         "geoscore_ratio": s["geoscore"] / t["geoscore"],
         **{k: s[k] - t[k] for k in ("precision", "recall", "density", "coverage")},
-        **{
-            f"hpd_{k}": s["teacher_hpd_coverage"][k] - t["teacher_hpd_coverage"][k]
-            for k in t["teacher_hpd_coverage"]
-        },
+        **{f"hpd_{k}": s["teacher_hpd_coverage"][k] - t["teacher_hpd_coverage"][k] for k in t["teacher_hpd_coverage"]},
     }
     print("flowmap_2 vs teacher", json.dumps(out["flowmap_2_vs_teacher"]), flush=True)
     if args.json:

@@ -95,11 +95,13 @@ def main(argv=None) -> int:
     edge = (kk > w / args.fine) & (kk < 1 - w / args.fine)
     for a, b in ((0, 0.03), (0.03, 0.1), (0.1, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)):
         sel = (kk >= a) & (kk < b)
-        res["bands"].append({
-            "kappa": [a, b],
-            "mean_abs_g": float(np.abs(g[sel]).mean()),
-            "highpass_rms": float(np.sqrt((hp[sel & edge] ** 2).mean())),
-        })
+        res["bands"].append(
+            {
+                "kappa": [a, b],
+                "mean_abs_g": float(np.abs(g[sel]).mean()),
+                "highpass_rms": float(np.sqrt((hp[sel & edge] ** 2).mean())),
+            }
+        )
     # The library's solver at a few settings, against the fine-grid integral (log p = −log 4π + ∫ g).
     x = torch.cat([first, samples]).unsqueeze(1)
     ref = -np.log(4 * np.pi) + exact

@@ -63,8 +63,14 @@ def test_student_matches_teacher_flow(distilled):
     noise = torch.nn.functional.normalize(torch.randn(16, 8, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
     omega = torch.full((16,), 2.0)
     end = teacher_trajectories(teacher, emb, omega, noise, steps=64)[-1]
-    two = _jump(method, _jump(method, noise, emb, 1.0, float(method.jump_levels(2)[1]), 2.0), emb,
-                float(method.jump_levels(2)[1]), 0.0, 2.0)
+    two = _jump(
+        method,
+        _jump(method, noise, emb, 1.0, float(method.jump_levels(2)[1]), 2.0),
+        emb,
+        float(method.jump_levels(2)[1]),
+        0.0,
+        2.0,
+    )
     err = torch.linalg.norm(two - end, dim=-1).mean()
     spread = torch.linalg.norm(end - end.mean(dim=(0, 1)), dim=-1).mean()
     assert err < 0.1 * spread, (float(err), float(spread))
@@ -123,9 +129,24 @@ def test_distill_cli_writes_a_run_that_loads_and_refuses_to_overwrite(tmp_path):
     torch.manual_seed(0)
     teacher = create_method("rfm", 8, width=16, depth=1)
     save(teacher, tmp_path / "t", extra={"data": {"path": str(paths["train"])}})
-    args = ["distill", "--model", str(tmp_path / "t"), "--out", str(tmp_path / "f"), "--embeddings", "16",
-            "--samples-per-embedding", "2", "--teacher-steps", "4", "--train-steps", "3", "--batch-size", "8",
-            "--no-progress"]
+    args = [
+        "distill",
+        "--model",
+        str(tmp_path / "t"),
+        "--out",
+        str(tmp_path / "f"),
+        "--embeddings",
+        "16",
+        "--samples-per-embedding",
+        "2",
+        "--teacher-steps",
+        "4",
+        "--train-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     assert main(args) == 0
     fast = load(tmp_path / "f")
     assert isinstance(fast, FlowMapRFM) and fast.default_steps == 2

@@ -87,9 +87,7 @@ class FlowMapMLP(AdaLNMLP):
         act = nn.functional.silu((cond_emb + time).unsqueeze(1))
         return [block.ada[1](act) for block in self.blocks], self.final_ada[1](act)
 
-    def flow_map(
-        self, x: Tensor, cond_emb: Tensor, kappa_s: Tensor, kappa_t: Tensor, omega: Tensor
-    ) -> Tensor:
+    def flow_map(self, x: Tensor, cond_emb: Tensor, kappa_s: Tensor, kappa_t: Tensor, omega: Tensor) -> Tensor:
         """X_{s,t}(x) = exp_x((κ_t − κ_s) P_x u_θ): ``x`` (B, S, 3) unit -> (B, S, 3) unit.
 
         ``kappa_s``, ``kappa_t``, ``omega``: (B,) per embedding or scalars.

@@ -240,9 +240,7 @@ def distill(
     }
     if n_hold:
         hold = slice(n_train, None)
-        info["holdout"] = _jump_errors(
-            method, traj[:, hold], emb[hold], omega[hold], k, sorted({1, 2, cfg.steps})
-        )
+        info["holdout"] = _jump_errors(method, traj[:, hold], emb[hold], omega[hold], k, sorted({1, 2, cfg.steps}))
         info["holdout"]["trajectories"] = n_hold * s
     method.distill_info = info
     if log:
