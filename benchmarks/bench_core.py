@@ -10,6 +10,10 @@ Measures, on the current machine (CPU by default):
 * sampling points/s (16 Euler steps, guidance ω = 2): globeflow fp32, globeflow bf16 and
   official fp32 (its ``riemannian_flow_sampler`` as is), with the fraction of the measured
   matmul peak each reaches (FLOPs counted analytically, per implementation);
+* the distilled flow-map sampler (``methods/flowmap.py``, ``--distill-steps`` jumps, default 2):
+  a student of the paper's network shape with guidance folded in, so one unguided evaluation
+  per jump and point, timed in the same interleaved rounds as the rows above (its speed-up over
+  globeflow's 16-step bf16 sampler is a ratio within one run);
 * accuracy: both networks get the *same* weights (official state_dict mapped onto globeflow's),
   then (a) the raw velocity fields on identical inputs, (b) end points of globeflow fp32 vs
   bf16 for the same noise, (c) globeflow's sampler (exp map, official convention) vs the
@@ -532,6 +536,21 @@ def bench_sample(args, official, shape: NetShape, res: Results) -> None:
     gf_run("globeflow_bf16", "bfloat16")
     if args.variants:
         gf_run("globeflow_bf16_no_grad", "bfloat16", no_grad=True)
+    if args.distill_steps > 0:
+        # The distilled flow-map sampler (methods/flowmap.py) on the same network size: a student
+        # of the paper's shape (its weights do not change the cost), guidance folded in, so one
+        # unguided evaluation per jump and point.
+        from globeflow.methods.flowmap import FlowMapRFM
+
+        fast = FlowMapRFM.from_teacher(method, default_steps=args.distill_steps, omega_max=max(4.0, w)).eval()
+        for key, precision in (("flowmap_fp32", "float32"), ("flowmap_bf16", "bfloat16")):
+            def run_fast(key=key, precision=precision):
+                ends[key] = fast.sample_xyz(emb, S, generator=torch.Generator().manual_seed(4), guidance=w,
+                                            precision=precision)
+
+            fns[key] = run_fast
+            flops[key] = sampling_flops(shape, B, S, args.distill_steps, False, "globeflow")
+            peaks[key] = res.matmul["fp32" if precision == "float32" else "bf16"]["peak"]
     if off_net is not None:
         def run_off():
             ends["official"] = official_sample(official, off_net, emb, noise, args, w)
@@ -545,6 +564,12 @@ def bench_sample(args, official, shape: NetShape, res: Results) -> None:
         res.sample[key] = _rate(t, points, flops[key] / points, peaks[key])
         res.sample[key]["gflop_per_run"] = flops[key] / 1e9
         print(f"  sample {key}: {res.sample[key]['per_s']:.1f} points/s", flush=True)
+    for key in ("flowmap_fp32", "flowmap_bf16"):
+        if key in times and "globeflow_bf16" in times:
+            res.sample[key]["speedup_vs_globeflow_bf16"] = res.sample[key]["per_s"] / res.sample["globeflow_bf16"]["per_s"]
+            res.sample[key]["round_ratios_vs_globeflow_bf16"] = [
+                g / f for f, g in zip(times[key], times["globeflow_bf16"])
+            ]
     if "official" in times:
         base = res.sample["official"]["per_s"]
         for key in times:
@@ -624,9 +649,13 @@ def markdown(res: Results) -> str:
         "globeflow_fp32_aten": "sample globeflow fp32, ATen nn.Linear path (before this change)",
         "globeflow_bf16_no_grad": "sample globeflow bf16, no_grad in place of inference_mode (proposed)",
         "official": "sample official fp32",
+        "flowmap_fp32": f"sample globeflow distilled flow map fp32, {st.get('distill_steps')} jumps",
+        "flowmap_bf16": f"sample globeflow distilled flow map bf16, {st.get('distill_steps')} jumps",
     }
     for key, r in res.sample.items():
         rel = f"{r['speedup_vs_official']:.2f}x" if "speedup_vs_official" in r else ""
+        if "speedup_vs_globeflow_bf16" in r:
+            rel += f" ({r['speedup_vs_globeflow_bf16']:.1f}x globeflow bf16)"
         lines.append(
             f"| {labels.get(key, key)} | {r['per_s']:.0f} | points/s | {100 * r['frac_peak']:.0f}% | {rel} |"
         )
@@ -682,6 +711,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-variants", dest="variants", action="store_false",
                    help="skip the extra globeflow runs: fp32 on the ATen nn.Linear path, and bf16 under "
                         "no_grad in place of inference_mode (the proposed base.py change)")
+    p.add_argument("--distill-steps", type=int, default=2,
+                   help="jumps of the distilled flow-map sampler rows (0: skip them)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-official", action="store_true")

@@ -27,7 +27,9 @@ def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[st
     """Write ``method``'s config and network weights into ``run_dir`` (atomically, file by file)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(run_dir / WEIGHTS_FILE, method.net.state_dict(), metadata={"method": method.config()})
+    # A method with more than one network (a distilled flow map: teacher + student) names them.
+    state = method.weights_state() if hasattr(method, "weights_state") else method.net.state_dict()
+    save_weights(run_dir / WEIGHTS_FILE, state, metadata={"method": method.config()})
     save_json(run_dir / CONFIG_FILE, {"model": method.config(), **(extra or {})})
     return run_dir
 
@@ -106,9 +108,13 @@ def load(
             f"model: {weights_path} not found (is training of {run_dir} finished? checkpoints are in {run_dir}/checkpoint)"
         )
     state = load_weights(weights_path)
-    _check_weights(weights_path, config_path, config["model"], state, method.net.state_dict())
+    expected = method.weights_state() if hasattr(method, "weights_state") else method.net.state_dict()
+    _check_weights(weights_path, config_path, config["model"], state, expected)
     try:
-        method.net.load_state_dict(state)
+        if hasattr(method, "load_weights_state"):
+            method.load_weights_state(state)
+        else:
+            method.net.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(
             f"model: weights in {weights_path} do not fit the config in {config_path}: {err}"

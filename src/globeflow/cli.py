@@ -4,6 +4,7 @@ globeflow demo      geolocate place-name queries with the shipped model: answers
                     (--synthetic: train and evaluate a small model on the synthetic world)
 globeflow synthetic write a synthetic world dataset (train/test Parquet + world.json)
 globeflow train     train a method on embeddings
+globeflow distill   distil a trained RFM run into a 1-2 step flow-map sampler (a new run directory)
 globeflow predict   answers (modes, P(country), regions) for texts or photos; point estimates for a file
 globeflow evaluate  GeoScore, distances, accuracies (radii; country/region/city), precision/
                     recall/density/coverage (--density: NLL, localizability, calibration)
@@ -59,7 +60,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> No
         else f"{guidance}"
     )
     p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {default})")
-    p.add_argument("--sample-steps", type=_positive_int, default=16, help="denoising steps (default 16)")
+    p.add_argument(
+        "--sample-steps", type=_positive_int, default=None, help="denoising steps (default 16; a distilled model: its jumps)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
     p.add_argument("--solver", default=None, help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="network precision")
@@ -257,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding-key", default=None, help="WebDataset: the .npy entry holding the embedding (default: the only one)"
     )
     _add_train_args(p, steps=10000, batch=512, width=512, depth=12)
+
+    p = sub.add_parser("distill", help="distil a trained RFM run into a 1-2 step flow-map sampler (a new run)")
+    p.add_argument("--model", required=True, help="run directory of a trained RFM model (the teacher)")
+    p.add_argument("--out", required=True, help="new run directory for the distilled model")
+    p.add_argument("--steps", type=_positive_int, default=2, help="jumps per sample by default (default 2)")
+    p.add_argument("--data", default=None, help="embeddings to condition on (default: the teacher's training data)")
+    p.add_argument("--init", default=None, help="a distilled run of the same teacher to continue training from")
+    p.add_argument("--teacher-steps", type=_positive_int, default=32, help="Heun steps of the teacher (default 32)")
+    p.add_argument("--embeddings", type=_positive_int, default=4096, help="embeddings of the trajectories")
+    p.add_argument("--samples-per-embedding", type=_positive_int, default=4, help="trajectories per embedding")
+    p.add_argument("--omega-max", type=float, default=4.0, help="guidance range [0, ω_max] learnt (default 4)")
+    p.add_argument("--train-steps", type=_positive_int, default=2500)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=_nonnegative_int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
     p = sub.add_parser("predict", help="answers for texts or photos; point estimates for a file of embeddings")
     p.add_argument(
@@ -814,6 +834,28 @@ def cmd_density(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from globeflow.training.distill import DistillConfig, distill_run
+
+    cfg = DistillConfig(
+        steps=args.steps,
+        teacher_steps=args.teacher_steps,
+        embeddings=args.embeddings,
+        samples_per_embedding=args.samples_per_embedding,
+        omega_max=args.omega_max,
+        train_steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    log = None if args.no_progress else (lambda record: print(json.dumps(record), flush=True))
+    out = distill_run(args.model, args.out, cfg, data=args.data, init=args.init, log=log)
+    print(f"distilled model written to {out}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit and store the conformal calibration of a run's credible regions."""
     from globeflow.density.calibration import calibrate_run
@@ -898,6 +940,7 @@ CHECKS = {
     "synthetic": _check_folder_out,
 }
 COMMANDS = {
+    "distill": cmd_distill,
     "demo": cmd_demo,
     "synthetic": cmd_synthetic,
     "train": cmd_train,

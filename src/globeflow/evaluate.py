@@ -282,7 +282,7 @@ def heldout_metrics(
     density = None
     if density_rows > 0 and model.density_space == "S2":
         density = {"rows": density_rows, "num_samples": density_samples, "seed": seed, "steps": density_steps}
-    options = {"guidance": 2.0, "sample_steps": 16, "seed": seed}
+    options = {"guidance": 2.0, "sample_steps": None, "seed": seed}
     metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=False)
     # The demo's table shows the point metrics it explains and the calibration of its regions.
     dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples", "hpd95_coverage")

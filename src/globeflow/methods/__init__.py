@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from globeflow.methods.base import GenerativeMethod, Method, SamplesWithLogProb, as_embedding, as_latlon
     from globeflow.methods.diffusion import Diffusion
     from globeflow.methods.flow import FlowMatching
+    from globeflow.methods.flowmap import FlowMapRFM
     from globeflow.methods.locdiffusion import LocDiffusion
     from globeflow.methods.mvmf import MvMF
     from globeflow.methods.rfm import RiemannianFlowMatching
@@ -24,11 +25,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_METHODS",
     "BASELINE_METHODS",
+    "DISTILLED_CLASSES",
+    "DISTILLED_METHODS",
     "GENERATIVE_METHODS",
     "METHODS",
     "METHOD_CLASSES",
     "METHOD_NAMES",
     "Diffusion",
+    "FlowMapRFM",
     "FlowMatching",
     "GenerativeMethod",
     "LocDiffusion",
@@ -60,6 +64,9 @@ METHOD_CLASSES: dict[str, str] = {
     "mvmf": "globeflow.methods.mvmf:MvMF",
     "locdiffusion": "globeflow.methods.locdiffusion:LocDiffusion",
 }
+#: Methods made from a trained one by ``globeflow distill`` -> ``module:Class`` (not in
+#: METHOD_CLASSES: they cannot be trained from scratch).
+DISTILLED_CLASSES: dict[str, str] = {"rfm_flowmap": "globeflow.methods.flowmap:FlowMapRFM"}
 #: The names of :data:`METHOD_CLASSES` (the CLI's ``--method`` choices).
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_CLASSES)
 
@@ -71,16 +78,21 @@ _LAZY = {
     "as_embedding": "globeflow.methods.base",
     "as_latlon": "globeflow.methods.base",
     "ModuleMethod": "globeflow.methods.uniform",
-    **{ref.split(":")[1]: ref.split(":")[0] for ref in METHOD_CLASSES.values()},
+    **{ref.split(":")[1]: ref.split(":")[0] for ref in (*METHOD_CLASSES.values(), *DISTILLED_CLASSES.values())},
 }
+
+
+def method_class_ref(ref: str) -> type[Method]:
+    """The class at ``module:Class``."""
+    module, cls = ref.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def method_class(name: str) -> type[Method]:
     """The class of method ``name``; ``ValueError`` naming the known ones otherwise."""
     if name not in METHOD_CLASSES:
         raise ValueError(f"method: unknown name {name!r}; choose one of {sorted(METHOD_CLASSES)}")
-    module, cls = METHOD_CLASSES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return method_class_ref(METHOD_CLASSES[name])
 
 
 def _registries() -> dict[str, dict[str, type]]:
@@ -96,6 +108,8 @@ def _registries() -> dict[str, dict[str, type]]:
         #: The baselines of paper 000 Sec. 4.2 and the methods of papers 003 and 004.
         "BASELINE_METHODS": {n: c for n, c in every.items() if n not in generative},
         "ALL_METHODS": every,
+        #: Methods made from a trained one by ``globeflow distill`` (not trainable from scratch).
+        "DISTILLED_METHODS": {n: method_class_ref(r) for n, r in DISTILLED_CLASSES.items()},
     }
 
 
@@ -105,7 +119,7 @@ def _split_registry() -> tuple[dict[str, type], dict[str, type], dict[str, type]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("GENERATIVE_METHODS", "METHODS", "BASELINE_METHODS", "ALL_METHODS"):
+    if name in ("GENERATIVE_METHODS", "METHODS", "BASELINE_METHODS", "ALL_METHODS", "DISTILLED_METHODS"):
         if name not in globals():
             globals().update(_registries())
         return globals()[name]
@@ -166,6 +180,9 @@ def build_method(config: dict) -> Method:
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError("model config: missing or malformed field 'method'")
     name = config["method"]
+    distilled = __getattr__("DISTILLED_METHODS")
+    if name in distilled:
+        return distilled[name].from_config(config)
     if name not in ALL_METHODS:
         raise ValueError(f"model config: unknown method {name!r}; known: {sorted(ALL_METHODS)}")
     if name in BASELINE_METHODS:

@@ -35,6 +35,8 @@ __all__ = [
 MAX_POINTS_PER_CHUNK = 1 << 16
 #: The same bound for the likelihood ODE, whose state carries 2–3 tangents per point.
 MAX_POINTS_PER_LIKELIHOOD_CHUNK = 1 << 13
+#: ODE steps of the generative samplers when ``sample_steps`` is None (the paper's 16).
+DEFAULT_SAMPLE_STEPS = 16
 
 
 def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name: str = "emb") -> Tensor:
@@ -155,6 +157,8 @@ class Method(abc.ABC):
     #: Whether :meth:`sample_xyz` takes ``noise`` (B, S, 3), which :meth:`sample` then seeds
     #: per row (a row's samples do not depend on its batch); see :func:`row_noise`.
     row_seeded_noise: ClassVar[bool] = False
+    #: Sampler steps of :meth:`sample` and :meth:`predict` when ``sample_steps`` is None.
+    default_sample_steps: ClassVar[int] = DEFAULT_SAMPLE_STEPS
     embedding_dim: int
 
     @abc.abstractmethod
@@ -258,13 +262,19 @@ class Method(abc.ABC):
         num_samples: int = 1,
         *,
         guidance: float = 0.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         seed: int = 0,
         **options: Any,
     ) -> np.ndarray:
-        """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64."""
+        """Draw ``num_samples`` locations per embedding: (B, D) -> (B, S, 2) degrees, float64.
+
+        ``sample_steps`` None: the method's ``default_sample_steps`` (16; a distilled flow map's
+        own jumps).
+        """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if sample_steps is None:
+            sample_steps = self.default_sample_steps
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         if self.row_seeded_noise:
@@ -279,7 +289,7 @@ class Method(abc.ABC):
         emb: Any,
         *,
         guidance: float = 2.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         seed: int = 0,
         strategy: str = "sample",
         ensemble_size: int = 32,
@@ -442,7 +452,7 @@ class GenerativeMethod(Method, nn.Module):
         *,
         generator: torch.Generator,
         guidance: float = 0.0,
-        sample_steps: int = 16,
+        sample_steps: int | None = None,
         solver: str | None = None,
         precision: str = "float32",
         max_points: int = MAX_POINTS_PER_CHUNK,
@@ -459,6 +469,7 @@ class GenerativeMethod(Method, nn.Module):
         while the state, the solver and the coordinate input layer stay in float32.
         """
         solver = self.default_solver if solver is None else solver
+        sample_steps = DEFAULT_SAMPLE_STEPS if sample_steps is None else sample_steps
         if solver not in self.solvers:
             raise ValueError(
                 f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}"
