@@ -225,10 +225,13 @@ class FlowMapRFM(RiemannianFlowMatching):
         max_points: int = MAX_POINTS_PER_CHUNK,
         trajectory: list[Tensor] | None = None,
         progress: bool = False,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """``sample_steps`` jumps of the flow map from ε ~ U(S²): (B, D) -> (B, S, 3) unit vectors.
 
         One student evaluation per jump and point (guidance is folded in, no null pass).
+        ``noise`` (B, S, 3): the starting points (default: drawn from ``generator``; :meth:`sample`
+        passes :func:`~globeflow.methods.base.row_noise`, so a row's samples do not depend on its batch).
         """
         del progress
         steps = self.default_steps if sample_steps is None else sample_steps
@@ -241,7 +244,9 @@ class FlowMapRFM(RiemannianFlowMatching):
         omega = torch.tensor(self.check_guidance(guidance), device=emb.device)
         kappas = self.jump_levels(steps, device=emb.device).float()
         b = emb.shape[0]
-        noise = self.path.sample_noise((b, num_samples), generator=generator).to(emb.device)
+        if noise is None:
+            noise = self.path.sample_noise((b, num_samples), generator=generator)
+        noise = noise.to(emb.device)
         per_chunk = max(1, max_points // num_samples)
         out = []
         with (
