@@ -1266,7 +1266,8 @@ def cmd_density(args: argparse.Namespace) -> int:
     if args.geojson:
         props = {"row": args.row, "model": str(args.model)}
         write_geojson(
-            args.geojson, regions_geojson(
+            args.geojson,
+            regions_geojson(
                 dmap,
                 levels,
                 sample_log_prob=samples.log_prob[0],
