@@ -66,7 +66,9 @@ def main() -> None:
         z = np.load(args.scores)
         if not np.array_equal(z["rows"], rows) or int(z["samples"]) != samples or int(z["steps"]) != steps:
             raise SystemExit(f"--scores: {args.scores} holds other rows or settings")
-        s = SimpleNamespace(scores=z["scores"], truth_log_prob=z["truth_log_prob"], sample_log_prob=z["sample_log_prob"])
+        s = SimpleNamespace(
+            scores=z["scores"], truth_log_prob=z["truth_log_prob"], sample_log_prob=z["sample_log_prob"]
+        )
         seconds = float(z["seconds"])
     else:
         model = load(args.model)

@@ -150,6 +150,7 @@ def test_calibrated_regions_of_an_overconfident_model_cover_fresh_rows_at_the_no
     fresh = hpd_scores(model, emb2, truth2, num_samples=64, seed=6)
     for alpha in (0.5, 0.9, 0.95):
         assert abs((fresh.scores <= cal.level(alpha)).mean() - alpha) < 0.02
+
     # Areas: the model's own 90% region is its κ = 200 cap; the calibrated one must be the
     # cap holding 90% of the truths' κ = 40 law (the same centre): area 2π(−log 0.1)/κ · R²,
     # beyond all 64 samples, so this checks the tail rule and its area extrapolation.
@@ -194,7 +195,9 @@ def run_and_data(tmp_path_factory):
     base = tmp_path_factory.mktemp("cal")
     rng = np.random.default_rng(0)
     data = base / "heldout.parquet"
-    write_parquet(data, rng.normal(size=(12, 6)).astype(np.float32), rng.uniform(-80, 80, 12), rng.uniform(-180, 180, 12))
+    write_parquet(
+        data, rng.normal(size=(12, 6)).astype(np.float32), rng.uniform(-80, 80, 12), rng.uniform(-180, 180, 12)
+    )
     torch.manual_seed(0)
     model = create_method("rfm", 6, width=16, depth=1)
     for p in model.net.parameters():
@@ -260,10 +263,14 @@ def test_cli_calibrate_then_evaluate_uses_it(run_and_data, tmp_path, capsys):
 def test_the_shipped_model_is_calibrated_on_half_of_its_heldout_rows():
     from globeflow.pretrained import default_model_dir, heldout_path
 
+    if not (default_model_dir() / "calibration.json").is_file():
+        pytest.skip("calibration.json of the shipped model not built yet: command in docs/calibration.md")
     model = globeflow.load(default_model_dir())
     cal = model.calibration
     assert cal is not None and cal.guidance == 0.0
-    cal_rows, test_rows = conformal_split(cal.source["data_rows"], cal.source["calibration_fraction"], cal.source["split_seed"])
+    cal_rows, test_rows = conformal_split(
+        cal.source["data_rows"], cal.source["calibration_fraction"], cal.source["split_seed"]
+    )
     assert cal.source["calibration_rows"] == cal_rows.tolist() and cal.source["test_rows"] == test_rows.tolist()
     assert cal.n == len(cal_rows) >= 1000 and len(test_rows) >= 1000
     from globeflow.density.calibration import file_sha256

@@ -55,7 +55,9 @@ def test_graded_grid_integrates_a_sharp_contraction_with_few_steps():
     # The direction of integration does not matter: the grid is graded towards s = 0 both ways.
     back = integrate_with_divergence(
         _contraction,
-        integrate_with_divergence(_contraction, x0, s_min, 1.0, on_sphere=True, solver="rk4", steps=64, grid_power=3.0).x,
+        integrate_with_divergence(
+            _contraction, x0, s_min, 1.0, on_sphere=True, solver="rk4", steps=64, grid_power=3.0
+        ).x,
         1.0,
         s_min,
         on_sphere=True,

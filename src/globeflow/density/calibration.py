@@ -81,9 +81,7 @@ CALIBRATION_VERSION = 1
 _SPHERE_KM2 = 4.0 * math.pi * EARTH_RADIUS_KM**2
 
 
-def hpd_rank_scores(
-    truth_log_prob: np.ndarray, sample_log_prob: np.ndarray, *, seed: int = 0
-) -> np.ndarray:
+def hpd_rank_scores(truth_log_prob: np.ndarray, sample_log_prob: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """HPD-rank conformity scores u ∈ [0, 1): (N,) log p at the truths, (N, S) at the model's
     samples -> (N,), randomised ranks (see the module docstring). Larger = truth less typical."""
     t = np.asarray(truth_log_prob, dtype=np.float64)
