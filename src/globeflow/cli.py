@@ -344,7 +344,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_answers(args: argparse.Namespace) -> int:
     """Answers for ``--text`` queries or photos: JSONL/CSV, and maps/GeoJSON/KML on request."""
-    from globeflow.answers import answer
+    from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
     from globeflow.embed import encode_images, encode_texts
     from globeflow.io import write_text
@@ -372,18 +372,12 @@ def _predict_answers(args: argparse.Namespace) -> int:
             records[j].update(ans.to_dict())
         answered = [records[j] for j in good]
         truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]
+        paths = args.trajectories if args.map_dir is not None else 0
+        from_model = answer_map_inputs(
+            model, emb, exact=args.exact_maps, log_prob_steps=args.density_steps, trajectories=paths
+        )
         write_answer_files(
-            answered,
-            answers,
-            method=model,
-            emb=emb,
-            map_dir=args.map_dir,
-            geojson=args.geojson,
-            kml=args.kml,
-            exact=args.exact_maps,
-            log_prob_steps=args.density_steps,
-            truths=truths,
-            trajectories=args.trajectories,
+            answered, answers, map_dir=args.map_dir, geojson=args.geojson, kml=args.kml, truths=truths, **from_model
         )
     for r in records:
         r.update(model=str(model_ref), encoder=name)

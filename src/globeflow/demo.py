@@ -92,7 +92,7 @@ def print_answer(label: str, record: dict) -> None:
 def demo_answers(opts: DemoOptions) -> int:
     """Queries (or photos) → answers printed, maps, answers.jsonl/.geojson, report.html,
     then the model's metrics on its held-out queries."""
-    from globeflow.answers import answer
+    from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
     from globeflow.embed import encode_images, encode_texts
     from globeflow.io import save_json
@@ -128,19 +128,18 @@ def demo_answers(opts: DemoOptions) -> int:
         r.update(a.to_dict())
         print_answer(r.get("query") or r.get("image"), r)
     start = time.perf_counter()
+    from_model = answer_map_inputs(
+        model, emb, exact=opts.exact_maps, log_prob_steps=opts.density_steps, trajectories=opts.trajectories
+    )
     write_answer_files(
         records,
         answers,
-        method=model,
-        emb=emb,
         map_dir=out / "maps",
         geojson=out / "answers.geojson",
-        exact=opts.exact_maps,
-        log_prob_steps=opts.density_steps,
         truths=truths,
         link_base=out,
-        trajectories=opts.trajectories,
         width_px=900 if quick else 1400,  # --quick: smaller PNGs, faster to draw
+        **from_model,
     )
     map_seconds = time.perf_counter() - start
     write_answers_jsonl(out / "answers.jsonl", records)

@@ -153,6 +153,14 @@ class Method(abc.ABC):
         x = self.sample_xyz(emb, num_samples, generator=generator, guidance=guidance, **options)
         return x, self.log_prob_xyz(emb, x, guidance=guidance)
 
+    def trajectories(
+        self, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0
+    ) -> np.ndarray | None:
+        """``num`` paths of the sampler for ONE embedding ``emb`` (D,), from the noise to the
+        samples (paper, Figs. 1 and 3): (T + 1, num, 2) degrees; None (the default) for a
+        method without a step-by-step sampler."""
+        return None
+
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
@@ -329,6 +337,19 @@ class GenerativeMethod(Method, nn.Module):
         return self.path.loss(pred, target, x_t).mean()
 
     # -- sampling -------------------------------------------------------------------------
+    def trajectories(
+        self, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0
+    ) -> np.ndarray:
+        """``num`` denoising paths at guidance 0 for ONE embedding ``emb`` (D,): (T + 1, num, 2)
+        degrees, the noise first and the samples of :meth:`sample` (same seed) last.
+        Intermediate states of R³ methods are shown by their direction (the radial part is not
+        a location)."""
+        e = as_embedding(np.asarray(emb, dtype=np.float32).reshape(1, -1), self.embedding_dim, device=self.device)
+        traj: list = []
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.sample_xyz(e, int(num), generator=gen, guidance=0.0, sample_steps=int(sample_steps), trajectory=traj)
+        return xyz_to_latlon(traj[0][:, 0].detach().double().cpu().numpy())  # (T + 1, num, 3) -> degrees
+
     def guided_field(self, emb: Tensor, guidance: float):
         """The network as a function of (x (B, S, 3), κ), with guidance (Eq. 13) if ω ≠ 0.
 
