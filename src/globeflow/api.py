@@ -14,14 +14,16 @@ from typing import Any
 
 import torch
 
-from globeflow.methods import GenerativeMethod, build_method
+from collections.abc import Callable
+
 from globeflow.io import CheckpointError, load_json, load_weights, save_json, save_weights
+from globeflow.methods import Method, build_method
 from globeflow.runs import CONFIG_FILE, WEIGHTS_FILE
 
-__all__ = ["load", "save"]
+__all__ = ["load", "load_weights_into", "save"]
 
 
-def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+def save(method: Method, run_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``method``'s config and network weights into ``run_dir`` (atomically, file by file)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -35,7 +37,7 @@ def load(
     *,
     device: str | torch.device = "cpu",
     method: str | None = None,
-) -> GenerativeMethod:
+) -> Method:
     """Load a method: a globeflow run directory (inference weights = EMA), a PLONK
     checkpoint directory, or ``"hf:ORG/NAME[@REVISION]"`` (e.g. ``hf:nicolas-dufour/PLONK_YFCC``).
 
@@ -62,23 +64,34 @@ def load(
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"model: {config_path} has no 'model' section")
     try:
-        # A PLONK model saved by globeflow.save keeps the official conventions.
-        if isinstance(config["model"], dict) and config["model"].get("convention") == "plonk":
-            method = hub.build_plonk_method(config["model"])
-        else:
-            method = build_method(config["model"])
+        method = build_method(config["model"])  # a PLONK model saved by save keeps its conventions
     except ValueError as err:
         raise CheckpointError(f"model: {config_path}: {err}") from None
     if not weights_path.is_file():
         raise CheckpointError(
             f"model: {weights_path} not found (is training of {run_dir} finished? checkpoints are in {run_dir}/checkpoint)"
         )
+    return load_weights_into(method, weights_path, fits=f"the config in {config_path}", device=device)
+
+
+def load_weights_into(
+    method: Method,
+    weights_path: Path,
+    *,
+    fits: str,
+    device: str | torch.device = "cpu",
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> Method:
+    """The one loader of every model: the safetensors ``weights_path`` (through ``convert``, e.g.
+    the official PLONK names) into ``method.net``, in eval mode, on ``device``. A mismatch is a
+    :class:`CheckpointError` saying the weights do not fit ``fits`` (what the method was built
+    from)."""
     state = load_weights(weights_path)
+    if convert is not None:
+        state = convert(state)
     try:
-        method.net.load_state_dict(state)
+        method.net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(
-            f"model: weights in {weights_path} do not fit the config in {config_path}: {err}"
-        ) from None
+        raise CheckpointError(f"model: weights in {weights_path} do not fit {fits}: {err}") from None
     method.net.eval()
     return method.to(device)
