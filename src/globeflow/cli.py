@@ -20,7 +20,6 @@ arguments before it loads a model. Library code raises ``ValueError`` / ``DataEr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -346,28 +345,22 @@ def _predict_answers(args: argparse.Namespace) -> int:
     """Answers for ``--text`` queries or photos: JSONL/CSV, and maps/GeoJSON/KML on request."""
     from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
-    from globeflow.embed import encode_images, encode_texts
+    from globeflow.embed import encode_inputs
     from globeflow.io import write_text
     from globeflow.pretrained import model_or_default
-    from globeflow.runs import model_encoder
-    from globeflow.viz.outputs import answers_csv_text, write_answer_files
+    from globeflow.viz.outputs import answers_csv_text, answers_jsonl_text, write_answer_files
 
     model_ref = model_or_default(args.model)
     model = load(model_ref, device=args.device)
-    encoder = {"embedding_dim": model.embedding_dim, "encoder": args.encoder, "source": args.encoder_path}
-    if args.text:
-        emb, name = encode_texts(args.text, **encoder, model_encoder=model_encoder(model_ref), device=args.device)
-        good, records = list(range(len(args.text))), [{"query": t} for t in args.text]
-    else:
-        images = encode_images(
-            args.images, **encoder, model_encoder=model_encoder(model_ref, model), device=args.device, report=_stderr
-        )
-        emb, good, records, name = images.embeddings, images.good, images.records, images.encoder
+    inputs = encode_inputs(
+        model, model_ref, texts=args.text, images=args.images, encoder=args.encoder, source=args.encoder_path,
+        device=args.device, report=_stderr,
+    )  # fmt: skip
+    emb, good, records, name = inputs.embeddings, inputs.good, inputs.records, inputs.encoder
     if good:
         guidance = 0.0 if args.guidance is None else args.guidance
-        answers = answer(
-            model, emb, num_samples=args.samples or 512, guidance=guidance, seed=args.seed, density_steps=args.density_steps
-        )
+        options = {"num_samples": args.samples or 512, "seed": args.seed, "density_steps": args.density_steps}
+        answers = answer(model, emb, guidance=guidance, **options)
         for j, ans in zip(good, answers):
             records[j].update(ans.to_dict())
         answered = [records[j] for j in good]
@@ -381,10 +374,7 @@ def _predict_answers(args: argparse.Namespace) -> int:
         )
     for r in records:
         r.update(model=str(model_ref), encoder=name)
-    if args.format == "csv":
-        text = answers_csv_text(records)
-    else:
-        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    text = answers_csv_text(records) if args.format == "csv" else answers_jsonl_text(records)
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from globeflow.evaluate import evaluate_run, format_metrics, heldout_metrics
-from globeflow.runs import HELDOUT_FILE, ModelConfig, model_encoder, train_run
+from globeflow.runs import HELDOUT_FILE, ModelConfig, train_run
 
 __all__ = ["DEMO_QUERIES", "QUICK_DEMO_QUERIES", "DemoOptions", "demo_answers", "demo_synthetic", "run_demo"]
 
@@ -94,7 +94,7 @@ def demo_answers(opts: DemoOptions) -> int:
     then the model's metrics on its held-out queries."""
     from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
-    from globeflow.embed import encode_images, encode_texts
+    from globeflow.embed import encode_inputs
     from globeflow.io import save_json
     from globeflow.pretrained import model_or_default
     from globeflow.viz.outputs import write_answer_files, write_answers_jsonl, write_html_report
@@ -104,25 +104,22 @@ def demo_answers(opts: DemoOptions) -> int:
     out = Path(opts.out)
     model_ref = model_or_default(opts.model)
     model = load(model_ref, device=opts.device)
-    encoder = {"embedding_dim": model.embedding_dim, "encoder": opts.encoder, "source": opts.encoder_path}
-    if opts.image:
-        images = encode_images(
-            opts.image, **encoder, model_encoder=model_encoder(model_ref, model), device=opts.device, report=_stderr
-        )
-        emb, name = images.embeddings, images.encoder
-        records = [images.records[j] for j in images.good]
-        if not records:
-            raise ValueError("--image: no photo could be read")
-        truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in records]
-    else:
-        queries = opts.query or list(QUICK_DEMO_QUERIES if quick else DEMO_QUERIES)
-        emb, name = encode_texts(queries, **encoder, model_encoder=model_encoder(model_ref), device=opts.device)
-        records, truths = [{"query": q} for q in queries], None
+    queries = None if opts.image else opts.query or list(QUICK_DEMO_QUERIES if quick else DEMO_QUERIES)
+    inputs = encode_inputs(
+        model, model_ref, texts=queries, images=opts.image, encoder=opts.encoder, source=opts.encoder_path,
+        device=opts.device, report=_stderr,
+    )  # fmt: skip
+    emb, name, records = inputs.embeddings, inputs.encoder, [inputs.records[j] for j in inputs.good]
+    if not records:
+        raise ValueError("--image: no photo could be read")
+    truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in records]
     print(f"model: {model_ref} ({model.name}, {model.embedding_dim}-d {name} embeddings)")
     start = time.perf_counter()
     # 256 samples: the demo's 2-minute budget on a 2-core CPU (docs/practitioners.md, Speed).
     num_samples = opts.samples or (128 if quick else 256)
-    answers = answer(model, emb, num_samples=num_samples, guidance=0.0, seed=opts.seed, density_steps=opts.density_steps)
+    answers = answer(
+        model, emb, num_samples=num_samples, guidance=0.0, seed=opts.seed, density_steps=opts.density_steps
+    )
     answer_seconds = time.perf_counter() - start
     for r, a in zip(records, answers):
         r.update(a.to_dict())

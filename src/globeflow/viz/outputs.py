@@ -25,7 +25,9 @@ from globeflow.io import write_text
 from globeflow.viz.export import filled_polygons, hpd_polygons
 
 __all__ = [
+    "answers_csv_text",
     "answers_geojson",
+    "answers_jsonl_text",
     "region_polygons",
     "slugify",
     "write_answer_files",
@@ -172,7 +174,12 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
 # ----------------------------------------------------------------------------- JSONL, CSV
 def write_answers_jsonl(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
     """One JSON object per line (no NaN: ``allow_nan=False`` fails loudly instead)."""
-    return write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+    return write_text(path, answers_jsonl_text(records))
+
+
+def answers_jsonl_text(records: Sequence[dict[str, Any]]) -> str:
+    """One JSON object a line (``globeflow predict``'s default output)."""
+    return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
 
 
 def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
