@@ -115,7 +115,7 @@ def _dist_version(name: str) -> str:
 def official_to_globeflow_state(sd: dict) -> dict:
     """Map the official GeoAdaLNMLP state_dict onto globeflow's AdaLNMLP names (the library's
     mapping, used by ``globeflow.load`` for published PLONK checkpoints)."""
-    from globeflow.hub import official_to_globeflow_state as convert
+    from globeflow.methods.plonk import official_to_globeflow_state as convert
 
     return convert(sd)
 

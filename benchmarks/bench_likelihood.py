@@ -4,7 +4,7 @@ For two models, each run by both implementations with the same weights:
 
 * ``paper``: the paper's network (d = 512, N = 12, 1024-d embeddings) with random weights, as in
   ``bench_core.py`` (the zero-initialised last layer of every block re-initialised); globeflow
-  runs it as ``globeflow.hub.PlonkRFM`` (the official convention: conditioned on γ = 1 − κ,
+  runs it as ``globeflow.methods.plonk.PlonkRFM`` (the official convention: conditioned on γ = 1 − κ,
   predicting dx/dγ), as a published checkpoint is loaded;
 * ``trained``: a small globeflow RFM trained on the synthetic world (``--trained-dir``; d = 128,
   N = 3, 32-d embeddings, κ convention); the official code runs the same weights through a thin
@@ -190,7 +190,7 @@ def official_log_prob(
 # Models and points
 # ---------------------------------------------------------------------------------------------
 def build_paper(official_ns):
-    from globeflow.hub import PlonkRFM
+    from globeflow.methods.plonk import PlonkRFM
     from globeflow.nets.adaln_mlp import AdaLNMLPConfig
 
     s = NetShape()

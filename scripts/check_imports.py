@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src"
@@ -202,7 +201,8 @@ def main() -> int:
     edges = graph()
     n_top = sum(is_top for es in edges.values() for _, is_top, _ in es)
     n_all = sum(len(es) for es in edges.values())
-    print(f"{len(edges)} modules, {n_top} module-level and {n_all - n_top} deferred imports: {len(problems)} problem(s)")
+    n_deferred = n_all - n_top
+    print(f"{len(edges)} modules, {n_top} module-level and {n_deferred} deferred imports: {len(problems)} problem(s)")
     return 1 if problems else 0
 
 

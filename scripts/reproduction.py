@@ -259,7 +259,7 @@ def shdd_resolution(degrees: tuple[int, ...], n_points: int, seed: int = 0) -> d
         method = LocDiffusion(8, degree=L, width=8, depth=1)
         dec = method.decode(shdd_encode(pts, L).float()).double()
         err = torch.arccos((dec * pts).sum(-1).clamp(-1, 1)).numpy() * EARTH_RADIUS_KM
-        coef = np.array([(2 * l + 1) / (4 * math.pi) for l in range(L + 1)])
+        coef = np.array([(2 * el + 1) / (4 * math.pi) for el in range(L + 1)])
         kernel = legendre.legval(np.cos(gamma), coef)
         zero = gamma[np.argmax(kernel <= 0)]
         mass = np.exp(kernel - kernel.max()) * np.sin(gamma)
@@ -290,7 +290,10 @@ def stage_eval(out: Path, quick: bool) -> None:
     )
     res = Results(out / "results.json")
     runs_dir = out / "runs"
-    have = lambda name: (runs_dir / name / "train_time.json").is_file()
+
+    def have(name: str) -> bool:
+        return (runs_dir / name / "train_time.json").is_file()
+
     models: dict = {}
 
     def model(name: str):

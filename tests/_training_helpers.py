@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from globeflow.training import TrainConfig, save_weights, train
+from globeflow.io import save_weights
+from globeflow.training import TrainConfig, train
 
 
 class FakeNet(nn.Module):

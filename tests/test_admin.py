@@ -18,7 +18,9 @@ ENCAMP = (42.5345, 1.5803)  # Andorra: cities1000 has no admin2 there
 
 def test_geoscore_and_accuracies_by_hand():
     # On the equator, Δλ degrees is R·Δλ·π/180 km: 0 km, 20 km (< 25), 1492.7 km (one GeoScore scale).
-    deg = lambda km: km / EARTH_RADIUS_KM * 180 / math.pi
+    def deg(km):
+        return km / EARTH_RADIUS_KM * 180 / math.pi
+
     true = np.zeros((3, 2))
     pred = np.array([[0.0, 0.0], [0.0, deg(20.0)], [0.0, deg(1492.7)]])
     m = distance_metrics(pred, true)

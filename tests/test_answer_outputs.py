@@ -130,8 +130,6 @@ def test_csv_and_html_writers(sharp, tmp_path):
     write_answer_files(
         records,
         answers,
-        method=method,
-        emb=emb,
         map_dir=tmp_path / "maps",
         truths=[PARIS, None],
         link_base=tmp_path,
@@ -234,7 +232,7 @@ def test_predict_text_outputs(tiny_text_model, tmp_path):
 
 def test_denoising_trajectories_end_at_the_samples(tmp_path):
     from globeflow.methods import create_method
-    from globeflow.viz.answer_maps import denoising_trajectories
+    from globeflow.answers import denoising_trajectories
 
     torch.manual_seed(0)
     method = create_method("rfm", 3, width=16, depth=1)

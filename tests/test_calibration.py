@@ -255,7 +255,7 @@ def test_cli_calibrate_then_evaluate_uses_it(run_and_data, tmp_path, capsys):
     m = json.loads(out.read_text())
     assert m["regions"].startswith("conformal") and "hpd90_coverage_uncalibrated" in m
     assert "credible regions: conformal" in capsys.readouterr().out
-    assert main(ev + ["--uncalibrated"]) == 0
+    assert main(ev + ["--uncalibrated", "--overwrite"]) == 0  # --out exists: replacing it is asked for
     m = json.loads(out.read_text())
     assert m["regions"] == "uncalibrated" and "hpd90_coverage_uncalibrated" not in m
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import globeflow
-import globeflow.training
+import globeflow.io
 from globeflow.geometry import latlon_to_xyz, vmf_log_prob, vmf_sample
 from globeflow.geometry.harmonics import sphere_quadrature
 from globeflow.methods import METHODS, create_method
@@ -55,7 +55,7 @@ def trained(request, tmp_path_factory):
     )
     train(method, x0, emb, out, cfg)
     # The trainer wrote the EMA weights; the config is the run directory's other half.
-    globeflow.training.save_json(out / "config.json", {"model": method.config()})
+    globeflow.io.save_json(out / "config.json", {"model": method.config()})
     return name, globeflow.load(out), out
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import globeflow
 from globeflow import hub
+from globeflow.methods import plonk
 from globeflow.solvers.fixed_step import integrate, time_grid
 from globeflow.solvers.manifolds import Sphere
 from globeflow.io import CheckpointError
@@ -169,14 +170,14 @@ def test_default_sampler_is_globeflow_integrator_on_the_official_field(published
         return -net({"y": flat, "emb": e, "gamma": (1.0 - kappa).expand(flat.shape[0])}).reshape(x.shape)
 
     with torch.no_grad():
-        ref = integrate(field, noise, hub.plonk_schedule(), Sphere(), num_steps=10, method="heun")
+        ref = integrate(field, noise, plonk.plonk_schedule(), Sphere(), num_steps=10, method="heun")
     ours = model.sample_xyz(emb, 5, generator=torch.Generator().manual_seed(5), sample_steps=10, solver="heun")
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=0)
 
 
 def test_official_grid_is_one_minus_kappa() -> None:
-    gamma = hub.official_gamma_grid(16).double()
-    kappa = hub.plonk_schedule().kappa(time_grid(16))
+    gamma = plonk.official_gamma_grid(16).double()
+    kappa = plonk.plonk_schedule().kappa(time_grid(16))
     torch.testing.assert_close(gamma, 1.0 - kappa, atol=2e-6, rtol=0)
 
 
@@ -191,7 +192,7 @@ def test_hub_reference_uses_snapshot_download(published, monkeypatch) -> None:
     monkeypatch.setattr(hub, "_snapshot_download", fake)
     model = globeflow.load("hf:nicolas-dufour/PLONK_OSV_5M_flow@main")
     assert calls == [("nicolas-dufour/PLONK_OSV_5M_flow", "main")]
-    assert isinstance(model, hub.PlonkFlowMatching)
+    assert isinstance(model, plonk.PlonkFlowMatching)
     assert model.plonk["repo"] == "nicolas-dufour/PLONK_OSV_5M_flow" and model.plonk["encoder"] == "streetclip"
 
 
@@ -214,7 +215,7 @@ def test_save_and_reload_keeps_the_published_model(published, tmp_path: Path) ->
     before = model.sample(emb, 4, sample_steps=6, seed=1)
     globeflow.api.save(model, tmp_path / "run")
     again = globeflow.load(tmp_path / "run")
-    assert isinstance(again, hub.PlonkRFM) and again.plonk == model.plonk
+    assert isinstance(again, plonk.PlonkRFM) and again.plonk == model.plonk
     np.testing.assert_array_equal(again.sample(emb, 4, sample_steps=6, seed=1), before)
 
 

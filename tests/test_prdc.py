@@ -15,7 +15,9 @@ def _clustered(n: int, rng: np.random.Generator, centres: np.ndarray, spread: fl
 
 def _brute(x: np.ndarray, y: np.ndarray, k: int = 3) -> dict:
     """Eqs. B–F with all pairwise great-circle angles."""
-    ang = lambda a, b: np.arccos(np.clip(a @ b.T, -1, 1))
+    def ang(a, b):
+        return np.arccos(np.clip(a @ b.T, -1, 1))
+
     rx = np.sort(ang(x, x), 1)[:, k]
     ry = np.sort(ang(y, y), 1)[:, k]
     dxy = ang(x, y)

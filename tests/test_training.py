@@ -17,26 +17,28 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _training_helpers import FakeMethod, make_data  # noqa: E402
 
-from globeflow.training import (  # noqa: E402
-    EMA,
+from globeflow.io import (  # noqa: E402
     CheckpointError,
     CheckpointNotFoundError,
+    atomic_write,
+    load_json,
+    load_weights,
+    load_weights_metadata,
+    save_json,
+    save_weights,
+)
+from globeflow.training import (  # noqa: E402
+    EMA,
     DistContext,
     Lamb,
     TrainConfig,
-    atomic_write,
     build_optimizer,
     capture_rng_state,
-    load_json,
     load_training_state,
-    load_weights,
-    load_weights_metadata,
     rank_slice,
     read_log,
     restore_rng_state,
-    save_json,
     save_training_state,
-    save_weights,
     train,
     warmup_cosine,
 )

@@ -49,8 +49,10 @@ __all__ = [
     "CountryProbability",
     "Mode",
     "answer",
+    "answer_map_inputs",
     "country_name",
     "country_probabilities",
+    "denoising_trajectories",
     "find_modes",
 ]
 
@@ -352,3 +354,31 @@ def answer(
             )
         )
     return out
+
+
+def denoising_trajectories(
+    method: Any, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0
+) -> np.ndarray | None:
+    """``num`` denoising paths of ``method``'s sampler for ONE embedding ``emb`` (D,):
+    (T + 1, num, 2) degrees, or None for a method without a step-by-step sampler
+    (:meth:`~globeflow.methods.base.Method.trajectories`)."""
+    return method.trajectories(emb, num, sample_steps=sample_steps, seed=seed)
+
+
+def answer_map_inputs(
+    method: Any, emb: Any, *, exact: bool = False, log_prob_steps: int = 8, trajectories: int = 0
+) -> dict[str, list | None]:
+    """What the answer maps of ``emb`` (B, D) need from the model, as keyword arguments of
+    :func:`globeflow.viz.outputs.write_answer_files`: with ``exact``, each embedding's exact
+    log-density function (likelihood ODE with ``log_prob_steps`` RK4 steps, guidance 0); with
+    ``trajectories`` > 0, that many denoising paths per embedding (paper, Figs. 1 and 3)."""
+    from globeflow.density.maps import log_prob_fn_from_method
+
+    rows = np.asarray(emb)
+    fns = None
+    if exact:
+        if getattr(method, "density_space", None) != "S2":
+            raise ValueError(f"exact: method {method.name!r} has no density on the sphere")
+        fns = [log_prob_fn_from_method(method, e, steps=int(log_prob_steps)) for e in rows]
+    paths = [denoising_trajectories(method, e, trajectories) for e in rows] if trajectories > 0 else None
+    return {"log_prob_fns": fns, "trajectories": paths}

@@ -11,19 +11,20 @@ directory in the hub layout (``config.json`` with the network's arguments +
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from globeflow.methods import GenerativeMethod, build_method
 from globeflow.io import CheckpointError, load_json, load_weights, load_weights_metadata, save_json, save_weights
+from globeflow.methods import Method, build_method
 from globeflow.runs import CALIBRATION_FILE, CONFIG_FILE, WEIGHTS_FILE
 
-__all__ = ["load", "save"]
+__all__ = ["load", "load_weights_into", "save"]
 
 
-def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+def save(method: Method, run_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``method``'s config and network weights into ``run_dir`` (atomically, file by file)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -34,7 +35,7 @@ def save(method: GenerativeMethod, run_dir: str | os.PathLike, *, extra: dict[st
     return run_dir
 
 
-def _check_weights(weights_path: Path, config_path: Path, model_cfg: Any, state: dict, expected: dict) -> None:
+def _check_weights(weights_path: Path, fits: str, model_cfg: Any, state: dict, expected: dict) -> None:
     """Weights that would load but answer garbage: another method's (the weights' metadata
     names the method they were trained as), a dtype other than the network's (an int32 or
     float16 file is silently cast by ``load_state_dict``), or NaN/inf values."""
@@ -44,7 +45,7 @@ def _check_weights(weights_path: Path, config_path: Path, model_cfg: Any, state:
         name, cfg_name = trained.get("method"), model_cfg.get("method")
         if name is not None and cfg_name is not None and name != cfg_name:
             raise CheckpointError(
-                f"model: {config_path} says method {cfg_name!r} but the weights {weights_path} were trained "
+                f"model: {fits} says method {cfg_name!r} but the weights {weights_path} were trained "
                 f"as {name!r}; the config does not belong to these weights"
             )
     for key, tensor in state.items():
@@ -66,7 +67,7 @@ def load(
     *,
     device: str | torch.device = "cpu",
     method: str | None = None,
-) -> GenerativeMethod:
+) -> Method:
     """Load a method: a globeflow run directory (inference weights = EMA), a PLONK
     checkpoint directory, or ``"hf:ORG/NAME[@REVISION]"`` (e.g. ``hf:nicolas-dufour/PLONK_YFCC``).
 
@@ -93,11 +94,7 @@ def load(
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"model: {config_path} has no 'model' section")
     try:
-        # A PLONK model saved by globeflow.save keeps the official conventions.
-        if isinstance(config["model"], dict) and config["model"].get("convention") == "plonk":
-            method = hub.build_plonk_method(config["model"])
-        else:
-            method = build_method(config["model"])
+        method = build_method(config["model"])  # a PLONK model saved by save keeps its conventions
     except ValueError as err:
         raise CheckpointError(f"model: {config_path}: {err}") from None
     except (KeyError, TypeError, AttributeError) as err:
@@ -107,21 +104,7 @@ def load(
         raise CheckpointError(
             f"model: {weights_path} not found (is training of {run_dir} finished? checkpoints are in {run_dir}/checkpoint)"
         )
-    state = load_weights(weights_path)
-    expected = method.weights_state() if hasattr(method, "weights_state") else method.net.state_dict()
-    _check_weights(weights_path, config_path, config["model"], state, expected)
-    try:
-        if hasattr(method, "load_weights_state"):
-            method.load_weights_state(state)
-        else:
-            method.net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"model: weights in {weights_path} do not fit the config in {config_path}: {err}"
-        ) from None
-    method.net.eval()
-    method = method.to(device)
-    method.calibration = None
+    method = load_weights_into(method, weights_path, fits=f"the config in {config_path}", device=device)
     if (run_dir / CALIBRATION_FILE).is_file():
         from globeflow.density.calibration import load_calibration
 
@@ -129,4 +112,37 @@ def load(
             method.calibration = load_calibration(run_dir / CALIBRATION_FILE)
         except ValueError as err:
             raise CheckpointError(f"model: {err}") from None
+    return method
+
+
+def load_weights_into(
+    method: Method,
+    weights_path: Path,
+    *,
+    fits: str,
+    device: str | torch.device = "cpu",
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> Method:
+    """The one loader of every model: the safetensors ``weights_path`` (through ``convert``, e.g.
+    the official PLONK names) into ``method.net``, in eval mode, on ``device``. A mismatch is a
+    :class:`CheckpointError` saying the weights do not fit ``fits`` (what the method was built
+    from)."""
+    state = load_weights(weights_path)
+    if convert is not None:
+        state = convert(state)
+    # Weights that would load but answer garbage are refused before they reach the network.
+    # A method with more than one network (a distilled flow map) names them (weights_state).
+    expected = method.weights_state() if hasattr(method, "weights_state") else method.net.state_dict()
+    _check_weights(weights_path, fits, method.config(), state, expected)
+    try:
+        if hasattr(method, "load_weights_state"):
+            method.load_weights_state(state)
+        else:
+            method.net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"model: weights in {weights_path} do not fit {fits}: {err}") from None
+    method.net.eval()
+    method = method.to(device)
+    # Conformal calibration of the credible regions: :func:`load` attaches a run's file.
+    method.calibration = None
     return method

@@ -468,28 +468,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_answers(args: argparse.Namespace) -> int:
     """Answers for ``--text`` queries or photos: JSONL/CSV, and maps/GeoJSON/KML on request."""
-    from globeflow.answers import answer
+    from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
-    from globeflow.embed import encode_images, encode_texts
+    from globeflow.embed import encode_inputs
     from globeflow.io import write_text
     from globeflow.pretrained import model_or_default
     from globeflow.runs import model_encoder, model_encoder_source
-    from globeflow.viz.outputs import answers_csv_text, write_answer_files
+    from globeflow.viz.outputs import answers_csv_text, answers_jsonl_text, write_answer_files
 
     model_ref = model_or_default(args.model)
     model = load(model_ref, device=args.device)
     source = args.encoder_path
-    if source is None and args.images:  # the weights the training photos were embedded with
+    if source is None and args.images and not args.text:  # the weights the training photos were embedded with
         source = model_encoder_source(model_ref, args.encoder or model_encoder(model_ref, model))
-    encoder = {"embedding_dim": model.embedding_dim, "encoder": args.encoder, "source": source}
-    if args.text:
-        emb, name = encode_texts(args.text, **encoder, model_encoder=model_encoder(model_ref), device=args.device)
-        good, records = list(range(len(args.text))), [{"query": t} for t in args.text]
-    else:
-        images = encode_images(
-            args.images, **encoder, model_encoder=model_encoder(model_ref, model), device=args.device, report=_stderr
-        )
-        emb, good, records, name = images.embeddings, images.good, images.records, images.encoder
+    inputs = encode_inputs(
+        model, model_ref, texts=args.text, images=args.images, encoder=args.encoder, source=source,
+        device=args.device, report=_stderr,
+    )  # fmt: skip
+    emb, good, records, name = inputs.embeddings, inputs.good, inputs.records, inputs.encoder
     if good:
         if args.map_dir is not None:
             from globeflow.io import claim_output_dir
@@ -514,25 +510,16 @@ def _predict_answers(args: argparse.Namespace) -> int:
             records[j].update(ans.to_dict())
         answered = [records[j] for j in good]
         truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]
+        paths = args.trajectories if args.map_dir is not None else 0
+        from_model = answer_map_inputs(
+            model, emb, exact=args.exact_maps, log_prob_steps=args.density_steps, trajectories=paths
+        )
         write_answer_files(
-            answered,
-            answers,
-            method=model,
-            emb=emb,
-            map_dir=args.map_dir,
-            geojson=args.geojson,
-            kml=args.kml,
-            exact=args.exact_maps,
-            log_prob_steps=args.density_steps,
-            truths=truths,
-            trajectories=args.trajectories,
+            answered, answers, map_dir=args.map_dir, geojson=args.geojson, kml=args.kml, truths=truths, **from_model
         )
     for r in records:
         r.update(model=str(model_ref), encoder=name)
-    if args.format == "csv":
-        text = answers_csv_text(records)
-    else:
-        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    text = answers_csv_text(records) if args.format == "csv" else answers_jsonl_text(records)
     if args.out is None:
         sys.stdout.write(text)
     else:

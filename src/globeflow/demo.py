@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from globeflow.evaluate import evaluate_run, format_metrics, heldout_metrics
-from globeflow.runs import HELDOUT_FILE, ModelConfig, model_encoder, train_run
+from globeflow.runs import HELDOUT_FILE, ModelConfig, train_run
 
 __all__ = ["DEMO_QUERIES", "QUICK_DEMO_QUERIES", "DemoOptions", "demo_answers", "demo_synthetic", "run_demo"]
 
@@ -96,9 +96,9 @@ def print_answer(label: str, record: dict) -> None:
 def demo_answers(opts: DemoOptions) -> int:
     """Queries (or photos) → answers printed, maps, answers.jsonl/.geojson, report.html,
     then the model's metrics on its held-out queries."""
-    from globeflow.answers import answer
+    from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
-    from globeflow.embed import encode_images, encode_texts
+    from globeflow.embed import encode_inputs
     from globeflow.io import save_json
     from globeflow.pretrained import model_or_default
     from globeflow.viz.outputs import write_answer_files, write_answers_jsonl, write_html_report
@@ -108,20 +108,15 @@ def demo_answers(opts: DemoOptions) -> int:
     out = Path(opts.out)
     model_ref = model_or_default(opts.model)
     model = load(model_ref, device=opts.device)
-    encoder = {"embedding_dim": model.embedding_dim, "encoder": opts.encoder, "source": opts.encoder_path}
-    if opts.image:
-        images = encode_images(
-            opts.image, **encoder, model_encoder=model_encoder(model_ref, model), device=opts.device, report=_stderr
-        )
-        emb, name = images.embeddings, images.encoder
-        records = [images.records[j] for j in images.good]
-        if not records:
-            raise ValueError("--image: no photo could be read")
-        truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in records]
-    else:
-        queries = opts.query or list(QUICK_DEMO_QUERIES if quick else DEMO_QUERIES)
-        emb, name = encode_texts(queries, **encoder, model_encoder=model_encoder(model_ref), device=opts.device)
-        records, truths = [{"query": q} for q in queries], None
+    queries = None if opts.image else opts.query or list(QUICK_DEMO_QUERIES if quick else DEMO_QUERIES)
+    inputs = encode_inputs(
+        model, model_ref, texts=queries, images=opts.image, encoder=opts.encoder, source=opts.encoder_path,
+        device=opts.device, report=_stderr,
+    )  # fmt: skip
+    emb, name, records = inputs.embeddings, inputs.encoder, [inputs.records[j] for j in inputs.good]
+    if not records:
+        raise ValueError("--image: no photo could be read")
+    truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in records]
     print(f"model: {model_ref} ({model.name}, {model.embedding_dim}-d {name} embeddings)")
     start = time.perf_counter()
     # 256 samples: the demo's 2-minute budget on a 2-core CPU (docs/practitioners.md, Speed).
@@ -143,19 +138,18 @@ def demo_answers(opts: DemoOptions) -> int:
         r.update(a.to_dict())
         print_answer(r.get("query") or r.get("image"), r)
     start = time.perf_counter()
+    from_model = answer_map_inputs(
+        model, emb, exact=opts.exact_maps, log_prob_steps=opts.density_steps, trajectories=opts.trajectories
+    )
     write_answer_files(
         records,
         answers,
-        method=model,
-        emb=emb,
         map_dir=out / "maps",
         geojson=out / "answers.geojson",
-        exact=opts.exact_maps,
-        log_prob_steps=opts.density_steps,
         truths=truths,
         link_base=out,
-        trajectories=opts.trajectories,
         width_px=900 if quick else 1400,  # --quick: smaller PNGs, faster to draw
+        **from_model,
     )
     map_seconds = time.perf_counter() - start
     write_answers_jsonl(out / "answers.jsonl", records)

@@ -43,10 +43,11 @@ __all__ = [
     "METADATA_KEY",
     "EmbedItem",
     "EmbedSummary",
-    "EncodedImages",
+    "EncodedInputs",
     "collect_inputs",
     "embed_images",
     "encode_images",
+    "encode_inputs",
     "encode_texts",
     "read_embed_metadata",
 ]
@@ -58,11 +59,11 @@ PART_EVERY = 8
 
 
 @dataclass(frozen=True)
-class EncodedImages:
-    """Photos embedded for a model: ``embeddings`` (N_ok, D) of the readable ones, ``good`` the
-    index in ``records`` of each embedded photo, ``records`` one dict per input path (``image``,
-    ``exif_latitude``/``exif_longitude`` when the photo has GPS EXIF, or the ``error``), and the
-    encoder's name."""
+class EncodedInputs:
+    """Queries or photos embedded for a model: ``embeddings`` (N_ok, D) of the usable ones,
+    ``good`` the index in ``records`` of each embedded input, ``records`` one dict per input
+    (``query``; or ``image``, with ``exif_latitude``/``exif_longitude`` when the photo has GPS
+    EXIF, or the ``error``), and the encoder's name."""
 
     embeddings: np.ndarray
     good: list[int]
@@ -391,17 +392,26 @@ def encode_texts(
     else ``minilm``; ``source`` is a hub id or local directory of its weights. ``ValueError``
     for an empty query, a non-text encoder, or one whose dimension does not fit the model.
     """
-    from globeflow.encoders import TextEncoder, get_encoder
+    from globeflow.encoders import TextEncoder
 
     if any(not isinstance(t, str) or not t.strip() for t in texts):
         raise ValueError("--text: empty query")
     name = encoder or model_encoder or "minilm"
+    what = "a text encoder (text queries need one, e.g. minilm)"
+    enc = _encoder_for(name, TextEncoder, what, embedding_dim, source, device)
+    return enc.encode_texts(list(texts)), name
+
+
+def _encoder_for(name: str, kind: type, what: str, embedding_dim: int, source: str | None, device: str) -> Any:
+    """Encoder ``name``, checked to be a ``kind`` (``what``, for the message) of ``embedding_dim``-d."""
+    from globeflow.encoders import get_encoder
+
     enc = get_encoder(name, source=source, device=device)
-    if not isinstance(enc, TextEncoder):
-        raise ValueError(f"--encoder {name} is not a text encoder (text queries need one, e.g. minilm)")
+    if not isinstance(enc, kind):
+        raise ValueError(f"--encoder {name} is not {what}")
     if enc.dim != embedding_dim:
         raise ValueError(f"--encoder {name} gives {enc.dim}-d embeddings but the model expects {embedding_dim}-d")
-    return enc.encode_texts(list(texts)), name
+    return enc
 
 
 def encode_images(
@@ -414,18 +424,14 @@ def encode_images(
     device: str = "cpu",
     report: Callable[[str], None] | None = None,
     batch_size: int = 32,
-) -> EncodedImages:
+) -> EncodedInputs:
     """Embed photos for a model of ``embedding_dim`` (encoder: ``encoder``, else the model's,
     else the default image encoder). A photo that cannot be read is reported through
     ``report`` and recorded with its ``error``; GPS EXIF is kept as the photo's true location."""
-    from globeflow.encoders import DEFAULT_IMAGE_ENCODER, get_encoder
+    from globeflow.encoders import DEFAULT_IMAGE_ENCODER
 
     name = encoder or model_encoder or DEFAULT_IMAGE_ENCODER
-    enc = get_encoder(name, source=source, device=device)
-    if not isinstance(enc, ImageEncoder):
-        raise ValueError(f"--encoder {name} is not an image encoder")
-    if enc.dim != embedding_dim:
-        raise ValueError(f"--encoder {name} gives {enc.dim}-d embeddings but the model expects {embedding_dim}-d")
+    enc = _encoder_for(name, ImageEncoder, "an image encoder", embedding_dim, source, device)
     pixels, good, records = [], [], []
     for path in paths:
         try:
@@ -444,4 +450,26 @@ def encode_images(
         emb = np.concatenate(
             [enc.encode_pixels(np.stack(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
         )
-    return EncodedImages(emb, good, records, name)
+    return EncodedInputs(emb, good, records, name)
+
+
+def encode_inputs(
+    method: Any,
+    model_ref: str | os.PathLike,
+    *,
+    texts: Sequence[str] | None = None,
+    images: Sequence[str] | None = None,
+    encoder: str | None = None,
+    source: str | None = None,
+    device: str = "cpu",
+    report: Callable[[str], None] | None = None,
+) -> EncodedInputs:
+    """``texts`` (if given) else ``images`` embedded for ``method`` loaded from ``model_ref``,
+    with ``encoder`` or the one the model expects (:func:`globeflow.runs.model_encoder`)."""
+    from globeflow.runs import model_encoder
+
+    common = {"embedding_dim": method.embedding_dim, "encoder": encoder, "source": source, "device": device}
+    if texts:
+        emb, name = encode_texts(texts, model_encoder=model_encoder(model_ref), **common)
+        return EncodedInputs(emb, list(range(len(texts))), [{"query": t} for t in texts], name)
+    return encode_images(images or [], model_encoder=model_encoder(model_ref, method), report=report, **common)

@@ -42,7 +42,9 @@ def _truth_keys(data):
     return None
 
 
-def prdc_samples(model: Method, emb: np.ndarray, options: dict, *, guidance: float, unconditional: bool = False) -> np.ndarray:
+def prdc_samples(
+    model: Method, emb: np.ndarray, options: dict, *, guidance: float, unconditional: bool = False
+) -> np.ndarray:
     """Model locations Y (N, 2) for the generative metrics (Appendix C), N = len(emb).
 
     Conditional protocol: one draw from p(y | c_i) per test embedding c_i at guidance ω; pooled,
@@ -53,7 +55,7 @@ def prdc_samples(model: Method, emb: np.ndarray, options: dict, *, guidance: flo
     sample_opts = {k: v for k, v in options.items() if k not in ("strategy", "guidance")}
     if not unconditional:
         return model.sample(emb, 1, guidance=guidance, **sample_opts)[:, 0]
-    if float(getattr(model, "cond_drop", 0.0)) <= 0.0:
+    if not model.has_unconditional:
         raise ValueError(
             f"--prdc-unconditional: method {model.name!r} was not trained with condition dropout, "
             "so it has no unconditional distribution"
@@ -180,7 +182,7 @@ def _prdc_metrics(
         fake = prdc_samples(model, emb, options, guidance=guidance)
     metrics = {k: v for k, v in prdc_latlon(truth, fake).items() if k not in ("n_real", "n_fake")}
     metrics["prdc_guidance"] = float(guidance)
-    if prdc.get("unconditional") and float(getattr(model, "cond_drop", 0.0)) <= 0.0 and prdc.get("lenient"):
+    if prdc.get("unconditional") and not model.has_unconditional and prdc.get("lenient"):
         # compare: a run without condition dropout gets "–" in the uncond_* columns.
         print(f"{label}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
     elif prdc.get("unconditional"):
@@ -249,7 +251,10 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown tables of several runs, one row each: Table 1 (point estimates) and, for the
     keys any run has, Table 2 (probabilistic and generative metrics)."""
     out = _table(POINT_KEYS, rows)
-    present = lambda keys: [k for k in keys if any(k in m for _, m in rows)]
+
+    def present(keys: list[str]) -> list[str]:
+        return [k for k in keys if any(k in m for _, m in rows)]
+
     pkeys = present(DENSITY_KEYS) + present(PRDC_KEYS) + present(UNCOND_PRDC_KEYS)
     if pkeys:
         if present(DENSITY_KEYS):

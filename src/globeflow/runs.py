@@ -223,9 +223,7 @@ def _train_run(
     )
     x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
     emb = torch.from_numpy(data.embeddings)
-    if callable(getattr(method, "prepare", None)):
-        # Data-dependent set-up before training (MvMF places its components on the data).
-        method.prepare(x0, emb)
+    method.prepare(x0, emb)  # data-dependent set-up (MvMF places its components on the data)
     out = Path(out)
     resolved: dict[str, Any] = {
         "model": method.config(),

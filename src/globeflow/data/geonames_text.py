@@ -237,10 +237,27 @@ def build_rows(places: Sequence[Place], config: GeonamesTextConfig) -> dict[str,
 
     Rows are sorted by (query, level, place key), so the output does not depend on dict order.
     """
-    salt = config.salt
-    is_test = [_unit_hash(p.key, salt) < config.test_fraction for p in places]
+    is_test = [_unit_hash(p.key, config.salt) < config.test_fraction for p in places]
+    caps = {"name": config.name_cap, "admin1": config.admin1_cap, "admin1_country": config.admin1_cap}
+    caps.update({"country": config.country_cap, **dict.fromkeys(_PLACE_LEVELS, config.place_cap)})
+    split: dict[str, list[tuple[str, str, int]]] = {"train": [], "test": [], "test_only": []}
+    for text, by_level in _query_groups(places).items():
+        for level, members in by_level.items():
+            rows = _level_rows(text, level, members, is_test, places, config, caps[level])
+            for name, part in rows.items():
+                split[name] += [(text, level, i) for i in part]
+    # test_only: place/name rows, dropped when the text is also a train text.
+    train_texts = {t for t, _, _ in split["train"]}
+    test = split["test"] + [r for r in split["test_only"] if r[0] not in train_texts]
 
-    # text -> level -> member place indices (a text may come from several levels).
+    def order(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+        return sorted(rows, key=lambda r: (r[0], r[1], places[r[2]].key))
+
+    return {"train": order(split["train"]), "test": order(test)}
+
+
+def _query_groups(places: Sequence[Place]) -> dict[str, dict[str, list[int]]]:
+    """text -> level -> member place indices (a text may come from several levels)."""
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, p in enumerate(places):
         groups[p.name]["name"].append(i)
@@ -253,44 +270,38 @@ def build_rows(places: Sequence[Place], config: GeonamesTextConfig) -> dict[str,
         if p.country:
             groups[f"{p.name}, {p.country}"]["name_country"].append(i)
             groups[p.country]["country"].append(i)
+    return groups
 
-    caps = {"name": config.name_cap, "admin1": config.admin1_cap, "admin1_country": config.admin1_cap}
-    caps.update({"country": config.country_cap, **dict.fromkeys(_PLACE_LEVELS, config.place_cap)})
-    train: list[tuple[str, str, int]] = []
-    test: list[tuple[str, str, int]] = []
-    test_only: list[tuple[str, str, int]] = []  # place/name rows; dropped if the text is a train text
-    for text, by_level in groups.items():
-        u = _unit_hash(text, salt)
-        for level, members in by_level.items():
-            tr = [i for i in members if not is_test[i]]
-            te = [i for i in members if is_test[i]]
-            if level in _REGION_LEVELS:
-                # Regions are not places: the text is trained on its train places and tested
-                # on its held-out ones.
-                train += [(text, level, i) for i in _capped(text, tr, places, caps[level], salt)]
-                test += [(text, level, i) for i in _capped(text, te, places, caps[level], salt)]
-            elif level == "name":
-                if tr:  # shared with a train place: a train text, rows = train places only
-                    if len(tr) > 1 or u < config.keep_single_name:
-                        train += [(text, level, i) for i in _capped(text, tr, places, caps[level], salt)]
-                elif len(te) > 1 or u < config.keep_single_name:
-                    test_only += [(text, level, i) for i in _capped(text, te, places, caps[level], salt)]
-            else:
-                held = bool(te)
-                if not (u < config.keep.get(level, 1.0) or (held and level == "name_admin1_country")):
-                    continue
-                rows = [(text, level, i) for i in _capped(text, members, places, caps[level], salt)]
-                if held:  # the text names a held-out place: test only, with all its places
-                    test_only += rows
-                else:
-                    train += rows
-    train_texts = {t for t, _, _ in train}
-    test += [r for r in test_only if r[0] not in train_texts]
 
-    def order(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-        return sorted(rows, key=lambda r: (r[0], r[1], places[r[2]].key))
-
-    return {"train": order(train), "test": order(test)}
+def _level_rows(
+    text: str,
+    level: str,
+    members: list[int],
+    is_test: list[bool],
+    places: Sequence[Place],
+    config: GeonamesTextConfig,
+    cap: int,
+) -> dict[str, list[int]]:
+    """The place indices of one (text, level) group for ``train``, ``test`` and ``test_only``."""
+    salt = config.salt
+    u = _unit_hash(text, salt)
+    tr = [i for i in members if not is_test[i]]
+    te = [i for i in members if is_test[i]]
+    if level in _REGION_LEVELS:
+        # Regions are not places: the text is trained on its train places and tested on its
+        # held-out ones.
+        return {"train": _capped(text, tr, places, cap, salt), "test": _capped(text, te, places, cap, salt)}
+    if level == "name":
+        if tr:  # shared with a train place: a train text, rows = train places only
+            keep = len(tr) > 1 or u < config.keep_single_name
+            return {"train": _capped(text, tr, places, cap, salt) if keep else []}
+        keep = len(te) > 1 or u < config.keep_single_name
+        return {"test_only": _capped(text, te, places, cap, salt) if keep else []}
+    held = bool(te)
+    if not (u < config.keep.get(level, 1.0) or (held and level == "name_admin1_country")):
+        return {}
+    # A text that names a held-out place is test only, with all its places.
+    return {"test_only" if held else "train": _capped(text, members, places, cap, salt)}
 
 
 @dataclass(frozen=True)

@@ -74,13 +74,39 @@ def _find(names: list[str], options: tuple[str, ...]) -> str | None:
 def read_labels(path: str | os.PathLike, *, require_coords: bool = False) -> LabelTable:
     """Read an OSV-5M / YFCC / Im2GPS style metadata CSV (see the module docstring)."""
     shown = os.fspath(path)
+    names, table = _read_csv(shown)
+    lat_col, lon_col, path_col, id_col = _label_columns(shown, names, require_coords)
+
+    def text(col: str) -> np.ndarray:
+        return np.asarray(table.column(col).to_pylist(), dtype=object)
+
+    paths = text(path_col) if path_col is not None else None
+    ids = text(id_col) if id_col is not None else np.asarray([Path(str(s)).stem for s in paths], dtype=object)
+    refs = paths if path_col else ids
+    empty = [i for i, v in enumerate(refs) if v is None or str(v).strip() == ""]
+    if empty:
+        raise DataError(shown, "empty image reference", row=empty[0], field=path_col or id_col)
+    lat = lon = None
+    if lat_col is not None and lon_col is not None:
+        lat = _coords(shown, table.column(lat_col), lat_col, 90.0)
+        lon = _coords(shown, table.column(lon_col), lon_col, 180.0)
+        both = np.isnan(lat) == np.isnan(lon)
+        if not both.all():
+            r = int(np.flatnonzero(~both)[0])
+            raise DataError(shown, "latitude and longitude must be both given or both empty", row=r)
+    used = {c for c in (lat_col, lon_col, path_col, id_col) if c is not None}
+    extra = {c: text(c) for c in table.column_names if c not in used}
+    return LabelTable(ids=ids.astype(str), paths=paths, latitude=lat, longitude=lon, path=shown, extra=extra)
+
+
+def _read_csv(shown: str) -> tuple[list[str], pa.Table]:
+    """The header and every column as text (ids must not become floats: OSV-5M ids exceed 2^53)."""
     p = Path(shown)
     if not p.is_file():
         raise DataError(shown, "file not found")
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
             names = next(csv.reader(f), [])
-        # Every column as text: ids must not become floats (OSV-5M ids exceed 2^53).
         table = pacsv.read_csv(
             p,
             convert_options=pacsv.ConvertOptions(
@@ -91,6 +117,11 @@ def read_labels(path: str | os.PathLike, *, require_coords: bool = False) -> Lab
         raise DataError(shown, f"cannot read as CSV: {err}") from None
     if table.num_rows == 0:
         raise DataError(shown, "file contains no rows")
+    return names, table
+
+
+def _label_columns(shown: str, names: list[str], require_coords: bool) -> tuple[str | None, ...]:
+    """(latitude, longitude, path, id) column names as spelled in the file, None where absent."""
     lat_col, lon_col = _find(names, LAT_NAMES), _find(names, LON_NAMES)
     if (lat_col is None) != (lon_col is None) or (require_coords and lat_col is None):
         missing = "latitude" if lat_col is None else "longitude"
@@ -106,29 +137,7 @@ def read_labels(path: str | os.PathLike, *, require_coords: bool = False) -> Lab
             shown,
             f"no image column: need a path column ({', '.join(PATH_NAMES)}) or an id column ({', '.join(ID_NAMES)})",
         )
-
-    names = table.column_names
-
-    def text(col: str) -> np.ndarray:
-        return np.asarray(table.column(col).to_pylist(), dtype=object)
-
-    paths = text(path_col) if path_col is not None else None
-    ids = text(id_col) if id_col is not None else np.asarray([Path(str(s)).stem for s in paths], dtype=object)
-    for name, arr in ((path_col or id_col, paths if path_col else ids),):
-        empty = [i for i, v in enumerate(arr) if v is None or str(v).strip() == ""]
-        if empty:
-            raise DataError(shown, "empty image reference", row=empty[0], field=name)
-    lat = lon = None
-    if lat_col is not None and lon_col is not None:
-        lat = _coords(shown, table.column(lat_col), lat_col, 90.0)
-        lon = _coords(shown, table.column(lon_col), lon_col, 180.0)
-        both = np.isnan(lat) == np.isnan(lon)
-        if not both.all():
-            r = int(np.flatnonzero(~both)[0])
-            raise DataError(shown, "latitude and longitude must be both given or both empty", row=r)
-    used = {c for c in (lat_col, lon_col, path_col, id_col) if c is not None}
-    extra = {c: text(c) for c in names if c not in used}
-    return LabelTable(ids=ids.astype(str), paths=paths, latitude=lat, longitude=lon, path=shown, extra=extra)
+    return lat_col, lon_col, path_col, id_col
 
 
 def _coords(path: str, column: pa.ChunkedArray, name: str, bound: float) -> np.ndarray:

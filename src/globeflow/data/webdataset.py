@@ -160,52 +160,70 @@ def iter_webdataset(
     paths = shards if isinstance(shards, list) else expand_shards(shards)
     for shard in paths:
         for key, files in _groups(shard):
-            npys = {ext[: -len(".npy")] if ext != "npy" else "npy": ext for ext in files if ext.endswith("npy")}
-            if embedding_key is not None:
-                ext = npys.get(embedding_key)
-                if ext is None:
-                    raise DataError(
-                        shard,
-                        f"sample {key!r} has no {embedding_key!r} .npy entry; it has {sorted(npys) or 'none'}",
-                        field="embedding",
-                    )
-            elif len(npys) == 1:
-                ext = next(iter(npys.values()))
-            else:
-                raise DataError(
-                    shard,
-                    f"sample {key!r} has {len(npys)} .npy entries {sorted(npys)}; choose one with embedding_key",
-                    field="embedding",
-                )
-            try:
-                emb = np.load(io.BytesIO(files[ext]), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as err:
-                raise DataError(shard, f"sample {key!r}: cannot read {ext}: {err}", field="embedding") from None
-            if emb.ndim == 2 and emb.shape[0] == 1:
-                emb = emb[0]
-            if emb.ndim != 1 or not np.issubdtype(emb.dtype, np.floating):
-                raise DataError(
-                    shard,
-                    f"sample {key!r}: embedding must be a 1-D float array, got {emb.dtype} {emb.shape}",
-                    field="embedding",
-                )
-            meta: dict = {}
-            if "json" in files:
-                try:
-                    meta = json.loads(files["json"].decode("utf-8"))
-                except (ValueError, UnicodeDecodeError) as err:
-                    raise DataError(shard, f"sample {key!r}: invalid JSON: {err}", field="json") from None
-                if not isinstance(meta, dict):
-                    raise DataError(shard, f"sample {key!r}: JSON metadata must be an object", field="json")
-            lat, lon = _pick(meta, LAT_NAMES), _pick(meta, LON_NAMES)
-            if require_coords and (lat is None or lon is None):
-                raise DataError(shard, f"sample {key!r} has no latitude/longitude in its .json", field="latitude")
-            try:
-                lat = None if lat is None else float(lat)
-                lon = None if lon is None else float(lon)
-            except (TypeError, ValueError):
-                raise DataError(shard, f"sample {key!r}: coordinates are not numbers", field="latitude") from None
+            emb = _embedding(shard, key, files, embedding_key)
+            meta = _metadata(shard, key, files)
+            lat, lon = _coords(shard, key, meta, require_coords)
             yield WdsSample(key, emb.astype(np.float32, copy=False), lat, lon, shard, meta)
+
+
+def _embedding(shard: str, key: str, files: dict[str, bytes], embedding_key: str | None) -> np.ndarray:
+    """The sample's embedding (D,): its ``embedding_key`` .npy entry, else its only one."""
+    npys = {ext[: -len(".npy")] if ext != "npy" else "npy": ext for ext in files if ext.endswith("npy")}
+    if embedding_key is not None:
+        ext = npys.get(embedding_key)
+        if ext is None:
+            raise DataError(
+                shard,
+                f"sample {key!r} has no {embedding_key!r} .npy entry; it has {sorted(npys) or 'none'}",
+                field="embedding",
+            )
+    elif len(npys) == 1:
+        ext = next(iter(npys.values()))
+    else:
+        raise DataError(
+            shard,
+            f"sample {key!r} has {len(npys)} .npy entries {sorted(npys)}; choose one with embedding_key",
+            field="embedding",
+        )
+    try:
+        emb = np.load(io.BytesIO(files[ext]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(shard, f"sample {key!r}: cannot read {ext}: {err}", field="embedding") from None
+    if emb.ndim == 2 and emb.shape[0] == 1:
+        emb = emb[0]
+    if emb.ndim != 1 or not np.issubdtype(emb.dtype, np.floating):
+        raise DataError(
+            shard,
+            f"sample {key!r}: embedding must be a 1-D float array, got {emb.dtype} {emb.shape}",
+            field="embedding",
+        )
+    return emb
+
+
+def _metadata(shard: str, key: str, files: dict[str, bytes]) -> dict:
+    """The sample's ``.json`` object ({} without one)."""
+    if "json" not in files:
+        return {}
+    try:
+        meta = json.loads(files["json"].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(shard, f"sample {key!r}: invalid JSON: {err}", field="json") from None
+    if not isinstance(meta, dict):
+        raise DataError(shard, f"sample {key!r}: JSON metadata must be an object", field="json")
+    return meta
+
+
+def _coords(shard: str, key: str, meta: dict, require_coords: bool) -> tuple[float | None, float | None]:
+    """(latitude, longitude) degrees from the metadata under any usual spelling, or None."""
+    lat, lon = _pick(meta, LAT_NAMES), _pick(meta, LON_NAMES)
+    if require_coords and (lat is None or lon is None):
+        raise DataError(shard, f"sample {key!r} has no latitude/longitude in its .json", field="latitude")
+    try:
+        lat = None if lat is None else float(lat)
+        lon = None if lon is None else float(lon)
+    except (TypeError, ValueError):
+        raise DataError(shard, f"sample {key!r}: coordinates are not numbers", field="latitude") from None
+    return lat, lon
 
 
 def _fingerprint(paths: list[str], embedding_key: str | None) -> str:

@@ -42,11 +42,12 @@ def num_coefficients(degree: int) -> int:
     return (degree + 1) ** 2
 
 
-def sh_index(l: int, m: int) -> int:
-    """Position of Y_lm in the coefficient vector (ordered by degree, then order m = −l..l)."""
-    if not -l <= m <= l:
-        raise ValueError(f"order m = {m} outside [-{l}, {l}]")
-    return l * l + l + m
+def sh_index(el: int, m: int) -> int:
+    """Position of Y_lm (degree l = ``el``) in the coefficient vector (ordered by degree, then
+    order m = −l..l)."""
+    if not -el <= m <= el:
+        raise ValueError(f"order m = {m} outside [-{el}, {el}]")
+    return el * el + el + m
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,9 +63,9 @@ def _recurrence_tables(degree: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     den_b = torch.where(valid, 4 * lm1 * lm1 - 1, torch.ones(()))
     b = torch.where(valid, torch.sqrt(num_b / den_b), torch.zeros(()))
     ls, ms = [], []
-    for l in range(degree + 1):
-        for m in range(-l, l + 1):
-            ls.append(l)
+    for deg in range(degree + 1):
+        for m in range(-deg, deg + 1):
+            ls.append(deg)
             ms.append(m)
     return a, b, torch.tensor(ls), torch.tensor(ms)
 
@@ -102,16 +103,16 @@ def real_sph_harm(x: Tensor, degree: int) -> Tensor:
     # Rows P̄_l^m (m = 0..L) built degree by degree; entries with m > l stay zero.
     rows = [torch.zeros(n, big, dtype=torch.float64, device=p.device) for _ in range(big)]
     m_idx = torch.arange(big, device=p.device)
-    for l in range(big):
+    for el in range(big):
         row = torch.zeros(n, big, dtype=torch.float64, device=p.device)
-        row[:, l] = diag[:, l]
-        if l >= 1:
+        row[:, el] = diag[:, el]
+        if el >= 1:
             # m = l − 1: P̄_l^{l−1} = √(2l+1) cos θ P̄_{l−1}^{l−1}
-            row[:, l - 1] = math.sqrt(2 * l + 1) * z * diag[:, l - 1]
-        if l >= 2:
-            sel = m_idx < l - 1
-            row[:, sel] = a[l, sel] * (z[:, None] * rows[l - 1][:, sel] - b[l, sel] * rows[l - 2][:, sel])
-        rows[l] = row
+            row[:, el - 1] = math.sqrt(2 * el + 1) * z * diag[:, el - 1]
+        if el >= 2:
+            sel = m_idx < el - 1
+            row[:, sel] = a[el, sel] * (z[:, None] * rows[el - 1][:, sel] - b[el, sel] * rows[el - 2][:, sel])
+        rows[el] = row
     plm = torch.stack(rows, dim=1)  # (n, L+1, L+1) indexed [l, m]
 
     absm = ms.abs()

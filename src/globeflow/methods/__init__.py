@@ -11,14 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from globeflow.methods.base import GenerativeMethod, Method, SamplesWithLogProb, as_embedding, as_latlon
+    from globeflow.methods.base import Method, ModuleMethod, SamplesWithLogProb, as_embedding, as_latlon
     from globeflow.methods.diffusion import Diffusion
     from globeflow.methods.flow import FlowMatching
     from globeflow.methods.flowmap import FlowMapRFM
     from globeflow.methods.locdiffusion import LocDiffusion
     from globeflow.methods.mvmf import MvMF
     from globeflow.methods.rfm import RiemannianFlowMatching
-    from globeflow.methods.uniform import ModuleMethod, Uniform
+    from globeflow.methods.generative import GenerativeMethod
+    from globeflow.methods.uniform import Uniform
     from globeflow.methods.vmf import VMFRegression
     from globeflow.methods.vmf_mixture import VMFMixture
 
@@ -72,12 +73,12 @@ METHOD_NAMES: tuple[str, ...] = tuple(METHOD_CLASSES)
 
 # Other public names -> the module that defines them (imported on first use).
 _LAZY = {
-    "GenerativeMethod": "globeflow.methods.base",
+    "GenerativeMethod": "globeflow.methods.generative",
     "Method": "globeflow.methods.base",
     "SamplesWithLogProb": "globeflow.methods.base",
     "as_embedding": "globeflow.methods.base",
     "as_latlon": "globeflow.methods.base",
-    "ModuleMethod": "globeflow.methods.uniform",
+    "ModuleMethod": "globeflow.methods.base",
     **{ref.split(":")[1]: ref.split(":")[0] for ref in (*METHOD_CLASSES.values(), *DISTILLED_CLASSES.values())},
 }
 
@@ -96,7 +97,7 @@ def method_class(name: str) -> type[Method]:
 
 
 def _registries() -> dict[str, dict[str, type]]:
-    from globeflow.methods.base import GenerativeMethod
+    from globeflow.methods.generative import GenerativeMethod
 
     every = {name: method_class(name) for name in METHOD_CLASSES}
     generative = {n: c for n, c in every.items() if issubclass(c, GenerativeMethod)}
@@ -111,11 +112,6 @@ def _registries() -> dict[str, dict[str, type]]:
         #: Methods made from a trained one by ``globeflow distill`` (not trainable from scratch).
         "DISTILLED_METHODS": {n: method_class_ref(r) for n, r in DISTILLED_CLASSES.items()},
     }
-
-
-def _split_registry() -> tuple[dict[str, type], dict[str, type], dict[str, type]]:
-    """(ALL_METHODS, GENERATIVE_METHODS, BASELINE_METHODS), built once."""
-    return __getattr__("ALL_METHODS"), __getattr__("GENERATIVE_METHODS"), __getattr__("BASELINE_METHODS")
 
 
 def __getattr__(name: str) -> Any:
@@ -146,51 +142,39 @@ def create_method(
     cond_drop: float = 0.1,
     **options,
 ) -> Method:
-    """A new, untrained method ``name`` (see :data:`ALL_METHODS`).
+    """A new, untrained method ``name`` (see :data:`METHOD_CLASSES`).
 
     ``width``/``depth``/``expansion`` size the network of every method that has one (the
     AdaLN MLP; LocDiffusion's CS-UNet); ``schedule*`` and ``cond_drop`` only concern the
-    generative methods. ``options`` are method-specific (e.g. ``components`` for
+    generative methods: each method takes those of the shared options it names in its
+    ``option_names``. ``options`` are method-specific (e.g. ``components`` for
     ``vmf_mixture``, ``num_components`` for ``mvmf``, ``degree`` for ``locdiffusion``); an
     option the method does not know raises ``ValueError``.
     """
-    from globeflow.nets.adaln_mlp import AdaLNMLPConfig
-    from globeflow.paths.schedules import make_schedule
-
-    ALL_METHODS, GENERATIVE_METHODS, BASELINE_METHODS = _split_registry()
-    if name not in ALL_METHODS:
-        raise ValueError(f"method: unknown name {name!r}; choose one of {sorted(ALL_METHODS)}")
-    if name in GENERATIVE_METHODS:
-        if options:
-            raise ValueError(f"method {name!r}: unknown option(s) {sorted(options)}")
-        net = AdaLNMLPConfig(cond_dim=embedding_dim, dim=width, depth=depth, expansion=expansion)
-        return GENERATIVE_METHODS[name](net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop)
-    cls = BASELINE_METHODS[name]
-    sizes = {"width": width, "depth": depth, "expansion": expansion}
-    sized = {k: v for k, v in sizes.items() if k in cls.option_names}
-    return cls.create(embedding_dim, **sized, **options)
+    cls = method_class(name)
+    shared = {
+        "width": width,
+        "depth": depth,
+        "expansion": expansion,
+        "schedule": schedule,
+        "schedule_params": schedule_params,
+        "cond_drop": cond_drop,
+    }
+    return cls.create(embedding_dim, **{k: v for k, v in shared.items() if k in cls.option_names}, **options)
 
 
 def build_method(config: dict) -> Method:
-    """Rebuild an (untrained) method from :meth:`Method.config` output."""
-    from globeflow.nets.adaln_mlp import AdaLNMLPConfig
-    from globeflow.paths.schedules import make_schedule
-
-    ALL_METHODS, GENERATIVE_METHODS, BASELINE_METHODS = _split_registry()
+    """Rebuild an (untrained) method from :meth:`Method.config` output (a PLONK model, whose
+    config says ``"convention": "plonk"``, keeps the official conventions)."""
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError("model config: missing or malformed field 'method'")
     name = config["method"]
-    distilled = __getattr__("DISTILLED_METHODS")
-    if name in distilled:
-        return distilled[name].from_config(config)
-    if name not in ALL_METHODS:
-        raise ValueError(f"model config: unknown method {name!r}; known: {sorted(ALL_METHODS)}")
-    if name in BASELINE_METHODS:
-        return BASELINE_METHODS[name].from_config(config)
-    try:
-        net = AdaLNMLPConfig(**config["net"])
-        schedule = dict(config.get("schedule", {"name": "skewed_sigmoid"}))
-        cond_drop = float(config.get("cond_drop", 0.1))
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"model config: missing or malformed field {err}") from None
-    return GENERATIVE_METHODS[name](net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)
+    if name in DISTILLED_CLASSES:
+        return method_class_ref(DISTILLED_CLASSES[name]).from_config(config)
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"model config: unknown method {name!r}; known: {sorted(METHOD_CLASSES)}")
+    if config.get("convention") == "plonk":
+        from globeflow.methods.plonk import plonk_class
+
+        return plonk_class(name).from_config(config)
+    return method_class(name).from_config(config)

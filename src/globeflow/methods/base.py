@@ -1,7 +1,13 @@
-"""The interface every globeflow method shares, and the machinery of the generative ones.
+"""The interface every globeflow method shares (:class:`Method`) and the base of the methods
+whose state is one network (:class:`ModuleMethod`); the generative machinery (Diffusion, flow
+matching, RFM) is :mod:`globeflow.methods.generative`.
 
 A method is a trained geolocator: embeddings (B, D) in, locations out as float64 numpy arrays
-of (latitude, longitude) in degrees, longitude in [−180, 180).
+of (latitude, longitude) in degrees, longitude in [−180, 180). Everything a caller may use is
+declared here, so nothing probes a method with ``getattr``: construction (:meth:`Method.create`,
+:meth:`Method.from_config`, :attr:`Method.option_names`), training (:meth:`Method.prepare`,
+:meth:`Method.loss`), sampling, densities, denoising paths (:meth:`Method.trajectories`) and
+whether the method has an unconditional distribution (:attr:`Method.has_unconditional`).
 """
 
 from __future__ import annotations
@@ -13,28 +19,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from globeflow.geometry import sphere
 from globeflow.geometry.coords import latlon_to_xyz, xyz_to_latlon
-from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
-from globeflow.paths.noising import NoisingPath
-from globeflow.paths.schedules import Schedule, make_schedule
-from globeflow.solvers.likelihood import DIVERGENCES, LIKELIHOOD_SOLVERS, DivergenceField, integrate_with_divergence
 
 __all__ = [
-    "GenerativeMethod",
     "Method",
+    "ModuleMethod",
     "SamplesWithLogProb",
     "as_embedding",
     "as_latlon",
+    "check_options",
+    "row_noise",
 ]
 
-#: Bound on points (samples × embeddings, before guidance doubling) per forward pass in
-#: :meth:`GenerativeMethod.sample`: 64 Ki points of a d = 512 network need ~1 GB of activations.
-MAX_POINTS_PER_CHUNK = 1 << 16
-#: The same bound for the likelihood ODE, whose state carries 2–3 tangents per point.
-MAX_POINTS_PER_LIKELIHOOD_CHUNK = 1 << 13
 #: ODE steps of the generative samplers when ``sample_steps`` is None (the paper's 16).
 DEFAULT_SAMPLE_STEPS = 16
 
@@ -176,6 +173,33 @@ class Method(abc.ABC):
     def config(self) -> dict:
         """JSON-serialisable description from which :func:`globeflow.methods.build_method` rebuilds it."""
 
+    @classmethod
+    def create(cls, embedding_dim: int, **options: Any) -> Method:
+        """A new, untrained method for ``embedding_dim``-d embeddings (``options``: see
+        :attr:`option_names`; an unknown one raises ``ValueError``)."""
+        raise NotImplementedError(f"method {cls.name!r} cannot be created from options")
+
+    @classmethod
+    def from_config(cls, config: dict) -> Method:
+        """The same (untrained) architecture from :meth:`config` output; weights load separately."""
+        raise NotImplementedError(f"method {cls.name!r} cannot be rebuilt from a config")
+
+    @property
+    def has_unconditional(self) -> bool:
+        """Whether the null condition (the zero embedding) samples an unconditional
+        distribution: the method saw it in training (condition dropout > 0)."""
+        return False
+
+    # -- training -------------------------------------------------------------------------
+    def prepare(self, x0: Tensor, emb: Tensor) -> None:
+        """Data-dependent set-up before training on ``x0`` (N, 3) unit vectors and ``emb``
+        (N, D) (e.g. MvMF places its components on the data); nothing by default."""
+
+    def loss(self, x0: Tensor, emb: Tensor, generator: torch.Generator, net: nn.Module | None = None) -> Tensor:
+        """Mean training loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar; the
+        randomness from ``generator``; ``net`` lets a trainer pass a DDP wrapper of ``self.net``."""
+        raise NotImplementedError(f"method {self.name!r} has no training loss")
+
     def log_prob_xyz(self, emb: Tensor, x: Tensor, *, guidance: float = 0.0, **options: Any) -> Tensor:
         """Log-density at unit vectors: ``emb`` (B, D) validated float32, ``x`` (B, P, 3) -> (B, P)."""
         raise NotImplementedError(f"method {self.name!r} has no likelihood")
@@ -196,6 +220,14 @@ class Method(abc.ABC):
         """
         x = self.sample_xyz(emb, num_samples, generator=generator, guidance=guidance, **options)
         return x, self.log_prob_xyz(emb, x, guidance=guidance)
+
+    def trajectories(
+        self, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0
+    ) -> np.ndarray | None:
+        """``num`` paths of the sampler for ONE embedding ``emb`` (D,), from the noise to the
+        samples (paper, Figs. 1 and 3): (T + 1, num, 2) degrees; None (the default) for a
+        method without a step-by-step sampler."""
+        return None
 
     @property
     def device(self) -> torch.device:
@@ -315,391 +347,55 @@ class Method(abc.ABC):
         raise ValueError(f"strategy: unknown value {strategy!r}; available: 'sample', 'ensemble'")
 
 
-class GenerativeMethod(Method, nn.Module):
-    """A network ψ, a schedule κ(t) and a noising path, trained with condition dropout.
+def check_options(name: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Reject construction options a method does not know (a typo must not be ignored)."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown option(s) {unknown}; known: {sorted(allowed)}")
 
-    Subclasses choose the path and implement :meth:`_denoise` (noise -> samples in R³ or S²).
+
+class ModuleMethod(Method, nn.Module):
+    """A method whose persistent state is ``self.net`` (saved as safetensors by :func:`globeflow.api.save`).
+
+    Subclasses implement :meth:`create` (new, untrained, from construction options) and
+    :meth:`from_config` (rebuild the same architecture from :meth:`config`); the weights are
+    then loaded into ``net``.
     """
 
-    path_cls: ClassVar[type[NoisingPath]]
-    #: :meth:`sample` starts row i from noise seeded by (seed, i): see :func:`row_noise`.
-    row_seeded_noise: ClassVar[bool] = True
-    solvers: ClassVar[dict[str, int]]
-    default_solver: ClassVar[str]
-    #: Grading of the likelihood ODE's RK4 nodes towards the data end (1: uniform; see
-    #: :func:`~globeflow.solvers.likelihood.integrate_with_divergence`).
-    likelihood_grid_power: ClassVar[float] = 1.0
+    net: nn.Module
+    #: Construction options :meth:`create` accepts besides ``embedding_dim``.
+    option_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        net_config: AdaLNMLPConfig,
-        schedule: Schedule | None = None,
-        *,
-        cond_drop: float = 0.1,
-    ) -> None:
+    def __init__(self, embedding_dim: int) -> None:
         nn.Module.__init__(self)
-        if not 0.0 <= cond_drop < 1.0:
-            raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
-        self.net = AdaLNMLP(net_config)
-        self.schedule = schedule if schedule is not None else make_schedule()
-        self.path = self.path_cls()
-        self.cond_drop = float(cond_drop)
-        self.embedding_dim = net_config.cond_dim
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        self.embedding_dim = embedding_dim
+        # A device marker that is not saved: methods without parameters still know their device.
+        self.register_buffer("_device_marker", torch.zeros(()), persistent=False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+        return self._device_marker.device
+
+    @classmethod
+    def create(cls, embedding_dim: int, **options: Any) -> ModuleMethod:
+        """A new, untrained method (``options`` as in :attr:`option_names`)."""
+        check_options(cls.name, options, cls.option_names)
+        return cls(embedding_dim, **options)
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModuleMethod:
+        """Rebuild from :meth:`config` output (weights are loaded separately into ``net``)."""
+        try:
+            options = {k: v for k, v in config.items() if k not in ("method", "embedding_dim")}
+            return cls.create(int(config["embedding_dim"]), **options)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"model config: missing or malformed field {err}") from None
 
     def config(self) -> dict:
-        return {
-            "method": self.name,
-            "net": self.net.config_dict(),
-            "schedule": self.schedule.config(),
-            "cond_drop": self.cond_drop,
-        }
+        return {"method": self.name, "embedding_dim": self.embedding_dim, **self._options()}
 
-    # -- training -------------------------------------------------------------------------
-    def _train_kappa(self, t: Tensor) -> Tensor:
-        return self.schedule.kappa(t)
-
-    def loss(
-        self,
-        x0: Tensor,
-        emb: Tensor,
-        generator: torch.Generator,
-        net: nn.Module | None = None,
-    ) -> Tensor:
-        """Mean regression loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar.
-
-        Draws t ~ U[0, 1], the noise and the condition dropout (null embedding = zeros, for
-        classifier-free guidance, Sec. 3.3) from ``generator``, on the generator's own device
-        (a CUDA generator cannot fill CPU tensors, and vice versa). ``net`` lets a trainer
-        pass a DDP wrapper.
-        """
-        net = self.net if net is None else net
-        b, device, g_device = x0.shape[0], x0.device, generator.device
-        t = torch.rand(b, 1, generator=generator, device=g_device)
-        kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
-        noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype, device=g_device).to(device)
-        drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
-        x_t, target = self.path.interpolate(x0, kappa, noise)
-        emb = torch.where(drop[:, None], torch.zeros_like(emb), emb)
-        pred = net(x_t, emb, kappa.squeeze(-1))
-        return self.path.loss(pred, target, x_t).mean()
-
-    # -- sampling -------------------------------------------------------------------------
-    def guided_field(self, emb: Tensor, guidance: float):
-        """The network as a function of (x (B, S, 3), κ), with guidance (Eq. 13) if ω ≠ 0.
-
-        The conditional and unconditional halves go through the network as one batch of 2B
-        embeddings; the condition path runs on embeddings, not on samples.
-        """
-        cond = self.net.embed_condition(emb)
-        if guidance != 0.0:
-            null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
-            cond = torch.cat([cond, null], dim=0)
-
-        def field(x: Tensor, kappa: Tensor) -> Tensor:
-            mods, head = self.net.modulations(cond, kappa)
-            if guidance == 0.0:
-                return self.net.forward_with(x, mods, head)
-            out_c, out_u = self.net.forward_with(torch.cat([x, x], dim=0), mods, head).chunk(2, dim=0)
-            return out_c + guidance * (out_c - out_u)
-
-        return field
-
-    def guided_field_jvp(self, emb: Tensor, guidance: float):
-        """Like :meth:`guided_field`, with directional derivatives (for the divergence).
-
-        Returns ``f(x (B, S, 3), tangents (B, S, K, 3), κ) -> (ψ̂ (B, S, 3), J_ψ̂ · tangents
-        (B, S, K, 3))``; guidance (Eq. 13) is linear in ψ, so its Jacobian combines the same way.
-        The condition path (once per embedding and step) stays in float32 under autocast.
-        """
-        fp32 = torch.autocast(device_type=emb.device.type, enabled=False)
-        with fp32:
-            cond = self.net.embed_condition(emb)
-            if guidance != 0.0:
-                null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
-                cond = torch.cat([cond, null], dim=0)
-
-        def field_jvp(x: Tensor, tangents: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                mods, head = self.net.modulations(cond, kappa)
-            if guidance == 0.0:
-                return self.net.forward_with_jvp(x, tangents, mods, head)
-            out, jvp = self.net.forward_with_jvp(torch.cat([x, x]), torch.cat([tangents, tangents]), mods, head)
-            (out_c, out_u), (jvp_c, jvp_u) = out.chunk(2), jvp.chunk(2)
-            return out_c + guidance * (out_c - out_u), jvp_c + guidance * (jvp_c - jvp_u)
-
-        return field_jvp
-
-    @abc.abstractmethod
-    def _denoise(
-        self,
-        field,
-        noise: Tensor,
-        *,
-        num_steps: int,
-        solver: str,
-        trajectory: list[Tensor] | None,
-    ) -> Tensor:
-        """Integrate from ``noise`` (B, S, 3) to unit vectors (B, S, 3)."""
-
-    def sample_xyz(
-        self,
-        emb: Tensor,
-        num_samples: int,
-        *,
-        generator: torch.Generator,
-        guidance: float = 0.0,
-        sample_steps: int | None = None,
-        solver: str | None = None,
-        precision: str = "float32",
-        max_points: int = MAX_POINTS_PER_CHUNK,
-        trajectory: list[Tensor] | None = None,
-        progress: bool = False,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Samples from the model for each embedding: ``emb`` (B, D) -> (B, S, 3) unit vectors.
-
-        ``noise`` (B, S, 3): the starting points (default: drawn from ``generator``);
-        :meth:`sample` and :meth:`predict` give :func:`row_noise`, a function of (seed, row).
-
-        ``precision="bfloat16"`` runs the network's matrix products in bfloat16 (autocast)
-        while the state, the solver and the coordinate input layer stay in float32.
-        """
-        solver = self.default_solver if solver is None else solver
-        sample_steps = DEFAULT_SAMPLE_STEPS if sample_steps is None else sample_steps
-        if solver not in self.solvers:
-            raise ValueError(
-                f"solver: {solver!r} is not available for {self.name}; choose one of {sorted(self.solvers)}"
-            )
-        if not isinstance(sample_steps, int) or sample_steps < 1:
-            raise ValueError(f"sample_steps must be a positive integer, got {sample_steps!r}")
-        guidance = float(guidance)
-        if not np.isfinite(guidance):
-            raise ValueError(f"guidance must be finite, got {guidance}")
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-        b = emb.shape[0]
-        # All noise is drawn up front so that results do not depend on the chunking.
-        if noise is None:
-            noise = self.path.sample_noise((b, num_samples), generator=generator)
-        noise = noise.to(emb.device)
-        per_chunk = max(1, max_points // num_samples)
-        out = []
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device_type=emb.device.type,
-                dtype=torch.bfloat16,
-                enabled=precision == "bfloat16",
-            ),
-        ):
-            starts = range(0, b, per_chunk)
-            bar = tqdm(
-                starts,
-                desc=f"sampling {self.name}",
-                unit="chunk",
-                disable=not progress or len(starts) < 2,
-            )
-            for start in bar:
-                sl = slice(start, start + per_chunk)
-                field = self.guided_field(emb[sl], guidance)
-                traj = [] if trajectory is not None else None
-                out.append(
-                    self._denoise(
-                        field,
-                        noise[sl],
-                        num_steps=sample_steps,
-                        solver=solver,
-                        trajectory=traj,
-                    )
-                )
-                if trajectory is not None:
-                    trajectory.append(torch.stack(traj, dim=0))
-        return torch.cat(out, dim=0).float()
-
-    # -- likelihood (Prop. 2) -------------------------------------------------------------
-    @abc.abstractmethod
-    def _divergence_field(self, field_jvp) -> DivergenceField:
-        """The likelihood ODE in its variable s ∈ [0, 1] (s = 0: data, s = 1: noise).
-
-        From the guided field with derivatives (:meth:`guided_field_jvp`) to
-        ``f(x, s, probes) -> (dx/ds (..., 3), div (...))`` for
-        :func:`~globeflow.solvers.likelihood.integrate_with_divergence`.
-        """
-
-    @abc.abstractmethod
-    def _base_log_prob(self, x: Tensor) -> Tensor:
-        """Log-density of the noise distribution at s = 1: (..., 3) -> (...)."""
-
-    def _check_likelihood_options(self, solver: str, divergence: str, steps: int, atol: float, rtol: float) -> None:
-        if solver not in LIKELIHOOD_SOLVERS:
-            raise ValueError(f"solver: {solver!r} is not a likelihood solver; choose one of {LIKELIHOOD_SOLVERS}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence: unknown value {divergence!r}; choose one of {DIVERGENCES}")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        for field_name, tol in (("atol", atol), ("rtol", rtol)):
-            if not (isinstance(tol, (int, float)) and 0.0 < tol < 1.0):
-                raise ValueError(f"{field_name} must be in (0, 1), got {tol!r}")
-
-    def _solve_chunks(
-        self,
-        emb: Tensor,
-        x: Tensor,
-        *,
-        to_data: bool,
-        guidance: float,
-        solver: str,
-        divergence: str,
-        steps: int,
-        atol: float,
-        rtol: float,
-        max_points: int,
-        seed: int,
-        stats: dict | None,
-        precision: str = "float32",
-        grid_power: float | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Integrate the likelihood ODE for ``x`` (B, P, 3) in chunks of embeddings.
-
-        ``to_data``: from noise (s = 1) to data (s = 0), else from data to noise. Returns the end
-        states (B, P, 3) and log p (B, P) at the *data* end of each path. ``precision``
-        "bfloat16": the network's block MLPs multiply in bfloat16 (state and divergence float32).
-        """
-        self._check_likelihood_options(solver, divergence, steps, atol, rtol)
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-        guidance = float(guidance)
-        if not np.isfinite(guidance):
-            raise ValueError(f"guidance must be finite, got {guidance}")
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        b, p = x.shape[:2]
-        per_chunk = max(1, max_points // p)
-        ends, logps, nfe = [], [], 0
-        s0, s1 = (1.0, 0.0) if to_data else (0.0, 1.0)
-        low = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-        with torch.inference_mode(), low:
-            for start in range(0, b, per_chunk):
-                sl = slice(start, start + per_chunk)
-                # The state runs in the network's dtype: float64 weights give a float64 reference.
-                dtype = self.net.input_mapper.weight.dtype
-                xs = x[sl].to(dtype)
-                field = self._divergence_field(self.guided_field_jvp(emb[sl].to(dtype), guidance))
-                res = integrate_with_divergence(
-                    field,
-                    xs,
-                    s0,
-                    s1,
-                    on_sphere=self.path.on_sphere,
-                    divergence=divergence,
-                    solver=solver,
-                    steps=steps,
-                    atol=atol,
-                    rtol=rtol,
-                    generator=generator,
-                    grid_power=self.likelihood_grid_power if grid_power is None else grid_power,
-                )
-                nfe += res.nfe
-                # log p(x(s_end)) = log p(x(s_start)) − ∫ div ds (see solvers/likelihood.py).
-                if to_data:
-                    logps.append(self._base_log_prob(xs) - res.delta)
-                else:
-                    logps.append(self._base_log_prob(res.x) + res.delta)
-                ends.append(res.x)
-        if stats is not None:
-            stats.update(nfe=nfe, chunks=len(ends), points=b * p)
-        return torch.cat(ends), torch.cat(logps)
-
-    def log_prob_xyz(
-        self,
-        emb: Tensor,
-        x: Tensor,
-        *,
-        guidance: float = 0.0,
-        solver: str = "rk4",
-        divergence: str = "exact",
-        steps: int = 64,
-        atol: float = 1e-5,
-        rtol: float = 1e-5,
-        max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
-        seed: int = 0,
-        stats: dict | None = None,
-        precision: str = "float32",
-        grid_power: float | None = None,
-    ) -> Tensor:
-        """log p(x | c) by the ODE from data to noise (Prop. 2): ``emb`` (B, D), ``x`` (B, P, 3) -> (B, P).
-
-        ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``) or ``"rk4"`` (``steps`` fixed
-        steps); ``divergence``: ``"exact"`` trace or ``"hutchinson"`` (unbiased, one probe, drawn
-        with ``seed``). ``stats``, if a dict, receives the number of field evaluations (``nfe``).
-        ``precision="bfloat16"``: the block MLPs multiply in bfloat16. ``grid_power``: RK4 nodes
-        graded towards the data end (default: the method's ``likelihood_grid_power``).
-        """
-        _, logp = self._solve_chunks(
-            emb,
-            x,
-            to_data=False,
-            guidance=guidance,
-            solver=solver,
-            divergence=divergence,
-            steps=steps,
-            atol=atol,
-            rtol=rtol,
-            max_points=max_points,
-            seed=seed,
-            stats=stats,
-            precision=precision,
-            grid_power=grid_power,
-        )
-        return logp
-
-    def sample_with_log_prob_xyz(
-        self,
-        emb: Tensor,
-        num_samples: int,
-        *,
-        generator: torch.Generator,
-        guidance: float = 0.0,
-        sample_steps: int = 64,
-        solver: str = "rk4",
-        divergence: str = "exact",
-        atol: float = 1e-5,
-        rtol: float = 1e-5,
-        max_points: int = MAX_POINTS_PER_LIKELIHOOD_CHUNK,
-        stats: dict | None = None,
-        precision: str = "float32",
-        grid_power: float | None = None,
-        noise: Tensor | None = None,
-        **_: Any,
-    ) -> tuple[Tensor, Tensor]:
-        """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
-
-        The ODE is solved accurately (``solver`` ``"dopri5"``, or ``"rk4"`` with
-        ``sample_steps`` steps) rather than with the few-step sampler of :meth:`sample`, so that
-        each sample's log p is the density of the model at that sample. Samples of R³ methods
-        are returned on the sphere but their log p is the R³ density at the unprojected end point.
-        """
-        if noise is None:
-            noise = self.path.sample_noise((emb.shape[0], num_samples), generator=generator)
-        noise = noise.to(emb.device)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        x, logp = self._solve_chunks(
-            emb,
-            noise,
-            to_data=True,
-            guidance=guidance,
-            solver=solver,
-            divergence=divergence,
-            steps=sample_steps,
-            atol=atol,
-            rtol=rtol,
-            max_points=max_points,
-            seed=seed,
-            stats=stats,
-            precision=precision,
-            grid_power=grid_power,
-        )
-        return sphere.project(x), logp
+    def _options(self) -> dict:
+        """Construction options (JSON) reproducing this architecture."""
+        return {}

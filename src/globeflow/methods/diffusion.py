@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from globeflow.geometry.sphere import project
-from globeflow.methods.base import GenerativeMethod
+from globeflow.methods.generative import GenerativeMethod
 from globeflow.paths.noising import DiffusionPath
 from globeflow.solvers.ddim import DIFFUSION_SOLVERS, KAPPA_MAX, diffusion_sample
 from globeflow.solvers.likelihood import DivergenceField

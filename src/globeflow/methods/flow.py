@@ -16,7 +16,7 @@ import math
 from torch import Tensor
 
 from globeflow.geometry.sphere import project
-from globeflow.methods.base import GenerativeMethod
+from globeflow.methods.generative import GenerativeMethod
 from globeflow.paths.noising import FlowPath
 from globeflow.solvers.fixed_step import ODE_SOLVERS, integrate
 from globeflow.solvers.likelihood import DivergenceField

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from globeflow.geometry import sphere
-from globeflow.methods.base import MAX_POINTS_PER_CHUNK
+from globeflow.methods.generative import MAX_POINTS_PER_CHUNK
 from globeflow.methods.rfm import RiemannianFlowMatching
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig, noise_level_features
 from globeflow.paths.schedules import Schedule, make_schedule

@@ -44,8 +44,7 @@ from tqdm.auto import tqdm
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_latlon
 from globeflow.geometry.harmonics import num_coefficients, real_sph_harm
 from globeflow.geometry.sphere import uniform
-from globeflow.methods.base import as_embedding
-from globeflow.methods.uniform import ModuleMethod
+from globeflow.methods.base import ModuleMethod, as_embedding
 from globeflow.nets.cs_unet import CSUNet, CSUNetConfig
 
 __all__ = [

@@ -41,8 +41,7 @@ from torch import Tensor, nn
 
 from globeflow.geometry.coords import xyz_to_latlon
 from globeflow.geometry.vmf import vmf_log_normaliser, vmf_sample
-from globeflow.methods.base import as_embedding
-from globeflow.methods.uniform import ModuleMethod
+from globeflow.methods.base import ModuleMethod, as_embedding
 
 __all__ = ["MvMF", "Partition", "adaptive_partition", "kappa_half_mass"]
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from globeflow.methods.base import GenerativeMethod
+from globeflow.methods.generative import GenerativeMethod
 from globeflow.paths.noising import GeodesicPath
 from globeflow.solvers.fixed_step import ODE_SOLVERS, integrate
 from globeflow.solvers.likelihood import DivergenceField

@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from globeflow.geometry.coords import xyz_to_latlon
 from globeflow.geometry.vmf import vmf_log_prob, vmf_sample
-from globeflow.methods.base import as_embedding
-from globeflow.methods.uniform import ModuleMethod
+from globeflow.methods.base import ModuleMethod, as_embedding
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 
 __all__ = ["VMFHeadNet", "VMFMixtureParams", "VMFRegression"]

@@ -1,4 +1,6 @@
-"""Training: LAMB/AdamW, EMA, crash-safe checkpoints, exact resume, DDP under torchrun.
+"""Training: LAMB/AdamW, EMA, crash-safe training state, exact resume, DDP under torchrun.
+
+File I/O (atomic writes, JSON, safetensors weights) is :mod:`globeflow.io`.
 
 Typical use::
 
@@ -8,17 +10,6 @@ Typical use::
 
 Run data-parallel with ``torchrun --nproc_per_node=K script.py`` (no code change).
 """
-
-from globeflow.io import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    atomic_write,
-    load_json,
-    load_weights,
-    load_weights_metadata,
-    save_json,
-    save_weights,
-)
 
 from .checkpoint import (
     capture_rng_state,
@@ -35,29 +26,21 @@ from .optim import OPTIMIZERS, Lamb, build_optimizer, param_groups_for_weight_de
 __all__ = [
     "EMA",
     "OPTIMIZERS",
-    "CheckpointError",
-    "CheckpointNotFoundError",
     "DistContext",
     "Lamb",
     "TrainConfig",
     "TrainResult",
     "TrainableMethod",
-    "atomic_write",
     "build_optimizer",
     "capture_rng_state",
     "cleanup_distributed",
     "has_training_state",
-    "load_json",
     "load_training_state",
-    "load_weights",
-    "load_weights_metadata",
     "param_groups_for_weight_decay",
     "rank_slice",
     "read_log",
     "restore_rng_state",
-    "save_json",
     "save_training_state",
-    "save_weights",
     "setup_distributed",
     "train",
     "unwrap_model",

@@ -2,7 +2,7 @@
 
 Two densities can be drawn:
 
-* ``exact=False`` (default, what ``globeflow demo`` and ``predict --map-dir`` use): a kernel
+* no ``log_prob_fn`` (default, what ``globeflow demo`` and ``predict --map-dir`` use): a kernel
   density estimate of the answer's own samples with a von Mises–Fisher kernel per sample whose
   concentration follows the model's exact density at that sample (Abramson's square-root law in
   2-D: κⱼ = S^{1/3} · 2π p(yⱼ), so a kernel is about 1/S^{1/6} of the local spread, the
@@ -11,9 +11,13 @@ Two densities can be drawn:
   solve per point; it is smoother than the model between samples and blind to the tails where
   no sample falls. The 50/90% contours are the HPD regions *of this estimate* (thresholds from
   its values at the samples), so they enclose ~50/90% of the samples.
-* ``exact=True``: the model's exact density (likelihood ODE, ``log_prob_steps`` RK4 steps) on
-  the adaptive equal-area map of :mod:`globeflow.density.maps`, with the answer's thresholds.
-  About 1,000–3,000 ODE solves per map: minutes per query on a CPU.
+* exact (a ``log_prob_fn`` given): the model's exact density — a likelihood ODE solve per
+  point, built by :func:`globeflow.answers.answer_map_inputs` — on the adaptive equal-area map
+  of :mod:`globeflow.density.maps`, with the answer's thresholds. About 1,000–3,000 ODE solves
+  per map: minutes per query on a CPU.
+
+This module only draws: the log-density function and the denoising paths (the method's
+:meth:`~globeflow.methods.base.Method.trajectories`) are computed by the caller and passed in.
 
 The zoom panel is added when the 90% region spans less than ``max_zoom_span_deg``: a world map
 shows a city-scale density as a dot. It is a latitude/longitude plot with the aspect 1/cos φ₀
@@ -32,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from globeflow.density.maps import DensityMap, LogProbFn, density_map, log_prob_fn_from_method
+from globeflow.density.maps import DensityMap, LogProbFn, density_map
 from globeflow.density.regions import hpd_threshold
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, wrap_longitude
 from globeflow.viz.maps import (
@@ -46,7 +50,7 @@ from globeflow.viz.maps import (
     load_basemap,
 )
 
-__all__ = ["AnswerMap", "ZoomRaster", "answer_map", "denoising_trajectories", "kde_log_prob_fn", "plot_answer_map"]
+__all__ = ["AnswerMap", "ZoomRaster", "answer_map", "kde_log_prob_fn", "plot_answer_map"]
 
 LEVELS = (0.5, 0.9)
 
@@ -133,27 +137,25 @@ def zoom_extent(
 def answer_map(
     ans: Any,
     *,
-    method: Any = None,
-    emb: Any = None,
-    exact: bool = False,
+    log_prob_fn: LogProbFn | None = None,
     resolution_deg: float = 1.0,
-    log_prob_steps: int = 8,
     zoom_points: int | None = None,
     max_zoom_span_deg: float = 30.0,
     bandwidth_km: float = 200.0,
 ) -> AnswerMap:
-    """The world map (and zoom) of answer ``ans``; ``exact`` needs ``method`` and ``emb`` (D,).
+    """The world map (and zoom) of answer ``ans``: of the model's exact density when
+    ``log_prob_fn`` (unit vectors (P, 3) -> log p per steradian (P,)) is given, else of the
+    kernel estimate of the answer's samples.
 
     ``zoom_points`` per side of the zoom raster: default 160 for the kernel estimate, 48 for
     the exact density (2,304 ODE solves; the panel interpolates bilinearly between them).
     """
     xyz = latlon_to_xyz(ans.samples[:, 0], ans.samples[:, 1])
+    exact = log_prob_fn is not None
     if exact:
-        if method is None or emb is None:
-            raise ValueError("exact: the exact map needs the method and the embedding")
         if ans.hpd_thresholds is None:
-            raise ValueError(f"exact: method {method.name!r} has no density on the sphere")
-        fn = log_prob_fn_from_method(method, emb, steps=int(log_prob_steps))
+            raise ValueError("exact: the answer has no density on the sphere (no HPD thresholds)")
+        fn = log_prob_fn
         at_samples = ans.sample_log_prob
         thresholds = dict(ans.hpd_thresholds)
         kind = "exact"
@@ -185,30 +187,6 @@ def answer_map(
         lp = fn(latlon_to_xyz(gl.ravel(), wrap_longitude(go.ravel()))).reshape(n, n)
         zoom = ZoomRaster(lat, lon, lp)
     return AnswerMap(world, zoom, thresholds, kind)
-
-
-def denoising_trajectories(
-    method: Any, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0
-) -> np.ndarray | None:
-    """``num`` denoising paths of the method's own sampler for ONE embedding ``emb`` (D,), from
-    the noise to the samples (paper, Figs. 1 and 3): (T + 1, num, 2) latitude/longitude degrees.
-
-    Intermediate states of R³ methods are shown by their direction (the radial part is not a
-    location). None for methods without a step-by-step sampler.
-    """
-    import torch
-
-    from globeflow.geometry.coords import xyz_to_latlon
-    from globeflow.methods.base import GenerativeMethod, as_embedding
-
-    if not isinstance(method, GenerativeMethod):
-        return None
-    e = as_embedding(np.asarray(emb, dtype=np.float32).reshape(1, -1), method.embedding_dim, device=method.device)
-    traj: list = []
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    method.sample_xyz(e, int(num), generator=gen, guidance=0.0, sample_steps=int(sample_steps), trajectory=traj)
-    states = traj[0][:, 0].detach().double().cpu().numpy()  # (T + 1, num, 3)
-    return xyz_to_latlon(states)
 
 
 def _draw_trajectories(ax, paths: np.ndarray) -> None:
@@ -293,7 +271,7 @@ def plot_answer_map(
     log₁₀-per-km² scale, the 50/90% regions, the samples, the estimate (star), the top modes
     (numbered, with their mass), ``truth`` (cross) when known, and the zoom panel if any.
     Outside the map's top-``floor_mass`` HPD region the basemap is left uncoloured.
-    ``trajectories`` (T + 1, N, 2) (:func:`denoising_trajectories`) are drawn as fading lines
+    ``trajectories`` (T + 1, N, 2) (:meth:`~globeflow.methods.base.Method.trajectories`) are drawn as fading lines
     from the noise (grey dots) to the samples."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

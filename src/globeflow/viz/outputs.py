@@ -26,7 +26,9 @@ from globeflow.io import write_text
 from globeflow.viz.export import hpd_polygons, wrapped_polygons
 
 __all__ = [
+    "answers_csv_text",
     "answers_geojson",
+    "answers_jsonl_text",
     "region_polygons",
     "slugify",
     "write_answer_files",
@@ -201,7 +203,12 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
 # ----------------------------------------------------------------------------- JSONL, CSV
 def write_answers_jsonl(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
     """One JSON object per line (no NaN: ``allow_nan=False`` fails loudly instead)."""
-    return write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+    return write_text(path, answers_jsonl_text(records))
+
+
+def answers_jsonl_text(records: Sequence[dict[str, Any]]) -> str:
+    """One JSON object a line (``globeflow predict``'s default output)."""
+    return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
 
 
 def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
@@ -348,44 +355,34 @@ def write_answer_files(
     records: list[dict[str, Any]],
     answers: Sequence[Any],
     *,
-    method: Any = None,
-    emb: Any = None,
     map_dir: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
     kml: str | os.PathLike | None = None,
-    exact: bool = False,
-    log_prob_steps: int = 8,
+    log_prob_fns: Sequence[Any] | None = None,
     truths: Sequence[Sequence[float] | None] | None = None,
     link_base: str | os.PathLike | None = None,
-    trajectories: int = 0,
+    trajectories: Sequence[np.ndarray | None] | None = None,
     width_px: int = 1400,
 ) -> list[Any]:
     """Maps, GeoJSON and KML of ``answers`` (one per record): draws ``map_dir``/<slug>.png for
     each (recording its path in ``record["map"]``, relative to ``link_base`` when given) and
-    writes ``geojson``/``kml``. ``exact`` maps need ``method`` and ``emb`` (B, D). Returns the
-    :class:`~globeflow.viz.answer_maps.AnswerMap` of each answer (None when nothing asked).
-    ``trajectories``: draw that many denoising paths of the method's sampler on each map;
-    ``width_px``: the world panel's width in pixels."""
-    from globeflow.viz.answer_maps import answer_map, denoising_trajectories, plot_answer_map
+    writes ``geojson``/``kml``. Returns the :class:`~globeflow.viz.answer_maps.AnswerMap` of
+    each answer (None when nothing asked). Per answer, optionally: ``log_prob_fns``, the
+    model's exact log-density (exact maps instead of the samples' kernel estimate);
+    ``trajectories`` (T + 1, N, 2), denoising paths drawn on the map (both from
+    :func:`globeflow.answers.answer_map_inputs`); ``width_px``: the world panel's width."""
+    from globeflow.viz.answer_maps import answer_map, plot_answer_map
 
     if map_dir is None and geojson is None and kml is None:
         return [None] * len(answers)
     maps, taken = [], set()
     for i, (record, ans) in enumerate(zip(records, answers)):
-        amap = answer_map(
-            ans,
-            method=method,
-            emb=None if emb is None else np.asarray(emb)[i],
-            exact=exact,
-            log_prob_steps=log_prob_steps,
-        )
+        amap = answer_map(ans, log_prob_fn=None if log_prob_fns is None else log_prob_fns[i])
         maps.append(amap)
         if map_dir is not None:
             png = Path(map_dir) / f"{slugify(_label(record), taken)}.png"
             truth = None if truths is None else truths[i]
-            paths = None
-            if trajectories > 0 and method is not None and emb is not None:
-                paths = denoising_trajectories(method, np.asarray(emb)[i], trajectories)
+            paths = None if trajectories is None else trajectories[i]
             plot_answer_map(ans, amap, png, truth=truth, title=_label(record), trajectories=paths, width_px=width_px)
             record["map"] = os.path.relpath(png, link_base) if link_base is not None else str(png)
     if geojson is not None:
