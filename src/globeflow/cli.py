@@ -211,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding-key", default=None, help="WebDataset: the .npy entry holding the embedding (default: the only one)"
     )
     _add_train_args(p, steps=10000, batch=512, width=512, depth=12)
+    p.add_argument(
+        "--loader",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help="memory: read the file into RAM; stream: bounded memory (docs/scale.md); "
+        "auto (default): stream Parquet larger than the shuffle buffer, Arrow and WebDataset",
+    )
+    p.add_argument(
+        "--shuffle-buffer", type=_positive_int, default=None, help="stream: rows of the shuffle window (default 32768)"
+    )
+
+    p = sub.add_parser("pack", help="convert a dataset once into a memory-mappable Arrow IPC file (optional)")
+    p.add_argument("src", help="Parquet, NPZ, Arrow or WebDataset shards")
+    p.add_argument("dest", help="output .arrow file")
+    p.add_argument("--shuffle-seed", type=int, default=None, help="also permute the rows (two passes, bounded memory)")
+    p.add_argument("--embedding-key", default=None, help="WebDataset: the .npy entry holding the embedding")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
 
     p = sub.add_parser("predict", help="answers for texts or photos; point estimates for a file of embeddings")
     p.add_argument(
@@ -297,9 +314,27 @@ def _model_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from globeflow.runs import is_main_process, train_run
 
-    out = train_run(args.data, args.out, _model_config(args), train_config(args), embedding_key=args.embedding_key)
+    out = train_run(
+        args.data,
+        args.out,
+        _model_config(args),
+        train_config(args),
+        embedding_key=args.embedding_key,
+        loader=args.loader,
+        shuffle_buffer=args.shuffle_buffer,
+    )
     if is_main_process():
         print(f"trained model written to {out}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from globeflow.data.stream import pack
+
+    rows = pack(
+        args.src, args.dest, shuffle_seed=args.shuffle_seed, embedding_key=args.embedding_key, overwrite=args.overwrite
+    )
+    print(f"{rows} rows packed into {args.dest}")
     return 0
 
 
@@ -593,6 +628,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "synthetic": cmd_synthetic,
     "train": cmd_train,
+    "pack": cmd_pack,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,

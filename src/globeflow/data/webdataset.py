@@ -191,6 +191,14 @@ def _fingerprint(paths: list[str], embedding_key: str | None) -> str:
     return h.hexdigest()[:16]
 
 
+def user_cache_dir() -> Path:
+    """``$GLOBEFLOW_CACHE``, else ``$XDG_CACHE_HOME/globeflow``, else ``~/.cache/globeflow``."""
+    if os.environ.get("GLOBEFLOW_CACHE"):
+        return Path(os.environ["GLOBEFLOW_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "globeflow"
+
+
 def read_webdataset(
     shards: str | os.PathLike,
     *,
@@ -201,13 +209,14 @@ def read_webdataset(
 ) -> GeoDataset:
     """All samples of ``shards`` as a :class:`GeoDataset` whose embeddings are memory-mapped.
 
-    The embeddings are streamed into ``cache_dir`` (default: a ``.globeflow-cache`` folder
-    beside the first shard) as a raw float32 file, then mapped copy-on-write: RAM holds only
+    The embeddings are streamed into ``cache_dir`` (default: :func:`user_cache_dir`, never
+    beside the shards, which may be read-only) as a raw float32 file, then mapped copy-on-write: RAM holds only
     the rows in use. A cache whose shards (paths, sizes, times) are unchanged is reused.
     """
     shown = os.fspath(shards)
     paths = expand_shards(shards)
-    cache = Path(cache_dir) if cache_dir is not None else Path(paths[0]).parent / ".globeflow-cache"
+    # Never beside the shards by default: they are often on read-only or shared storage.
+    cache = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "webdataset"
     cache.mkdir(parents=True, exist_ok=True)
     stem = cache / f"wds-{_fingerprint(paths, embedding_key)}"
     raw, index = stem.with_suffix(".f32"), stem.with_suffix(".json")
