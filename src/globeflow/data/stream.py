@@ -501,7 +501,7 @@ def pack(
 
     ``shuffle_seed``: also permute the rows (two passes through ``buckets`` temporary Arrow
     files next to ``dest``: rows are dealt to random buckets, then each bucket is permuted in
-    memory; memory is one bucket, about ``rows / buckets``). Written to a temporary file and
+    memory; memory is one bucket, about ``rows / buckets``: 65536 rows by default). Written to a temporary file and
     renamed at the end; an existing ``dest`` is only replaced with ``overwrite``.
     """
     import pyarrow as pa
@@ -531,11 +531,11 @@ def pack(
     rows = 0
     try:
         if shuffle_seed is None:
-            rows = _write_batches(tmp, (table_of(c) for c in chunks))
+            rows = _write_batches(tmp, _rebatch((table_of(c) for c in chunks), batch_rows))
         else:
             rng = np.random.default_rng(_seed(shuffle_seed, "pack"))
             total = sum(u.rows or 0 for u in list_units(src, require_coords=False)) or None
-            nb = buckets or max(1, -(-(total or 1) // (8 * DEFAULT_BUFFER_ROWS)))
+            nb = buckets or max(1, -(-(total or 1) // (2 * DEFAULT_BUFFER_ROWS)))
             paths = [dest.with_name(f".{dest.name}.{os.getpid()}.bucket{i}.tmp") for i in range(nb)]
             tmps += paths
             writers: list = [None] * nb
@@ -571,6 +571,24 @@ def pack(
         for p in tmps:
             p.unlink(missing_ok=True)
     return rows
+
+
+def _rebatch(batches: Iterator, rows: int) -> Iterator:
+    """Record batches of exactly ``rows`` rows (the last may be shorter)."""
+    import pyarrow as pa
+
+    held, count = [], 0
+    for b in batches:
+        held.append(b)
+        count += b.num_rows
+        if count >= rows:
+            table = pa.Table.from_batches(held).combine_chunks()
+            whole = count // rows * rows
+            yield from table.slice(0, whole).to_batches(max_chunksize=rows)
+            held = table.slice(whole).combine_chunks().to_batches() if count > whole else []
+            count -= whole
+    if count:
+        yield from pa.Table.from_batches(held).combine_chunks().to_batches(max_chunksize=rows)
 
 
 def _write_batches(path: Path, batches: Iterator) -> int:
