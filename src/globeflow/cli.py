@@ -362,18 +362,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.data is None:
         return _predict_answers(args)
     from globeflow.api import load
-    from globeflow.data import read_dataset, write_parquet
+    from globeflow.evaluate import predict_file
     from globeflow.pretrained import model_or_default
 
     model = load(model_or_default(args.model), device=args.device)
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim)
-    pred = model.predict(data.embeddings, **_sample_options(args), progress=True)
-    columns = dict(data.extra)
-    columns["pred_latitude"] = pred[:, 0]
-    columns["pred_longitude"] = pred[:, 1]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_parquet(args.out, None, data.latitude, data.longitude, extra=columns)
-    print(f"{len(pred)} predictions written to {args.out}")
+    rows = predict_file(model, args.data, args.out, _sample_options(args))
+    print(f"{rows} predictions written to {args.out}")
     return 0
 
 

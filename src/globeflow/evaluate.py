@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from globeflow.data import GeoDataset
     from globeflow.methods import Method
 
 __all__ = [
@@ -25,19 +24,29 @@ __all__ = [
     "format_table",
     "format_value",
     "heldout_metrics",
+    "chunk_seed",
+    "predict_file",
     "prdc_samples",
 ]
 
 
-def _truth_keys(data):
-    """Administrative keys of the truth from the dataset's own labels (OSV-5M columns), if it has them."""
+_LABELS = ("country", "region", "sub-region", "city")
+
+
+def _labels(data) -> dict[str, np.ndarray] | None:
+    """The dataset's own administrative labels (OSV-5M columns), if it has them."""
+    if all(c in data.extra for c in ("country", "region", "city")):
+        return {c: data.extra[c] for c in _LABELS if c in data.extra}
+    return None
+
+
+def _truth_keys(labels: list[dict[str, np.ndarray] | None]):
+    """Administrative keys of the truth from the labels of every chunk, or None."""
     from globeflow.metrics.admin import keys_from_labels
 
-    if all(c in data.extra for c in ("country", "region", "city")):
-        return keys_from_labels(
-            {c: data.extra[c] for c in ("country", "region", "sub-region", "city") if c in data.extra}
-        )
-    return None
+    if not labels or any(part is None for part in labels):
+        return None
+    return keys_from_labels({c: np.concatenate([part[c] for part in labels]) for c in labels[0]})
 
 
 def prdc_samples(model: Method, emb: np.ndarray, options: dict, *, guidance: float, unconditional: bool = False) -> np.ndarray:
@@ -89,71 +98,168 @@ def evaluate_run(
     if rows is not None and rows < 1:
         raise ValueError(f"rows: expected a positive number of rows, got {rows}")
     model = model_dir if isinstance(model_dir, Method) else load(model_dir, device=device)
-    data = _first_rows(data_path, model.embedding_dim, rows)
-    truth = np.stack([data.latitude, data.longitude], axis=1)
-    start = time.perf_counter()
-    pred = model.predict(data.embeddings, **options, progress=progress)
-    elapsed = time.perf_counter() - start
+    prdc = False if prdc is False else dict(prdc or {})
+    guidance = options.get("guidance", 2.0)
+    prdc_guidance = None if prdc is False or prdc.get("guidance") is None else prdc["guidance"]
+    reuse = prdc is not False and options.get("strategy", "sample") == "sample" and prdc_guidance in (None, guidance)
+    uncond = prdc is not False and bool(prdc.get("unconditional"))
+    if uncond and float(getattr(model, "cond_drop", 0.0)) <= 0.0 and prdc.get("lenient"):
+        # compare: a run without condition dropout gets "–" in the uncond_* columns.
+        print(f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
+        uncond = False
+    if density is not None and model.density_space is None:
+        raise ValueError(f"--density: method {model.name!r} has no likelihood")
+    density = None if density is None else dict(density)
+    density_rows = None if density is None else density.pop("rows", None)
+
+    # One pass over the file, chunk by chunk: memory is a chunk of embeddings plus, per row,
+    # the coordinates (truth, estimate, PRDC draws) and the label keys, never all embeddings.
+    preds, truths, keys, fakes, nulls, dens_emb = [], [], [], [], [], []
+    predict_seconds = prdc_seconds = 0.0
+    seen = 0
+    for i, chunk in enumerate(_chunks(data_path, model.embedding_dim, rows)):
+        opts = {**options, "seed": chunk_seed(options.get("seed", 0), i)}
+        start = time.perf_counter()
+        preds.append(model.predict(chunk.embeddings, **opts, progress=progress))
+        predict_seconds += time.perf_counter() - start
+        truths.append(np.stack([chunk.latitude, chunk.longitude], axis=1))
+        keys.append(_labels(chunk))
+        start = time.perf_counter()
+        if prdc is not False and not reuse:
+            g = guidance if prdc_guidance is None else prdc_guidance
+            fakes.append(prdc_samples(model, chunk.embeddings, opts, guidance=g))
+        if uncond:
+            nulls.append(prdc_samples(model, chunk.embeddings, opts, guidance=0.0, unconditional=True))
+        prdc_seconds += time.perf_counter() - start
+        if density is not None and (density_rows is None or seen < density_rows):
+            dens_emb.append(chunk.embeddings[: None if density_rows is None else density_rows - seen])
+        seen += len(chunk)
+    if not preds:
+        raise ValueError(f"{data_path}: no rows to evaluate")
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
     metrics = distance_metrics(pred, truth)
-    true_keys = _truth_keys(data)
+    true_keys = _truth_keys(keys)
     metrics.update(admin_accuracy(pred, truth, true_keys=true_keys))
     metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
-    metrics["predict_seconds"] = elapsed
+    metrics["predict_seconds"] = predict_seconds
     if prdc is not False:
         start = time.perf_counter()
-        metrics.update(_prdc_metrics(model, data.embeddings, truth, pred, options, dict(prdc or {}), label=model_dir))
-        metrics["prdc_seconds"] = time.perf_counter() - start
+        metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, guidance if prdc_guidance is None else prdc_guidance))
+        metrics["prdc_seconds"] = prdc_seconds + time.perf_counter() - start
     if density is not None:
         from globeflow.metrics import density_metrics
 
-        if model.density_space is None:
-            raise ValueError(f"--density: method {model.name!r} has no likelihood")
-        density = dict(density)
-        rows = density.pop("rows", None) or len(truth)
+        emb = np.concatenate(dens_emb)
         start = time.perf_counter()
-        metrics.update(density_metrics(model, data.embeddings[:rows], truth[:rows], **density))
+        metrics.update(density_metrics(model, emb, truth[: len(emb)], **density))
         metrics["density_seconds"] = time.perf_counter() - start
     return metrics
 
 
-def _first_rows(data_path: str | Path, embedding_dim: int, rows: int | None) -> GeoDataset:
-    """The file's rows with coordinates (all, or the first ``rows``)."""
-    from globeflow.data import read_dataset
-
-    data = read_dataset(data_path, require_coords=True, expected_dim=embedding_dim)
-    if rows is None:
-        return data
-    first = slice(0, rows)
-    return dataclasses.replace(
-        data,
-        embeddings=data.embeddings[first],
-        latitude=data.latitude[first],
-        longitude=data.longitude[first],
-        extra={c: v[first] for c, v in data.extra.items()},
-    )
+#: Rows read at a time by :func:`evaluate_run` and :func:`predict_file` (64 MiB at D = 1024).
+CHUNK_ROWS = 16_384
 
 
-def _prdc_metrics(
-    model: Method, emb: np.ndarray, truth: np.ndarray, pred: np.ndarray, options: dict, prdc: dict, *, label: object
-) -> dict:
-    """Precision/recall/density/coverage of one draw per embedding at ω (the point estimates
-    themselves when they are such draws), and of the null condition on request."""
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Seed of the ``chunk``-th chunk of a file: ``seed`` itself for the first, so that a file
+    of one chunk gives what ``Method.predict`` gives on the whole array."""
+    if chunk == 0:
+        return int(seed)
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr((int(seed), "chunk", chunk)).encode()).digest()[:8], "little") >> 1
+
+
+def _chunks(data_path: str | Path, embedding_dim: int, rows: int | None):
+    """The file's rows with coordinates in chunks (all, or the first ``rows``)."""
+    from globeflow.data.stream import iter_chunks
+
+    left = rows
+    for chunk in iter_chunks(data_path, require_coords=True, expected_dim=embedding_dim, chunk_rows=CHUNK_ROWS):
+        if left is not None and len(chunk) > left:
+            chunk = dataclasses.replace(
+                chunk,
+                embeddings=chunk.embeddings[:left],
+                latitude=chunk.latitude[:left],
+                longitude=chunk.longitude[:left],
+                extra={c: v[:left] for c, v in chunk.extra.items()},
+            )
+        yield chunk
+        if left is not None:
+            left -= len(chunk)
+            if left <= 0:
+                return
+
+
+def predict_file(
+    model: Method,
+    data_path: str | Path,
+    out: str | Path,
+    options: dict,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+) -> int:
+    """Point estimates for every row of ``data_path`` written to the Parquet file ``out``, chunk
+    by chunk: the input's passthrough columns (an ``id``...), ``latitude``/``longitude`` when
+    present, ``pred_latitude``/``pred_longitude``. Memory: one chunk, whatever the rows.
+    Written to a temporary file beside ``out`` and renamed at the end (atomic). Returns the rows.
+    Chunk ``i`` is sampled with :func:`chunk_seed` ``(seed, i)``."""
+    import os
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from globeflow.data.parquet import fixed_size_list
+    from globeflow.data.stream import iter_chunks
+
+    dest = Path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    writer, rows = None, 0
+    chunks = iter_chunks(data_path, require_coords=False, expected_dim=model.embedding_dim, chunk_rows=chunk_rows)
+    try:
+        for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not progress)):
+            opts = {**options, "seed": chunk_seed(options.get("seed", 0), i)}
+            pred = model.predict(chunk.embeddings, **opts)
+            cols = {k: (fixed_size_list(np.ascontiguousarray(v)) if v.ndim == 2 else pa.array(v)) for k, v in chunk.extra.items()}
+            if chunk.latitude is not None:
+                cols["latitude"], cols["longitude"] = pa.array(chunk.latitude), pa.array(chunk.longitude)
+            cols["pred_latitude"], cols["pred_longitude"] = pa.array(pred[:, 0]), pa.array(pred[:, 1])
+            table = pa.table(cols)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            elif table.schema != writer.schema:
+                raise ValueError(f"{data_path}: rows {rows}.. have columns {table.schema.names}, earlier rows {writer.schema.names}")
+            writer.write_table(table)
+            rows += len(pred)
+        if writer is None:
+            raise ValueError(f"{data_path}: no rows to predict")
+        writer.close()
+        writer = None
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return rows
+
+
+def _prdc_metrics(truth: np.ndarray, fake: np.ndarray, nulls: list[np.ndarray], guidance: float) -> dict:
+    """Precision/recall/density/coverage of one draw per embedding at ω (``fake``: the point
+    estimates themselves when they are such draws), and of the null condition's draws."""
     from globeflow.metrics import prdc_latlon
 
-    guidance = prdc.get("guidance")
-    guidance = options.get("guidance", 2.0) if guidance is None else guidance
-    if options.get("strategy", "sample") == "sample" and guidance == options.get("guidance", 2.0):
-        fake = pred  # the point estimates are already one draw per embedding at this ω
-    else:
-        fake = prdc_samples(model, emb, options, guidance=guidance)
     metrics = {k: v for k, v in prdc_latlon(truth, fake).items() if k not in ("n_real", "n_fake")}
     metrics["prdc_guidance"] = float(guidance)
-    if prdc.get("unconditional") and float(getattr(model, "cond_drop", 0.0)) <= 0.0 and prdc.get("lenient"):
-        # compare: a run without condition dropout gets "–" in the uncond_* columns.
-        print(f"{label}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
-    elif prdc.get("unconditional"):
-        fake = prdc_samples(model, emb, options, guidance=0.0, unconditional=True)
-        uncond = prdc_latlon(truth, fake)
+    if nulls:
+        uncond = prdc_latlon(truth, np.concatenate(nulls))
         metrics.update({f"uncond_{k}": uncond[k] for k in PRDC_KEYS})
     return metrics
 
