@@ -77,6 +77,30 @@ def steps_per_s(run: Path) -> float:
     return recs[-1]["step"] / recs[-1]["elapsed_s"]
 
 
+def reader_rows_per_s(data: Path, batch: int, steps: int) -> dict:
+    """Rows/s of the data path alone (no model): TrainStream.next_batch vs the in-memory
+    trainer's gather (``emb[randint]`` on the whole array read first), ``steps`` batches each."""
+    import torch
+
+    from globeflow.data.stream import TrainStream
+
+    stream = TrainStream(data)
+    stream.start(seed=0, batch_rows=batch)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        stream.next_batch()
+    t_stream = time.perf_counter() - t0
+    from globeflow.data import read_dataset
+
+    ds = read_dataset(data)
+    emb, g = torch.from_numpy(ds.embeddings), torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        emb[torch.randint(len(emb), (batch,), generator=g)]
+    t_mem = time.perf_counter() - t0
+    return {"stream_rows_per_s": steps * batch / t_stream, "memory_gather_rows_per_s": steps * batch / t_mem}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -86,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--depth", type=int, default=12)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["train", "predict", "evaluate"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["train", "predict", "evaluate", "reader"])
+    ap.add_argument("--reader-steps", type=int, default=400, help="batches timed by the reader-only measurement")
     ap.add_argument("--workdir", type=Path, default=Path("bench_scale_tmp"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -111,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         res: dict = {"file_gb": gb, "embedding_gb": rows * args.dim * 4 / 1e9, "write_s": time.perf_counter() - t0}
         print(f"{rows} rows: {gb:.2f} GB written", flush=True)
         try:
+            if "reader" not in args.skip and rows in args.memory_rows:
+                res["reader"] = reader_rows_per_s(data, args.batch_size, args.reader_steps)
+                print(f"  reader: {res['reader']}", flush=True)
             if "train" not in args.skip:
                 for loader in ["stream"] + (["memory"] if rows in args.memory_rows else []):
                     run = args.workdir / f"run_{loader}_{rows}"

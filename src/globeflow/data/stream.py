@@ -299,8 +299,9 @@ class TrainStream:
     bounded memory (see the module docstring for the shuffle and the resume).
 
     Memory: a window of ``buffer_rows`` (rounded down to whole batches) x (D + 3) float32,
-    plus one read chunk of ``read_rows`` rows: 128 MiB + 32 MiB at D = 1024 by default,
-    whatever the number of rows.
+    twice with ``prefetch`` (the next window is read in a background thread while the steps
+    use this one), plus one read chunk of ``read_rows`` rows: 2 x 128 MiB + 32 MiB at
+    D = 1024 by default, whatever the number of rows.
 
     Used by :func:`globeflow.training.train` (``stream=``), which calls :meth:`start` with
     its rank and batch, then :meth:`next_batch` once per step, and saves
@@ -314,6 +315,7 @@ class TrainStream:
         buffer_rows: int = DEFAULT_BUFFER_ROWS,
         read_rows: int = READ_ROWS,
         embedding_key: str | None = None,
+        prefetch: bool = True,
     ) -> None:
         if not isinstance(buffer_rows, int) or buffer_rows < 1:
             raise ValueError(f"buffer_rows must be a positive integer, got {buffer_rows!r}")
@@ -322,6 +324,7 @@ class TrainStream:
         self.buffer_rows = buffer_rows
         self.read_rows = read_rows
         self.embedding_key = embedding_key
+        self.prefetch = prefetch
         known = all(u.rows is not None for u in self.units)
         #: rows of the dataset, None when unknown until read (WebDataset, NPZ)
         self.num_rows: int | None = sum(u.rows or 0 for u in self.units) if known else None
@@ -373,6 +376,9 @@ class TrainStream:
         self._win_emb: np.ndarray | None = None
         self._win_xyz: np.ndarray | None = None
         self._perm: np.ndarray | None = None
+        self._ahead = None  # (start of the next window, Future of its end) while prefetching
+        self._pool = None
+        self._filled = False
         self._order_cache: tuple[int, list[Unit]] | None = None
         self._reset_cursor(0, 0, 0)
         self._started = True
@@ -451,18 +457,41 @@ class TrainStream:
             self._cursor[2] += take
             self._pending = None if take == len(emb) else (xyz[take:], emb[take:])
 
-    def _fill(self) -> None:
-        start = self._state["start"]
+    def _read_window(self, start: list[int], xyz: np.ndarray, emb: np.ndarray) -> list[int]:
+        """Read the window that begins at ``start`` into the arrays; the position after it."""
         if self._cursor != start:
             self._reset_cursor(*start)
-        if self._win_emb is None or self._win_emb.shape[0] != self.window:
+        self._read_into(xyz, emb)
+        return list(self._cursor)
+
+    def _fill(self) -> None:
+        start = list(self._state["start"])
+        if self._win_emb is None:
             dim = self.head(1)[1].shape[1]
             self._win_emb = np.empty((self.window, dim), dtype=np.float32)
             self._win_xyz = np.empty((self.window, 3), dtype=np.float32)
-        self._read_into(self._win_xyz, self._win_emb)
+            if self.prefetch:
+                self._spare = (np.empty_like(self._win_xyz), np.empty_like(self._win_emb))
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == start:
+            end = ahead[1].result()  # re-raises a reading error here, in the training thread
+            (self._win_xyz, self._win_emb), self._spare = self._spare, (self._win_xyz, self._win_emb)
+        else:
+            if ahead is not None:
+                ahead[1].exception()  # wait: the reader state is the thread's until it is done
+            end = self._read_window(start, self._win_xyz, self._win_emb)
+        self._window_end = end
         rng = np.random.default_rng(_seed(self.seed, "window", self.rank, self._state["window"]))
         self._perm = rng.permutation(self.window)
         self._filled = True
+        if self.prefetch:
+            # The next window is read (decoded) in a thread while the steps run on this one:
+            # Arrow/Parquet decoding and torch both release the GIL.
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="globeflow-stream")
+            self._ahead = (end, self._pool.submit(self._read_window, end, *self._spare))
 
     def next_batch(self):  # -> tuple[Tensor, Tensor]
         """This rank's next ``(xyz (b, 3), emb (b, D))`` float32 CPU tensors."""
@@ -477,7 +506,7 @@ class TrainStream:
         eb = torch.from_numpy(self._win_emb[idx])
         self._state["taken"] += 1
         if self._state["taken"] * b == self.window:
-            self._state = {"start": list(self._cursor), "window": self._state["window"] + 1, "taken": 0}
+            self._state = {"start": list(self._window_end), "window": self._state["window"] + 1, "taken": 0}
             self._filled = False
         return xb, eb
 
