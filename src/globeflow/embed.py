@@ -320,9 +320,13 @@ def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -
     if not runs:
         return 0
     schema = pa.unify_schemas(
-        [pq.read_schema(p).remove_metadata() for run in runs for p in run], promote_options="default"
+        [
+            pa.schema([f.with_name(_GPS.get(f.name, f.name)) for f in pq.read_schema(p).remove_metadata()])
+            for run in runs
+            for p in run
+        ],
+        promote_options="default",
     )
-    schema = pa.schema([f.with_name(_GPS.get(f.name, f.name)) for f in schema])
     if "location_source" not in schema.names:
         schema = schema.append(pa.field("location_source", pa.string()))
     # Every photo located? Otherwise what is known goes under names train does not read.
