@@ -191,3 +191,13 @@ def test_two_processes_on_the_stream_agree_and_read_disjoint_rows(tmp_path):
     assert not r0 & r1  # disjoint data
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert len(state["extra"]["data_stream"]) == 2  # each rank's position is in the checkpoint
+
+
+def test_read_dataset_reads_a_packed_arrow_file(tmp_path):
+    emb = _write(tmp_path / "a.parquet")
+    pack(tmp_path / "a.parquet", tmp_path / "p.arrow", batch_rows=300)
+    ds = read_dataset(tmp_path / "p.arrow", expected_dim=D)
+    np.testing.assert_array_equal(ds.embeddings, emb)
+    np.testing.assert_array_equal(ds.extra["id"], np.arange(N))
+    with pytest.raises(DataError, match="embedding dimension"):
+        read_dataset(tmp_path / "p.arrow", expected_dim=D + 1)

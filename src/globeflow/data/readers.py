@@ -26,6 +26,7 @@ from globeflow.data.dataset import (
 )
 from globeflow.data.npz import read_npz
 from globeflow.data.parquet import read_parquet
+from globeflow.data.stream import ARROW_SUFFIXES, iter_chunks
 from globeflow.data.webdataset import is_webdataset, read_webdataset
 
 __all__ = ["read_dataset"]
@@ -62,11 +63,14 @@ def read_dataset(
     suffix = p.suffix.lower()
     if is_webdataset(shown):
         return read_webdataset(shown, require_coords=require_coords, expected_dim=expected_dim)
+    if suffix in ARROW_SUFFIXES:  # memory-mapped record batches, e.g. from `globeflow pack`
+        return _read_arrow(shown, require_coords, expected_dim)
     if suffix not in PARQUET_SUFFIXES + NPZ_SUFFIXES:
         raise DataError(
             shown,
             f"unsupported file suffix {p.suffix!r}; supported formats: "
-            f"Parquet ({', '.join(PARQUET_SUFFIXES)}), NumPy NPZ ({', '.join(NPZ_SUFFIXES)}) "
+            f"Parquet ({', '.join(PARQUET_SUFFIXES)}), NumPy NPZ ({', '.join(NPZ_SUFFIXES)}), "
+            f"Arrow IPC ({', '.join(ARROW_SUFFIXES)}) "
             "and WebDataset shards (.tar, a folder of them, or a {000..009} pattern)",
         )
     if not p.exists():
@@ -88,3 +92,20 @@ def read_dataset(
             field=EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING,
         )
     return GeoDataset(embeddings=emb, latitude=lat, longitude=lon, path=shown, extra=extra)
+
+
+def _read_arrow(path: str, require_coords: bool, expected_dim: int | None) -> GeoDataset:
+    import numpy as np
+
+    chunks = list(iter_chunks(path, require_coords=require_coords, expected_dim=expected_dim))
+
+    def cat(arrays: list) -> np.ndarray | None:
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    return GeoDataset(
+        embeddings=np.concatenate([c.embeddings for c in chunks]),
+        latitude=cat([c.latitude for c in chunks]),
+        longitude=cat([c.longitude for c in chunks]),
+        path=path,
+        extra={k: np.concatenate([c.extra[k] for c in chunks]) for k in chunks[0].extra},
+    )
