@@ -375,6 +375,12 @@ def _train(
             loss_acc.fill_(extra["log_loss_sums"][ctx.rank])
             if stream is not None and extra.get("data_stream"):
                 stream.load_state_dict(extra["data_stream"][ctx.rank])
+            elif (stream is not None) != bool(extra.get("data_stream")) and ctx.is_main:
+                warnings.warn(
+                    f"resuming {ckpt_dir} with another data loader (streaming vs in memory): the batches "
+                    "start afresh, the run will differ from an uninterrupted one",
+                    stacklevel=3,
+                )
         else:
             # Per-rank streams cannot be mapped onto a different number of ranks;
             # continue with fresh, seed- and step-derived streams (not bit-exact).
