@@ -34,6 +34,10 @@ __all__ = ["fixed_size_list", "read_parquet", "write_parquet"]
 # 4 GiB; we never want a second full-size copy on top of it).
 _BATCH_ROWS = 32_768
 _ROW_GROUP_BYTES = 128 << 20
+# Buffered column-chunk reads: with pyarrow's default (0) a whole column chunk is read into
+# memory at once -- 4 GiB for a 1M-row group of 1024-d float32 (pyarrow's default row groups).
+# Measured on a 200k-row single-group file: peak RSS 1.14 GB unbuffered, 0.29 GB with 8 MiB.
+_READ_BUFFER = 8 << 20
 
 
 def write_parquet(
@@ -133,7 +137,7 @@ def read_parquet(
     try:
         # pre_buffer=False: pre-buffering reads whole row groups ahead (GiBs for large
         # embedding files) on top of the output array; local reads gain nothing from it.
-        pf = pq.ParquetFile(path, pre_buffer=False)
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(path, f"cannot read as Parquet (corrupt or not a Parquet file): {exc}") from None
     try:
@@ -290,7 +294,7 @@ def fixed_size_list(arr: np.ndarray) -> pa.FixedSizeListArray:
 def open_parquet(path: str) -> pq.ParquetFile:
     """``pq.ParquetFile`` without pre-buffering, a ``DataError`` for an unreadable file."""
     try:
-        return pq.ParquetFile(path, pre_buffer=False)
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(path, f"cannot read as Parquet (corrupt or not a Parquet file): {exc}") from None
 
