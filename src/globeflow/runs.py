@@ -192,10 +192,8 @@ def train_run(
     stream = None
     if use_stream(data_path, loader, buffer_rows):
         stream = TrainStream(data_path, buffer_rows=buffer_rows, embedding_key=embedding_key)
-        # Data-dependent set-up (MvMF) and the dimension come from the first window's rows.
-        head_xyz, head_emb = stream.head(buffer_rows)
-        x0, emb = torch.from_numpy(head_xyz), torch.from_numpy(head_emb)
-        rows, dim = stream.num_rows, head_emb.shape[1]
+        x0 = emb = None  # data-dependent set-up (MvMF) reads the first rows below, if needed
+        rows, dim = stream.num_rows, stream.head(1)[1].shape[1]
     else:
         data = read_training_data(data_path, Path(out), embedding_key)
         x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
@@ -217,8 +215,14 @@ def train_run(
         **model_cfg.method_options(),
     )
     if callable(getattr(method, "prepare", None)):
-        # Data-dependent set-up before training (MvMF places its components on the data).
-        method.prepare(x0, emb)
+        # Data-dependent set-up before training (MvMF places its components on the data);
+        # streaming, on the file's first `buffer_rows` rows.
+        if stream is not None:
+            head_xyz, head_emb = stream.head(buffer_rows)
+            method.prepare(torch.from_numpy(head_xyz), torch.from_numpy(head_emb))
+            del head_xyz, head_emb
+        else:
+            method.prepare(x0, emb)
     out = Path(out)
     resolved: dict[str, Any] = {
         "model": method.config(),
@@ -252,7 +256,6 @@ def train_run(
         return out
     # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
     if stream is not None:
-        del x0, emb  # only the stream's window stays in memory
         train(method, None, None, out, train_cfg, stream=stream)
     else:
         train(method, x0, emb, out, train_cfg)
