@@ -101,6 +101,55 @@ def reader_rows_per_s(data: Path, batch: int, steps: int) -> dict:
     return {"stream_rows_per_s": steps * batch / t_stream, "memory_gather_rows_per_s": steps * batch / t_mem}
 
 
+def interleaved_steps(data: Path, *, batch: int, width: int, depth: int, rounds: int, steps: int) -> dict:
+    """Training steps/s from the stream vs in memory, measured in one process, alternating
+    blocks of ``steps`` steps for ``rounds`` rounds so that both share the machine's background
+    load (separate processes on a busy machine differ by more than the 10% being measured).
+    A step: batch, loss, backward, AdamW step; the stream's window reads (first one
+    synchronous, then prefetched in its thread) are inside its blocks."""
+    import torch
+
+    from globeflow.data import read_dataset
+    from globeflow.data.stream import TrainStream
+    from globeflow.geometry import latlon_to_xyz
+    from globeflow.methods import create_method
+
+    torch.manual_seed(0)
+    ds = read_dataset(data)
+    x0 = torch.from_numpy(latlon_to_xyz(ds.latitude, ds.longitude)).float()
+    emb = torch.from_numpy(ds.embeddings)
+    method = create_method("rfm", ds.dim, width=width, depth=depth)
+    opt = torch.optim.AdamW(method.net.parameters(), lr=1e-4)
+    gen, pick = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    stream = TrainStream(data)
+    stream.start(seed=0, batch_rows=batch)
+
+    def step(xb, eb) -> None:
+        loss = method.loss(xb, eb, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t_mem = t_stream = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            idx = torch.randint(len(emb), (batch,), generator=pick)
+            step(x0[idx], emb[idx])
+        t_mem += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(*stream.next_batch())
+        t_stream += time.perf_counter() - t0
+    n = rounds * steps
+    return {
+        "steps": n,
+        "memory_steps_per_s": n / t_mem,
+        "stream_steps_per_s": n / t_stream,
+        "stream_over_memory": t_mem / t_stream,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -112,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--skip", nargs="*", default=[], choices=["train", "predict", "evaluate", "reader"])
     ap.add_argument("--reader-steps", type=int, default=400, help="batches timed by the reader-only measurement")
+    ap.add_argument("--interleaved", type=int, default=None, metavar="ROWS",
+                    help="only the in-process stream-vs-memory step rate on ROWS rows (--rounds x --block steps each)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--block", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path("bench_scale_tmp"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -119,6 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     py = [sys.executable, "-m", "globeflow"]
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.interleaved:
+        data = args.workdir / f"interleaved_{args.interleaved}.parquet"
+        write_synthetic(data, args.interleaved, args.dim)
+        try:
+            res = interleaved_steps(
+                data, batch=args.batch_size, width=args.width, depth=args.depth, rounds=args.rounds, steps=args.block
+            )
+        finally:
+            data.unlink(missing_ok=True)
+        res.update(rows=args.interleaved, dim=args.dim, batch_size=args.batch_size, width=args.width, depth=args.depth)
+        print(json.dumps(res, indent=2))
+        if args.json is not None:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     results: dict = {"dim": args.dim, "batch_size": args.batch_size, "train_steps": args.train_steps, "sizes": {}}
     small = args.workdir / "small_model"
     tiny = args.workdir / "tiny.parquet"
