@@ -186,3 +186,27 @@ def test_streaming_merge_keeps_each_id_once_across_batches(tmp_path, monkeypatch
     again = pq.read_table(out)
     assert again.column("id").to_pylist() == [f"p{i}" for i in range(10)]
     assert again.equals(first) and not parts.exists()
+
+
+def test_streamed_shards_name_the_sample_and_detect_truncation(tmp_path):
+    """Training streams shards by default: the reliability checks of shards apply there too."""
+    import tarfile
+
+    from globeflow.data.webdataset import write_webdataset
+
+    emb = np.ones((50, 4), dtype=np.float32)
+    emb[27, 1] = np.nan
+    bad = write_webdataset(tmp_path / "nan.tar", emb, np.zeros(50), np.zeros(50))
+    with pytest.raises(DataError, match=r"row 27") as err:
+        list(iter_chunks(bad, require_coords=True, chunk_rows=10))
+    assert err.value.row == 27
+    shard = write_webdataset(tmp_path / "s.tar", np.ones((50, 4)), np.zeros(50), np.zeros(50))
+    with tarfile.open(shard, "r|*") as tf:
+        offsets = [m.offset for m in tf]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[: offsets[40]])  # at a sample boundary: 20 of 50 samples
+    s = TrainStream(cut, buffer_rows=40, read_rows=8, prefetch=False)
+    s.start(seed=0, batch_rows=10)
+    with pytest.raises(DataError, match=r"cut.tar.*truncated shard"):
+        for _ in range(4):
+            s.next_batch()

@@ -257,14 +257,19 @@ def _iter_arrow(unit: Unit, require_coords: bool, batch_rows: int, begin: int, e
 def _iter_wds(unit: Unit, require_coords: bool, batch_rows: int, begin: int, end: int | None, embedding_key):
     samples = iter_webdataset([unit.path], embedding_key=embedding_key, require_coords=require_coords)
 
-    def flush(rows: list) -> GeoDataset:
+    def flush(rows: list, first: int) -> GeoDataset:
+        """``rows``: samples ``first``, ``first + 1``, ... of the shard (``first``: for errors)."""
         emb = np.stack([s.embedding for s in rows]).astype(np.float32, copy=False)
-        check_finite_embeddings(unit.path, emb, emb, start=0, field=EMBEDDING_COLUMN)
+        check_finite_embeddings(unit.path, emb, emb, start=first, field=EMBEDDING_COLUMN)
         lat = lon = None
         if all(s.latitude is not None for s in rows):
             lat = np.array([s.latitude for s in rows], dtype=np.float64)
             lon = np.array([s.longitude for s in rows], dtype=np.float64)
-            check_coords(unit.path, lat, lon)
+            try:
+                check_coords(unit.path, lat, lon)
+            except DataError as err:  # the shard's sample, not the chunk's row
+                row = None if err.row is None else first + err.row
+                raise DataError(unit.path, err._detail, row=row, field=err.field) from None
         return GeoDataset(emb, lat, lon, unit.path, {"key": np.array([s.key for s in rows])})
 
     rows: list = []
@@ -275,10 +280,10 @@ def _iter_wds(unit: Unit, require_coords: bool, batch_rows: int, begin: int, end
             continue
         rows.append(sample)
         if len(rows) == batch_rows:
-            yield flush(rows)
+            yield flush(rows, i + 1 - len(rows))
             rows = []
     if rows:
-        yield flush(rows)
+        yield flush(rows, i + 1 - len(rows) if end is None or i < end else end - len(rows))
 
 
 def iter_chunks(
