@@ -210,3 +210,22 @@ def test_streamed_shards_name_the_sample_and_detect_truncation(tmp_path):
     with pytest.raises(DataError, match=r"cut.tar.*truncated shard"):
         for _ in range(4):
             s.next_batch()
+
+
+def test_a_rows_estimate_does_not_depend_on_the_files_row_groups(run, tmp_path):
+    """predict/evaluate seed chunk i (rows [i*c, (i+1)*c)); the chunks are cut at those rows
+    whatever the row groups, so re-writing a file with other row groups changes no estimate."""
+    from globeflow.evaluate import predict_file
+
+    a = _parquet(tmp_path / "a.parquet", 40, row_group=16)
+    b = _parquet(tmp_path / "b.parquet", 40, row_group=7)
+    sizes = [len(c) for c in iter_chunks(b, require_coords=True, chunk_rows=10, exact=True)]
+    assert sizes == [10, 10, 10, 10]
+    joined = np.concatenate([c.embeddings for c in iter_chunks(b, require_coords=True, chunk_rows=9, exact=True)])
+    np.testing.assert_array_equal(joined, read_dataset(a).embeddings)
+    model = globeflow.load(run)
+    for src in (a, b):
+        predict_file(model, src, tmp_path / f"p-{src.stem}.parquet", {"sample_steps": 2, "seed": 3}, chunk_rows=10, progress=False)
+    pa_, pb = (pq.read_table(tmp_path / f"p-{s}.parquet") for s in ("a", "b"))
+    np.testing.assert_array_equal(pa_["pred_latitude"].to_numpy(), pb["pred_latitude"].to_numpy())
+    np.testing.assert_array_equal(pa_["pred_longitude"].to_numpy(), pb["pred_longitude"].to_numpy())

@@ -210,7 +210,12 @@ def _chunks(data_path: str | Path, embedding_dim: int, rows: int | None):
 
     left = rows
     chunks = iter_chunks(
-        data_path, require_coords=True, expected_dim=embedding_dim, chunk_rows=CHUNK_ROWS, max_abs=MAX_EMBEDDING_ABS
+        data_path,
+        require_coords=True,
+        expected_dim=embedding_dim,
+        chunk_rows=CHUNK_ROWS,
+        max_abs=MAX_EMBEDDING_ABS,
+        exact=True,  # chunk i: rows [i * CHUNK_ROWS, ...) whatever the layout, as predict_file
     )
     for chunk in chunks:
         if left is not None and len(chunk) > left:
@@ -240,7 +245,8 @@ def predict_file(
     """Point estimates for every row of ``data_path`` written to the Parquet file ``out``, chunk
     by chunk: every input column but the embedding (an ``id``..., ``latitude``/``longitude``
     when present), then ``pred_latitude``/``pred_longitude``. Memory: one chunk, whatever the
-    rows. Returns the rows. Chunk ``i`` is sampled with :func:`chunk_seed` ``(seed, i)``;
+    rows. Returns the rows. Chunk ``i`` (rows ``[i * chunk_rows, (i + 1) * chunk_rows)``,
+    whatever the file's row groups) is sampled with :func:`chunk_seed` ``(seed, i)``;
     ``chunk_rows`` (default :data:`CHUNK_ROWS`, as :func:`evaluate_run` reads) must equal
     evaluate's for the two to score and write the same estimates.
 
@@ -271,6 +277,7 @@ def predict_file(
             expected_dim=model.embedding_dim,
             chunk_rows=CHUNK_ROWS if chunk_rows is None else chunk_rows,
             max_abs=MAX_EMBEDDING_ABS,
+            exact=True,  # a row's estimate: a function of (seed, its row), not of row groups
         )
         try:
             for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not progress)):

@@ -294,13 +294,75 @@ def iter_chunks(
     chunk_rows: int = 16_384,
     embedding_key: str | None = None,
     max_abs: float | None = None,
+    exact: bool = False,
 ) -> Iterator[GeoDataset]:
     """The rows of ``path`` in file order, ``chunk_rows`` (or fewer) at a time, validated like
     :func:`~globeflow.data.readers.read_dataset` (a ``DataError`` names the file, row, field;
     ``max_abs`` as there: pass :data:`~globeflow.data.dataset.MAX_EMBEDDING_ABS` when the rows
     are fed to a model).
-    Memory: one chunk plus one unit's reader (a row group's pages, a record batch's mapping)."""
-    shown = os.fspath(path)
+    Memory: one chunk plus one unit's reader (a row group's pages, a record batch's mapping).
+
+    ``exact``: every chunk but the last has exactly ``chunk_rows`` rows (units are joined or
+    split; one more chunk of memory), so that chunk ``i`` holds rows ``[i * chunk_rows,
+    (i + 1) * chunk_rows)`` whatever the file's row groups, record batches or shards:
+    predict/evaluate seed each chunk, and a row's estimate must not depend on the layout."""
+    chunks = _iter_chunks(os.fspath(path), require_coords, expected_dim, chunk_rows, embedding_key, max_abs)
+    yield from _exact(chunks, chunk_rows) if exact else chunks
+
+
+def _exact(chunks: Iterator[GeoDataset], rows: int) -> Iterator[GeoDataset]:
+    """``chunks`` re-cut into chunks of exactly ``rows`` rows (the last may be shorter)."""
+    held: list[GeoDataset] = []
+    have = 0
+    for chunk in chunks:
+        while len(chunk):
+            take = min(rows - have, len(chunk))
+            held.append(_slice(chunk, 0, take))
+            have += take
+            chunk = _slice(chunk, take, len(chunk))
+            if have == rows:
+                yield _join(held)
+                held, have = [], 0
+    if held:
+        yield _join(held)
+
+
+def _slice(c: GeoDataset, lo: int, hi: int) -> GeoDataset:
+    if lo == 0 and hi == len(c):
+        return c
+    return GeoDataset(
+        c.embeddings[lo:hi],
+        None if c.latitude is None else c.latitude[lo:hi],
+        None if c.longitude is None else c.longitude[lo:hi],
+        c.path,
+        {k: v[lo:hi] for k, v in c.extra.items()},
+    )
+
+
+def _join(parts: list[GeoDataset]) -> GeoDataset:
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(arrays: list) -> np.ndarray | None:
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    return GeoDataset(
+        np.concatenate([c.embeddings for c in parts]),
+        cat([c.latitude for c in parts]),
+        cat([c.longitude for c in parts]),
+        parts[0].path,
+        {k: np.concatenate([c.extra[k] for c in parts]) for k in parts[0].extra},
+    )
+
+
+def _iter_chunks(
+    shown: str,
+    require_coords: bool,
+    expected_dim: int | None,
+    chunk_rows: int,
+    embedding_key: str | None,
+    max_abs: float | None,
+) -> Iterator[GeoDataset]:
     for unit in list_units(shown, require_coords=require_coords):
         for chunk in iter_unit(
             unit, require_coords=require_coords, batch_rows=chunk_rows, embedding_key=embedding_key, max_abs=max_abs
