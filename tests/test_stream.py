@@ -201,3 +201,43 @@ def test_read_dataset_reads_a_packed_arrow_file(tmp_path):
     np.testing.assert_array_equal(ds.extra["id"], np.arange(N))
     with pytest.raises(DataError, match="embedding dimension"):
         read_dataset(tmp_path / "p.arrow", expected_dim=D + 1)
+
+
+def test_predict_file_streams_chunks_in_order_and_atomically(tmp_path):
+    from globeflow.evaluate import predict_file
+    from globeflow.methods import create_method
+
+    _write(tmp_path / "a.parquet", n=300, row_group=50)
+    torch.manual_seed(0)
+    model = create_method("rfm", D, width=16, depth=1)
+    opts = {"guidance": 1.0, "sample_steps": 2, "seed": 3}
+    assert predict_file(model, tmp_path / "a.parquet", tmp_path / "p.parquet", opts, chunk_rows=64, progress=False) == 300
+    out = pq.read_table(tmp_path / "p.parquet").to_pydict()
+    assert out["id"] == list(range(300)) and len(out["pred_latitude"]) == 300
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    # the first chunk (a chunk never spans row groups: 50 rows) is Method.predict with the seed
+    first = model.predict(read_dataset(tmp_path / "a.parquet").embeddings[:50], **opts)
+    np.testing.assert_array_equal(np.array(out["pred_latitude"][:50]), first[:, 0])
+
+
+def test_evaluate_in_chunks_counts_every_row(tmp_path, monkeypatch):
+    import globeflow.evaluate as ev
+    from globeflow.methods import create_method
+
+    _write(tmp_path / "a.parquet", n=300, row_group=50)
+    torch.manual_seed(0)
+    model = create_method("rfm", D, width=16, depth=1)
+    monkeypatch.setattr(ev, "CHUNK_ROWS", 64)
+    m = ev.evaluate_run(model, tmp_path / "a.parquet", {"guidance": 1.0, "sample_steps": 2}, progress=False)
+    assert m["n"] == 300 and 0.0 <= m["coverage"] <= 1.0
+    assert ev.evaluate_run(model, tmp_path / "a.parquet", {"sample_steps": 2}, prdc=False, rows=100, progress=False)["n"] == 100
+
+
+def test_api_finiteness_check_reports_rows_across_blocks(monkeypatch):
+    import globeflow.methods.base as base
+
+    monkeypatch.setattr(base, "_FINITE_BLOCK", 8)
+    a = np.zeros((40, 4), np.float32)
+    a[3, 1], a[30, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"rows \[3, 30\]"):
+        base.as_embedding(a, 4)
