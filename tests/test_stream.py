@@ -215,9 +215,10 @@ def test_predict_file_streams_chunks_in_order_and_atomically(tmp_path):
     out = pq.read_table(tmp_path / "p.parquet").to_pydict()
     assert out["id"] == list(range(300)) and len(out["pred_latitude"]) == 300
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-    # the first chunk (a chunk never spans row groups: 50 rows) is Method.predict with the seed
-    first = model.predict(read_dataset(tmp_path / "a.parquet").embeddings[:50], **opts)
-    np.testing.assert_array_equal(np.array(out["pred_latitude"][:50]), first[:, 0])
+    # the first chunk (rows 0-63: chunks are cut at multiples of chunk_rows, across row groups)
+    # is Method.predict with the seed
+    first = model.predict(read_dataset(tmp_path / "a.parquet").embeddings[:64], **opts)
+    np.testing.assert_array_equal(np.array(out["pred_latitude"][:64]), first[:, 0])
 
 
 def test_evaluate_in_chunks_counts_every_row(tmp_path, monkeypatch):
