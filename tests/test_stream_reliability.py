@@ -225,7 +225,14 @@ def test_a_rows_estimate_does_not_depend_on_the_files_row_groups(run, tmp_path):
     np.testing.assert_array_equal(joined, read_dataset(a).embeddings)
     model = globeflow.load(run)
     for src in (a, b):
-        predict_file(model, src, tmp_path / f"p-{src.stem}.parquet", {"sample_steps": 2, "seed": 3}, chunk_rows=10, progress=False)
+        predict_file(
+            model,
+            src,
+            tmp_path / f"p-{src.stem}.parquet",
+            {"sample_steps": 2, "seed": 3},
+            chunk_rows=10,
+            progress=False,
+        )
     pa_, pb = (pq.read_table(tmp_path / f"p-{s}.parquet") for s in ("a", "b"))
     np.testing.assert_array_equal(pa_["pred_latitude"].to_numpy(), pb["pred_latitude"].to_numpy())
     np.testing.assert_array_equal(pa_["pred_longitude"].to_numpy(), pb["pred_longitude"].to_numpy())

@@ -151,7 +151,8 @@ def evaluate_run(
     for i, chunk in enumerate(_chunks(data_path, model.embedding_dim, rows)):
         opts = {**options, "seed": chunk_seed(options.get("seed", 0), i)}
         start = time.perf_counter()
-        preds.append(check_predictions(model.predict(chunk.embeddings, **opts, progress=progress), data_path, model, start=seen))
+        pred = model.predict(chunk.embeddings, **opts, progress=progress)
+        preds.append(check_predictions(pred, data_path, model, start=seen))  # names the file's rows
         predict_seconds += time.perf_counter() - start
         truths.append(np.stack([chunk.latitude, chunk.longitude], axis=1))
         keys.append(_labels(chunk))
@@ -295,7 +296,8 @@ def predict_file(
                     writer = pq.ParquetWriter(tmp, table.schema, write_page_checksum=True)
                 elif table.schema != writer.schema:
                     raise ValueError(
-                        f"{data_path}: rows {rows}.. have columns {table.schema.names}, earlier rows {writer.schema.names}"
+                        f"{data_path}: rows {rows}.. have columns {table.schema.names}, "
+                        f"earlier rows {writer.schema.names}"
                     )
                 writer.write_table(table)
                 rows += len(pred)
