@@ -129,8 +129,20 @@ def test_globeflow_train_reads_shards(tmp_path: Path) -> None:
             "--no-progress",
         ]
     )
-    assert rc == 0 and (run / "model.safetensors").is_file() and any((run / "data_cache").iterdir())
+    assert rc == 0 and (run / "model.safetensors").is_file()
+    # shards are streamed (no cache anywhere), and nothing is written beside them
+    assert json.loads((run / "config.json").read_text())["data"]["loader"] == "stream"
+    assert not (run / "data_cache").exists()
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["train-000.tar", "train-001.tar"]
     import globeflow
 
     model = globeflow.load(run)
     assert model.predict(np.zeros((2, 8), np.float32), sample_steps=2).shape == (2, 2)
+
+
+def test_default_cache_is_the_user_cache_not_beside_the_shards(tmp_path: Path, monkeypatch) -> None:
+    _shards(tmp_path / "shards", sizes=(5,))
+    monkeypatch.setenv("GLOBEFLOW_CACHE", str(tmp_path / "usercache"))
+    read_webdataset(tmp_path / "shards")
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["train-000.tar"]
+    assert any((tmp_path / "usercache" / "webdataset").iterdir())

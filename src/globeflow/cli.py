@@ -260,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding-key", default=None, help="WebDataset: the .npy entry holding the embedding (default: the only one)"
     )
     _add_train_args(p, steps=10000, batch=512, width=512, depth=12)
+    p.add_argument(
+        "--loader",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help="memory: read the file into RAM; stream: bounded memory (docs/scale.md); "
+        "auto (default): stream Parquet larger than the shuffle buffer, Arrow and WebDataset",
+    )
+    p.add_argument(
+        "--shuffle-buffer", type=_positive_int, default=None, help="stream: rows of the shuffle window (default 32768)"
+    )
+
+    p = sub.add_parser("pack", help="convert a dataset once into a memory-mappable Arrow IPC file (optional)")
+    p.add_argument("src", help="Parquet, NPZ, Arrow or WebDataset shards")
+    p.add_argument("dest", help="output .arrow file")
+    p.add_argument("--shuffle-seed", type=int, default=None, help="also permute the rows (two passes, bounded memory)")
+    p.add_argument("--embedding-key", default=None, help="WebDataset: the .npy entry holding the embedding")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
 
     p = sub.add_parser("distill", help="distil a trained RFM run into a 1-2 step flow-map sampler (a new run)")
     p.add_argument("--model", required=True, help="run directory of a trained RFM model (the teacher)")
@@ -409,9 +426,27 @@ def _model_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from globeflow.runs import is_main_process, train_run
 
-    out = train_run(args.data, args.out, _model_config(args), train_config(args), embedding_key=args.embedding_key)
+    out = train_run(
+        args.data,
+        args.out,
+        _model_config(args),
+        train_config(args),
+        embedding_key=args.embedding_key,
+        loader=args.loader,
+        shuffle_buffer=args.shuffle_buffer,
+    )
     if is_main_process():
         print(f"trained model written to {out}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from globeflow.data.stream import pack
+
+    rows = pack(
+        args.src, args.dest, shuffle_seed=args.shuffle_seed, embedding_key=args.embedding_key, overwrite=args.overwrite
+    )
+    print(f"{rows} rows packed into {args.dest}")
     return 0
 
 
@@ -446,23 +481,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.data is None:
         return _predict_answers(args)
     from globeflow.api import load
-    from globeflow.data import read_dataset, write_parquet
-    from globeflow.data.dataset import MAX_EMBEDDING_ABS
-    from globeflow.evaluate import check_predictions
+    from globeflow.evaluate import predict_file
     from globeflow.pretrained import model_or_default
 
+    # The output guard ran in _check_predict (--out is never --data, an existing file needs
+    # --overwrite); predict_file streams the file in chunks, range-checks the embeddings,
+    # names NaN rows, keeps every input column and writes --out atomically.
     model = load(model_or_default(args.model), device=args.device)
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
     options = _sample_options(args)
     if args.strategy is not None:
         options["strategy"] = args.strategy
-    pred = check_predictions(model.predict(data.embeddings, **options, progress=True), args.data, model)
-    columns = dict(data.extra)
-    columns["pred_latitude"] = pred[:, 0]
-    columns["pred_longitude"] = pred[:, 1]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_parquet(args.out, None, data.latitude, data.longitude, extra=columns)
-    print(f"{len(pred)} predictions written to {args.out}")
+    rows = predict_file(model, args.data, args.out, options)
+    print(f"{rows} predictions written to {args.out}")
     return 0
 
 
@@ -747,6 +777,12 @@ def _check_embed(args: argparse.Namespace) -> None:
     check_outputs({"--out": args.out}, inputs, overwrite=True)
 
 
+def _check_pack(args: argparse.Namespace) -> None:
+    from globeflow.io import check_outputs
+
+    check_outputs({"DEST": args.dest}, {"SRC": args.src}, overwrite=args.overwrite)
+
+
 def _check_folder_out(args: argparse.Namespace) -> None:
     from globeflow.io import check_output_dir
 
@@ -922,6 +958,7 @@ CHECKS = {
     "evaluate": _check_evaluate,
     "compare": _check_compare,
     "train": _check_train,
+    "pack": _check_pack,
     "embed": _check_embed,
     "demo": _check_folder_out,
     "synthetic": _check_folder_out,
@@ -931,6 +968,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "synthetic": cmd_synthetic,
     "train": cmd_train,
+    "pack": cmd_pack,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,

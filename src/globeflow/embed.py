@@ -329,52 +329,136 @@ def _wait_for_ranks(parts: Path, world_size: int, timeout: float) -> None:
         time.sleep(1.0)
 
 
+_GPS = {"gps_latitude": "latitude", "gps_longitude": "longitude"}
+#: Rows per batch read from the existing output while merging.
+_MERGE_ROWS = 16_384
+
+
 def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -> int:
-    """Existing output + all parts -> ``out`` (atomically), in input order; parts removed."""
-    tables = []
-    if out.is_file():
-        old = pq.read_table(out)
-        if "gps_latitude" in old.column_names:  # back to the internal names
-            old = old.rename_columns(
-                [{"gps_latitude": "latitude", "gps_longitude": "longitude"}.get(c, c) for c in old.column_names]
-            )
-        tables.append(old)
+    """Existing output + all parts -> ``out`` (atomically), in input order; parts removed.
+
+    A k-way merge of sorted runs (the existing output, then each rank's parts, each already in
+    input order), written batch by batch (page checksums on): memory is one batch per run,
+    not the dataset. Each id is written once, so a merge cut off between replacing ``out``
+    and removing the parts gives the same file when rerun."""
+    old = [out] if out.is_file() else []
     part_files = sorted(parts.glob("rank*-*.parquet"))
-    tables.extend(pq.read_table(p) for p in part_files)
-    if not tables:
+    by_rank: dict[str, list[Path]] = {}
+    for p in part_files:
+        by_rank.setdefault(p.name.split("-")[0], []).append(p)
+    runs = [old] + list(by_rank.values()) if old else list(by_rank.values())
+    if not runs:
         return 0
-    table = pa.concat_tables(tables, promote_options="default")
-    # A run killed after writing ``out`` but before removing its parts finds those rows twice
-    # (in ``out`` and in the parts): keep each id once, so a rerun is idempotent.
-    ids = table.column("id").to_pylist()
-    first = {}
-    for k, i in enumerate(ids):
-        first.setdefault(i, k)
-    if len(first) < len(ids):
-        table = table.take(pa.array(sorted(first.values()), pa.int64()))
-    if "location_source" not in table.column_names:
-        table = table.append_column("location_source", pa.array([""] * table.num_rows, pa.string()))
+    schema = pa.unify_schemas(
+        [
+            pa.schema([f.with_name(_GPS.get(f.name, f.name)) for f in pq.read_schema(p).remove_metadata()])
+            for run in runs
+            for p in run
+        ],
+        promote_options="default",
+    )
+    if "location_source" not in schema.names:
+        schema = schema.append(pa.field("location_source", pa.string()))
+    # Every photo located? Otherwise what is known goes under names train does not read.
+    located = all(
+        np.isfinite(pq.read_table(p, columns=[c]).column(0).to_numpy(zero_copy_only=False)).all()
+        for run in runs
+        for p in run
+        for c in pq.read_schema(p).names
+        if c in ("latitude", "gps_latitude")
+    )
+    if not located:
+        schema = pa.schema([f.with_name({v: k for k, v in _GPS.items()}.get(f.name, f.name)) for f in schema])
     order = {it.id: i for i, it in enumerate(items)}
-    ids = table.column("id").to_pylist()
-    rank = np.asarray([order.get(i, len(order) + k) for k, i in enumerate(ids)])
-    table = table.take(pa.array(np.argsort(rank, kind="stable")))
-    lat = table.column("latitude").to_numpy(zero_copy_only=False)
-    if not np.isfinite(lat).all():
-        # Not every photo is located: keep what is known under names train does not read.
-        table = table.rename_columns(
-            [{"latitude": "gps_latitude", "longitude": "gps_longitude"}.get(c, c) for c in table.column_names]
-        )
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(settings)})
+    unlisted: dict[str, int] = {}  # ids no longer listed keep their place, last
+
+    def rank_of(i: str) -> int:
+        if i in order:
+            return order[i]
+        return unlisted.setdefault(i, len(order) + len(unlisted))
+
+    def conform(table: pa.Table) -> pa.Table:
+        table = table.rename_columns([_GPS.get(c, c) for c in table.column_names])
+        if not located:
+            table = table.rename_columns([{v: k for k, v in _GPS.items()}.get(c, c) for c in table.column_names])
+        cols = []
+        for f in schema:
+            if f.name in table.column_names:
+                cols.append(table.column(f.name).cast(f.type))
+            elif f.name == "location_source":
+                cols.append(pa.array([""] * table.num_rows, pa.string()))
+            else:
+                cols.append(pa.nulls(table.num_rows, f.type))
+        return pa.table(cols, schema=schema)
+
+    def batches(run: list[Path]):
+        for p in run:
+            pf = pq.ParquetFile(p, page_checksum_verification=True)
+            for b in pf.iter_batches(batch_size=_MERGE_ROWS):
+                table = conform(pa.Table.from_batches([b]))
+                ids = table.column("id").to_pylist()
+                yield table, np.asarray([rank_of(i) for i in ids], dtype=np.int64)
+            pf.close()
+
+    iters = [batches(run) for run in runs]
+    heads: list = [None] * len(iters)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, write_page_checksum=True)
-    os.replace(tmp, out)
+    rows = 0
+    # A run killed after writing ``out`` but before removing its parts finds those rows twice
+    # (in ``out`` and in the parts): each id is written once (the copy of the earliest run, the
+    # existing output first), so a rerun is idempotent. Every id has one rank (see ``rank_of``),
+    # so "written" is a bitmap over the listed ids (1 byte per input item) plus a set for the
+    # few ids no longer listed: memory stays independent of the embeddings' size.
+    written = np.zeros(len(order), dtype=bool)
+    written_unlisted: set[int] = set()
+    try:
+        with pq.ParquetWriter(
+            tmp, schema.with_metadata({METADATA_KEY: json.dumps(settings)}), write_page_checksum=True
+        ) as writer:
+            while True:
+                for j, it in enumerate(iters):
+                    while it is not None and (heads[j] is None or heads[j][0].num_rows == 0):
+                        heads[j] = next(it, None)
+                        if heads[j] is None:
+                            iters[j] = it = None
+                live = [h for h in heads if h is not None and h[0].num_rows]
+                if not live:
+                    break
+                cutoff = min(int(r[-1]) for _, r in live)  # every row up to it is buffered
+                out_tables, out_ranks = [], []
+                for j, h in enumerate(heads):
+                    if h is None or not h[0].num_rows:
+                        continue
+                    table, r = h
+                    k = int(np.searchsorted(r, cutoff, side="right")) if np.all(r[:-1] <= r[1:]) else len(r)
+                    out_tables.append(table.slice(0, k))
+                    out_ranks.append(r[:k])
+                    heads[j] = (table.slice(k), r[k:])
+                merged = pa.concat_tables(out_tables)
+                ranks = np.concatenate(out_ranks)
+                sort = np.argsort(ranks, kind="stable")  # stable: of equal ids, the earliest run's first
+                ranks = ranks[sort]
+                keep = np.ones(len(ranks), dtype=bool)
+                keep[1:] = ranks[1:] != ranks[:-1]  # a repeated id within this batch
+                listed = ranks < len(order)
+                keep[listed] &= ~written[ranks[listed]]  # an id written by an earlier batch
+                for i in np.flatnonzero(keep & ~listed):
+                    if int(ranks[i]) in written_unlisted:
+                        keep[i] = False
+                    written_unlisted.add(int(ranks[i]))
+                written[ranks[keep & listed]] = True
+                writer.write_table(merged.take(pa.array(sort[keep])))
+                rows += int(keep.sum())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     for p in [*part_files, *parts.glob("*.json"), *parts.glob("*.jsonl")]:
         p.unlink()
     try:
         parts.rmdir()
     except OSError:
         pass
-    return table.num_rows
+    return rows
 
 
 def encode_texts(

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from globeflow.data import GeoDataset
     from globeflow.methods import Method
 
 __all__ = [
@@ -27,19 +26,29 @@ __all__ = [
     "format_table",
     "format_value",
     "heldout_metrics",
+    "chunk_seed",
+    "predict_file",
     "prdc_samples",
 ]
 
 
-def _truth_keys(data):
-    """Administrative keys of the truth from the dataset's own labels (OSV-5M columns), if it has them."""
+_LABELS = ("country", "region", "sub-region", "city")
+
+
+def _labels(data) -> dict[str, np.ndarray] | None:
+    """The dataset's own administrative labels (OSV-5M columns), if it has them."""
+    if all(c in data.extra for c in ("country", "region", "city")):
+        return {c: data.extra[c] for c in _LABELS if c in data.extra}
+    return None
+
+
+def _truth_keys(labels: list[dict[str, np.ndarray] | None]):
+    """Administrative keys of the truth from the labels of every chunk, or None."""
     from globeflow.metrics.admin import keys_from_labels
 
-    if all(c in data.extra for c in ("country", "region", "city")):
-        return keys_from_labels(
-            {c: data.extra[c] for c in ("country", "region", "sub-region", "city") if c in data.extra}
-        )
-    return None
+    if not labels or any(part is None for part in labels):
+        return None
+    return keys_from_labels({c: np.concatenate([part[c] for part in labels]) for c in labels[0]})
 
 
 def prdc_samples(
@@ -64,10 +73,11 @@ def prdc_samples(
     return model.sample(null, len(emb), guidance=0.0, **sample_opts)[0]
 
 
-def check_predictions(pred: np.ndarray, source: object, model: object = None) -> np.ndarray:
+def check_predictions(pred: np.ndarray, source: object, model: object = None, *, start: int = 0) -> np.ndarray:
     """``pred`` (N, 2) unchanged if every row is finite; else a ``ValueError`` naming the rows
-    (a model that answers NaN says so instead of writing NaN coordinates)."""
-    bad = np.flatnonzero(~np.isfinite(pred).all(axis=1))
+    (a model that answers NaN says so instead of writing NaN coordinates). ``start``: the row
+    of ``source`` that ``pred[0]`` estimates (a chunk of a streamed file)."""
+    bad = start + np.flatnonzero(~np.isfinite(pred).all(axis=1))
     if bad.size:
         shown = ", ".join(str(int(r)) for r in bad[:10]) + (f", … ({bad.size} in all)" if bad.size > 10 else "")
         name = getattr(model, "name", "the model")
@@ -121,73 +131,197 @@ def evaluate_run(
     # strategy is given) is scored; the settings record which one it was.
     options = {k: v for k, v in options.items() if not (k == "strategy" and v is None)}
     options["strategy"] = estimate_strategy(model, options.get("strategy"))
-    data = _first_rows(data_path, model.embedding_dim, rows)
-    truth = np.stack([data.latitude, data.longitude], axis=1)
-    start = time.perf_counter()
-    pred = check_predictions(model.predict(data.embeddings, **options, progress=progress), data_path, model)
-    elapsed = time.perf_counter() - start
+    prdc = False if prdc is False else dict(prdc or {})
+    guidance = options.get("guidance", 2.0)
+    prdc_guidance = None if prdc is False or prdc.get("guidance") is None else prdc["guidance"]
+    reuse = prdc is not False and options.get("strategy", "sample") == "sample" and prdc_guidance in (None, guidance)
+    uncond = prdc is not False and bool(prdc.get("unconditional"))
+    if uncond and not model.has_unconditional and prdc.get("lenient"):
+        # compare: a run without condition dropout gets "–" in the uncond_* columns.
+        print(f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
+        uncond = False
+    if density is not None and model.density_space is None:
+        raise ValueError(f"--density: method {model.name!r} has no likelihood")
+    density = None if density is None else dict(density)
+    density_rows = None if density is None else density.pop("rows", None)
+
+    # One pass over the file, chunk by chunk: memory is a chunk of embeddings plus, per row,
+    # the coordinates (truth, estimate, PRDC draws) and the label keys, never all embeddings.
+    preds, truths, keys, fakes, nulls, dens_emb = [], [], [], [], [], []
+    predict_seconds = prdc_seconds = 0.0
+    seen = 0
+    for i, chunk in enumerate(_chunks(data_path, model.embedding_dim, rows)):
+        opts = {**options, "seed": chunk_seed(options.get("seed", 0), i)}
+        start = time.perf_counter()
+        pred = model.predict(chunk.embeddings, **opts, progress=progress)
+        preds.append(check_predictions(pred, data_path, model, start=seen))  # names the file's rows
+        predict_seconds += time.perf_counter() - start
+        truths.append(np.stack([chunk.latitude, chunk.longitude], axis=1))
+        keys.append(_labels(chunk))
+        start = time.perf_counter()
+        if prdc is not False and not reuse:
+            g = guidance if prdc_guidance is None else prdc_guidance
+            fakes.append(prdc_samples(model, chunk.embeddings, opts, guidance=g))
+        if uncond:
+            nulls.append(prdc_samples(model, chunk.embeddings, opts, guidance=0.0, unconditional=True))
+        prdc_seconds += time.perf_counter() - start
+        if density is not None and (density_rows is None or seen < density_rows):
+            dens_emb.append(chunk.embeddings[: None if density_rows is None else density_rows - seen])
+        seen += len(chunk)
+    if not preds:
+        raise ValueError(f"{data_path}: no rows to evaluate")
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
     metrics = distance_metrics(pred, truth)
-    true_keys = _truth_keys(data)
+    true_keys = _truth_keys(keys)
     metrics.update(admin_accuracy(pred, truth, true_keys=true_keys))
     metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
-    metrics["predict_seconds"] = elapsed
+    metrics["predict_seconds"] = predict_seconds
     metrics["strategy"] = options["strategy"]
     if prdc is not False:
         start = time.perf_counter()
-        metrics.update(_prdc_metrics(model, data.embeddings, truth, pred, options, dict(prdc or {}), label=model_dir))
-        metrics["prdc_seconds"] = time.perf_counter() - start
+        metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, guidance if prdc_guidance is None else prdc_guidance))
+        metrics["prdc_seconds"] = prdc_seconds + time.perf_counter() - start
     if density is not None:
         from globeflow.metrics import density_metrics
 
-        if model.density_space is None:
-            raise ValueError(f"--density: method {model.name!r} has no likelihood")
-        density = dict(density)
-        rows = density.pop("rows", None) or len(truth)
+        emb = np.concatenate(dens_emb)
         start = time.perf_counter()
-        metrics.update(density_metrics(model, data.embeddings[:rows], truth[:rows], **density))
+        metrics.update(density_metrics(model, emb, truth[: len(emb)], **density))
         metrics["density_seconds"] = time.perf_counter() - start
     return metrics
 
 
-def _first_rows(data_path: str | Path, embedding_dim: int, rows: int | None) -> GeoDataset:
-    """The file's rows with coordinates (all, or the first ``rows``)."""
-    from globeflow.data import read_dataset
+#: Rows read at a time by :func:`evaluate_run` and :func:`predict_file` (64 MiB at D = 1024).
+CHUNK_ROWS = 16_384
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Seed of the ``chunk``-th chunk of a file: ``seed`` itself for the first, so that a file
+    of one chunk gives what ``Method.predict`` gives on the whole array."""
+    if chunk == 0:
+        return int(seed)
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr((int(seed), "chunk", chunk)).encode()).digest()[:8], "little") >> 1
+
+
+def _chunks(data_path: str | Path, embedding_dim: int, rows: int | None):
+    """The file's rows with coordinates in chunks (all, or the first ``rows``), range-checked
+    (:data:`~globeflow.data.dataset.MAX_EMBEDDING_ABS`) as they are fed to a model."""
     from globeflow.data.dataset import MAX_EMBEDDING_ABS
+    from globeflow.data.stream import iter_chunks
 
-    data = read_dataset(data_path, require_coords=True, expected_dim=embedding_dim, max_abs=MAX_EMBEDDING_ABS)
-    if rows is None:
-        return data
-    first = slice(0, rows)
-    return dataclasses.replace(
-        data,
-        embeddings=data.embeddings[first],
-        latitude=data.latitude[first],
-        longitude=data.longitude[first],
-        extra={c: v[first] for c, v in data.extra.items()},
+    left = rows
+    chunks = iter_chunks(
+        data_path,
+        require_coords=True,
+        expected_dim=embedding_dim,
+        chunk_rows=CHUNK_ROWS,
+        max_abs=MAX_EMBEDDING_ABS,
+        exact=True,  # chunk i: rows [i * CHUNK_ROWS, ...) whatever the layout, as predict_file
     )
+    for chunk in chunks:
+        if left is not None and len(chunk) > left:
+            chunk = dataclasses.replace(
+                chunk,
+                embeddings=chunk.embeddings[:left],
+                latitude=chunk.latitude[:left],
+                longitude=chunk.longitude[:left],
+                extra={c: v[:left] for c, v in chunk.extra.items()},
+            )
+        yield chunk
+        if left is not None:
+            left -= len(chunk)
+            if left <= 0:
+                return
 
 
-def _prdc_metrics(
-    model: Method, emb: np.ndarray, truth: np.ndarray, pred: np.ndarray, options: dict, prdc: dict, *, label: object
-) -> dict:
-    """Precision/recall/density/coverage of one draw per embedding at ω (the point estimates
-    themselves when they are such draws), and of the null condition on request."""
+def predict_file(
+    model: Method,
+    data_path: str | Path,
+    out: str | Path,
+    options: dict,
+    *,
+    chunk_rows: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Point estimates for every row of ``data_path`` written to the Parquet file ``out``, chunk
+    by chunk: every input column but the embedding (an ``id``..., ``latitude``/``longitude``
+    when present), then ``pred_latitude``/``pred_longitude``. Memory: one chunk, whatever the
+    rows. Returns the rows. Chunk ``i`` (rows ``[i * chunk_rows, (i + 1) * chunk_rows)``,
+    whatever the file's row groups) is sampled with :func:`chunk_seed` ``(seed, i)``;
+    ``chunk_rows`` (default :data:`CHUNK_ROWS`, as :func:`evaluate_run` reads) must equal
+    evaluate's for the two to score and write the same estimates.
+
+    Checks, chunk by chunk, as the file is read: embeddings within
+    :data:`~globeflow.data.dataset.MAX_EMBEDDING_ABS` and finite estimates
+    (:func:`check_predictions`); a ``DataError``/``ValueError`` names the file's row.
+    Written atomically (:func:`globeflow.io.atomic_write`: a temporary file beside ``out``,
+    with page checksums, renamed at the end): a failure or a kill leaves ``out`` as it was.
+    Whether ``out`` may be written at all (never an input, ``--overwrite``) is the caller's
+    check (:func:`globeflow.io.check_outputs`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
+    from globeflow.data.parquet import fixed_size_list
+    from globeflow.data.stream import iter_chunks
+    from globeflow.io import atomic_write
+
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        writer = None
+        chunks = iter_chunks(
+            data_path,
+            require_coords=False,
+            expected_dim=model.embedding_dim,
+            chunk_rows=CHUNK_ROWS if chunk_rows is None else chunk_rows,
+            max_abs=MAX_EMBEDDING_ABS,
+            exact=True,  # a row's estimate: a function of (seed, its row), not of row groups
+        )
+        try:
+            for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not progress)):
+                opts = {**options, "seed": chunk_seed(options.get("seed", 0), i)}
+                pred = check_predictions(model.predict(chunk.embeddings, **opts), data_path, model, start=rows)
+                cols = {
+                    k: (fixed_size_list(np.ascontiguousarray(v)) if v.ndim == 2 else pa.array(v))
+                    for k, v in chunk.extra.items()
+                }
+                if chunk.latitude is not None:
+                    cols["latitude"], cols["longitude"] = pa.array(chunk.latitude), pa.array(chunk.longitude)
+                cols["pred_latitude"], cols["pred_longitude"] = pa.array(pred[:, 0]), pa.array(pred[:, 1])
+                table = pa.table(cols)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, write_page_checksum=True)
+                elif table.schema != writer.schema:
+                    raise ValueError(
+                        f"{data_path}: rows {rows}.. have columns {table.schema.names}, "
+                        f"earlier rows {writer.schema.names}"
+                    )
+                writer.write_table(table)
+                rows += len(pred)
+            if writer is None:
+                raise ValueError(f"{data_path}: no rows to predict")
+        finally:
+            if writer is not None:
+                writer.close()
+
+    atomic_write(out, write)
+    return rows
+
+
+def _prdc_metrics(truth: np.ndarray, fake: np.ndarray, nulls: list[np.ndarray], guidance: float) -> dict:
+    """Precision/recall/density/coverage of one draw per embedding at ω (``fake``: the point
+    estimates themselves when they are such draws), and of the null condition's draws."""
     from globeflow.metrics import prdc_latlon
 
-    guidance = prdc.get("guidance")
-    guidance = options.get("guidance", 2.0) if guidance is None else guidance
-    if options.get("strategy", "sample") == "sample" and guidance == options.get("guidance", 2.0):
-        fake = pred  # the point estimates are already one draw per embedding at this ω
-    else:
-        fake = prdc_samples(model, emb, options, guidance=guidance)
     metrics = {k: v for k, v in prdc_latlon(truth, fake).items() if k not in ("n_real", "n_fake")}
     metrics["prdc_guidance"] = float(guidance)
-    if prdc.get("unconditional") and not model.has_unconditional and prdc.get("lenient"):
-        # compare: a run without condition dropout gets "–" in the uncond_* columns.
-        print(f"{label}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
-    elif prdc.get("unconditional"):
-        fake = prdc_samples(model, emb, options, guidance=0.0, unconditional=True)
-        uncond = prdc_latlon(truth, fake)
+    if nulls:
+        uncond = prdc_latlon(truth, np.concatenate(nulls))
         metrics.update({f"uncond_{k}": uncond[k] for k in PRDC_KEYS})
     return metrics
 

@@ -8,7 +8,7 @@ A run directory (``globeflow train --out RUN``)::
     RUN/train_log.jsonl       one JSON record per logged step
     RUN/checkpoint/           crash-safe training state, for resuming
     RUN/.lock                 the pid of the process training into RUN (while it runs)
-    RUN/data_cache/           WebDataset shards memory-mapped for training
+    RUN/data_cache/           WebDataset shards memory-mapped for training (``loader="memory"`` only)
     RUN/heldout.parquet       shipped models only: held-out rows evaluated by ``globeflow demo``
 
 This module imports torch and the trainer only inside :func:`train_run`, so that the file names
@@ -166,6 +166,28 @@ def is_main_process() -> bool:
     return world is None or world[0] == 0
 
 
+#: How ``train_run`` reads its data: ``memory`` (whole file in RAM, batches drawn uniformly
+#: with replacement), ``stream`` (:class:`globeflow.data.stream.TrainStream`: bounded memory),
+#: ``auto`` (stream unless the embeddings fit in the shuffle buffer).
+LOADERS = ("auto", "memory", "stream")
+
+
+def use_stream(data_path: str | Path, loader: str, buffer_rows: int) -> bool:
+    """Whether ``train_run`` streams ``data_path`` (see :data:`LOADERS`)."""
+    from globeflow.data.stream import list_units
+
+    if loader not in LOADERS:
+        raise ValueError(f"loader: expected one of {', '.join(LOADERS)}, got {loader!r}")
+    if loader != "auto":
+        return loader == "stream"
+    units = list_units(data_path, require_coords=False)
+    if units[0].kind in ("wds", "arrow"):
+        return True
+    if units[0].kind == "npz":  # a zip archive cannot be streamed: read whole
+        return False
+    return sum(u.rows or 0 for u in units) > buffer_rows  # Parquet larger than the window
+
+
 def train_run(
     data_path: str | Path,
     out: str | Path,
@@ -173,8 +195,13 @@ def train_run(
     train_cfg: TrainConfig,
     *,
     embedding_key: str | None = None,
+    loader: str = "auto",
+    shuffle_buffer: int | None = None,
 ) -> Path:
     """Train ``model_cfg`` on ``data_path`` into run directory ``out`` (resuming if possible).
+
+    ``loader``: see :data:`LOADERS`; ``shuffle_buffer``: rows of the streaming window
+    (default :data:`globeflow.data.stream.DEFAULT_BUFFER_ROWS`).
 
     The run directory is locked (``out/.lock``, see :func:`globeflow.io.run_lock`) while this
     process trains into it: a second training into the same ``out`` fails at once with
@@ -186,7 +213,15 @@ def train_run(
 
     lock = run_lock(out, LOCK_FILE) if is_main_process() else contextlib.nullcontext()
     with lock:
-        return _train_run(data_path, Path(out), model_cfg, train_cfg, embedding_key=embedding_key)
+        return _train_run(
+            data_path,
+            Path(out),
+            model_cfg,
+            train_cfg,
+            embedding_key=embedding_key,
+            loader=loader,
+            shuffle_buffer=shuffle_buffer,
+        )
 
 
 def _train_run(
@@ -196,6 +231,8 @@ def _train_run(
     train_cfg: TrainConfig,
     *,
     embedding_key: str | None = None,
+    loader: str = "auto",
+    shuffle_buffer: int | None = None,
 ) -> Path:
     import torch
 
@@ -205,14 +242,28 @@ def _train_run(
     from globeflow.training import train
     from globeflow.training.loop import _derive_seed
 
-    data = read_training_data(data_path, Path(out), embedding_key)
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
+    from globeflow.data.stream import DEFAULT_BUFFER_ROWS, TrainStream
+
+    buffer_rows = shuffle_buffer or DEFAULT_BUFFER_ROWS
+    stream = None
+    if use_stream(data_path, loader, buffer_rows):
+        # Every chunk read is range-checked as read_training_data checks the whole file.
+        stream = TrainStream(data_path, buffer_rows=buffer_rows, embedding_key=embedding_key, max_abs=MAX_EMBEDDING_ABS)
+        x0 = emb = None  # data-dependent set-up (MvMF) reads the first rows below, if needed
+        rows, dim = stream.num_rows, stream.head(1)[1].shape[1]
+    else:
+        data = read_training_data(data_path, Path(out), embedding_key)
+        x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
+        emb = torch.from_numpy(data.embeddings)
+        rows, dim = len(data), data.dim
     # The network's initial weights (and MvMF's component placement) come from torch's global
     # generator, which this torch build seeds at random in every process: seed it from --seed so
     # that the same command trains the same model.
     torch.manual_seed(_derive_seed(train_cfg.seed, "init"))
     method = create_method(
         model_cfg.method,
-        data.dim,
+        dim,
         width=model_cfg.width,
         depth=model_cfg.depth,
         expansion=model_cfg.expansion,
@@ -221,14 +272,27 @@ def _train_run(
         cond_drop=model_cfg.cond_drop,
         **model_cfg.method_options(),
     )
-    x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
-    emb = torch.from_numpy(data.embeddings)
-    method.prepare(x0, emb)  # data-dependent set-up (MvMF places its components on the data)
+    # Data-dependent set-up before training (MvMF places its components on the data);
+    # streaming, on the file's first `buffer_rows` rows, read only for a method that has one.
+    from globeflow.methods.base import Method
+
+    if stream is None:
+        method.prepare(x0, emb)
+    elif type(method).prepare is not Method.prepare:
+        head_xyz, head_emb = stream.head(buffer_rows)
+        method.prepare(torch.from_numpy(head_xyz), torch.from_numpy(head_emb))
+        del head_xyz, head_emb
     out = Path(out)
     resolved: dict[str, Any] = {
         "model": method.config(),
         "train": dataclasses.asdict(train_cfg),
-        "data": {"path": str(Path(data_path).resolve()), "rows": len(data), "embedding_dim": data.dim},
+        "data": {
+            "path": str(Path(data_path).resolve()),
+            "rows": rows,
+            "embedding_dim": dim,
+            "loader": "stream" if stream is not None else "memory",
+            **({"shuffle_buffer": buffer_rows} if stream is not None else {}),
+        },
         "cli": dataclasses.asdict(model_cfg),
     }
     encoder = data_encoder(data_path)
@@ -253,7 +317,10 @@ def _train_run(
             save_weights(out / WEIGHTS_FILE, method.net.state_dict(), metadata={"step": 0, "method": method.config()})
         return out
     # The trainer writes the EMA weights, which inference loads, to out/model.safetensors.
-    train(method, x0, emb, out, train_cfg)
+    if stream is not None:
+        train(method, None, None, out, train_cfg, stream=stream)
+    else:
+        train(method, x0, emb, out, train_cfg)
     if is_main_process() and previous is not None and previous != resolved:
         save_json(config_path, resolved)
     return out

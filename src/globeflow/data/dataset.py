@@ -195,10 +195,11 @@ def check_finite_embeddings(path: str, emb: np.ndarray, raw: np.ndarray, *, star
 
 
 def check_embedding_range(
-    path: str, emb: np.ndarray, *, field: str = EMBEDDING_COLUMN, bound: float = MAX_EMBEDDING_ABS
+    path: str, emb: np.ndarray, *, field: str = EMBEDDING_COLUMN, bound: float = MAX_EMBEDDING_ABS, start: int = 0
 ) -> None:
     """``DataError`` at the first row of finite ``emb`` (N, D) with a value beyond ``±bound``:
-    what a model is fed (see :data:`MAX_EMBEDDING_ABS`); files may hold any finite float32."""
+    what a model is fed (see :data:`MAX_EMBEDDING_ABS`); files may hold any finite float32.
+    ``start``: the global row of ``emb[0]`` (a chunk of a streamed file)."""
     big = first_large_row(emb, bound)
     if big is not None:
         j = int(np.argmax(np.abs(emb[big])))
@@ -206,7 +207,7 @@ def check_embedding_range(
             path,
             f"embedding value {float(emb[big, j]):.6g} at position {j} exceeds ±{bound:g}, the range a "
             "globeflow model accepts (encoders emit values of order 1: corrupt file or wrong units?)",
-            row=big,
+            row=start + big,
             field=field,
         )
 

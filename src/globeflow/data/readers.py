@@ -6,6 +6,8 @@ Formats (one module each below :mod:`globeflow.data.dataset`)
 * NPZ (``.npz``): :mod:`globeflow.data.npz`.
 * WebDataset shards (``.tar``, a folder of them, ``shard-{000..009}.tar``):
   :mod:`globeflow.data.webdataset`.
+* Arrow IPC (``.arrow`` / ``.feather`` / ``.ipc``, e.g. from ``globeflow pack``): read
+  through :func:`globeflow.data.stream.iter_chunks` (memory-mapped record batches).
 
 Every problem with the input is reported as a :class:`DataError` naming the file, the
 field and (where it applies) the first offending 0-based row.
@@ -27,6 +29,7 @@ from globeflow.data.dataset import (
 )
 from globeflow.data.npz import read_npz
 from globeflow.data.parquet import read_parquet
+from globeflow.data.stream import ARROW_SUFFIXES, iter_chunks
 from globeflow.data.webdataset import is_webdataset, read_webdataset
 
 __all__ = ["read_dataset"]
@@ -39,7 +42,7 @@ def read_dataset(
     expected_dim: int | None = None,
     max_abs: float | None = None,
 ) -> GeoDataset:
-    """Read and validate a Parquet, NPZ or WebDataset dataset.
+    """Read and validate a Parquet, NPZ, Arrow IPC or WebDataset dataset.
 
     Parameters
     ----------
@@ -69,11 +72,14 @@ def read_dataset(
         if max_abs is not None:
             check_embedding_range(shown, data.embeddings, bound=max_abs)
         return data
+    if suffix in ARROW_SUFFIXES:  # memory-mapped record batches, e.g. from `globeflow pack`
+        return _read_arrow(shown, require_coords, expected_dim, max_abs)
     if suffix not in PARQUET_SUFFIXES + NPZ_SUFFIXES:
         raise DataError(
             shown,
             f"unsupported file suffix {p.suffix!r}; supported formats: "
-            f"Parquet ({', '.join(PARQUET_SUFFIXES)}), NumPy NPZ ({', '.join(NPZ_SUFFIXES)}) "
+            f"Parquet ({', '.join(PARQUET_SUFFIXES)}), NumPy NPZ ({', '.join(NPZ_SUFFIXES)}), "
+            f"Arrow IPC ({', '.join(ARROW_SUFFIXES)}) "
             "and WebDataset shards (.tar, a folder of them, or a {000..009} pattern)",
         )
     if not p.exists():
@@ -98,3 +104,21 @@ def read_dataset(
         field = EMBEDDING_COLUMN if suffix in PARQUET_SUFFIXES else NPZ_EMBEDDING
         check_embedding_range(shown, emb, field=field, bound=max_abs)
     return GeoDataset(embeddings=emb, latitude=lat, longitude=lon, path=shown, extra=extra)
+
+
+def _read_arrow(path: str, require_coords: bool, expected_dim: int | None, max_abs: float | None) -> GeoDataset:
+    import numpy as np
+
+    # The range check runs chunk by chunk (global rows in its error), as for streamed reads.
+    chunks = list(iter_chunks(path, require_coords=require_coords, expected_dim=expected_dim, max_abs=max_abs))
+
+    def cat(arrays: list) -> np.ndarray | None:
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    return GeoDataset(
+        embeddings=np.concatenate([c.embeddings for c in chunks]),
+        latitude=cat([c.latitude for c in chunks]),
+        longitude=cat([c.longitude for c in chunks]),
+        path=path,
+        extra={k: np.concatenate([c.extra[k] for c in chunks]) for k in chunks[0].extra},
+    )

@@ -234,6 +234,14 @@ def _fingerprint(paths: list[str], embedding_key: str | None) -> str:
     return h.hexdigest()[:16]
 
 
+def user_cache_dir() -> Path:
+    """``$GLOBEFLOW_CACHE``, else ``$XDG_CACHE_HOME/globeflow``, else ``~/.cache/globeflow``."""
+    if os.environ.get("GLOBEFLOW_CACHE"):
+        return Path(os.environ["GLOBEFLOW_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "globeflow"
+
+
 def read_webdataset(
     shards: str | os.PathLike,
     *,
@@ -244,13 +252,14 @@ def read_webdataset(
 ) -> GeoDataset:
     """All samples of ``shards`` as a :class:`GeoDataset` whose embeddings are memory-mapped.
 
-    The embeddings are streamed into ``cache_dir`` (default: a ``.globeflow-cache`` folder
-    beside the first shard) as a raw float32 file, then mapped copy-on-write: RAM holds only
+    The embeddings are streamed into ``cache_dir`` (default: :func:`user_cache_dir`, never
+    beside the shards, which may be read-only) as a raw float32 file, then mapped copy-on-write: RAM holds only
     the rows in use. A cache whose shards (paths, sizes, times) are unchanged is reused.
     """
     shown = os.fspath(shards)
     paths = expand_shards(shards)
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache(Path(paths[0]).parent)
+    # Never beside the shards by default: they are often on read-only or shared storage.
+    cache = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "webdataset"
     cache.mkdir(parents=True, exist_ok=True)
     _clean_stale_cache_temps(cache)
     stem = cache / f"wds-{_fingerprint(paths, embedding_key)}"
@@ -281,21 +290,6 @@ def _clean_stale_cache_temps(cache: Path) -> None:
         pid = tmp.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not _pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _default_cache(data_dir: Path) -> Path:
-    """``.globeflow-cache`` beside the shards, or, on read-only storage, the user's cache
-    folder (``$XDG_CACHE_HOME/globeflow/wds``, else ``~/.cache/globeflow/wds``)."""
-    beside = data_dir / ".globeflow-cache"
-    try:
-        beside.mkdir(parents=True, exist_ok=True)
-        if os.access(beside, os.W_OK):
-            return beside
-    except OSError:
-        pass
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "globeflow" / "wds"
-    user.mkdir(parents=True, exist_ok=True)
-    return user
 
 
 def _build_cache(paths: list[str], raw: Path, index: Path, *, embedding_key: str | None, require_coords: bool) -> None:

@@ -56,11 +56,22 @@ def as_embedding(emb: Any, dim: int, *, device: torch.device | str = "cpu", name
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name}: expected floating-point values, got dtype {t.dtype}")
     t = t.to(device=device, dtype=torch.float32)
-    finite = torch.isfinite(t).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+    # Checked in blocks of rows: a (B, D) boolean mask of a large input would be a transient
+    # as big as the input itself.
+    bad: list[int] = []
+    for lo in range(0, t.shape[0], _FINITE_BLOCK):
+        finite = torch.isfinite(t[lo : lo + _FINITE_BLOCK]).all(dim=1)
+        if not bool(finite.all()):
+            bad += (torch.nonzero(~finite).flatten() + lo)[: 5 - len(bad)].tolist()
+            if len(bad) >= 5:
+                break
+    if bad:
         raise ValueError(f"{name}: non-finite (NaN or inf) values in rows {bad}")
     return t
+
+
+#: Rows per block of :func:`as_embedding`'s finiteness check (16 MiB of mask at D = 1024).
+_FINITE_BLOCK = 16_384
 
 
 def as_latlon(latlon: Any, batch: int, *, name: str = "latlon") -> np.ndarray:

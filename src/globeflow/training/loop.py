@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,9 @@ from .distributed import (
 )
 from .ema import EMA
 from .optim import OPTIMIZERS, build_optimizer, warmup_cosine
+
+if TYPE_CHECKING:
+    from globeflow.data.stream import TrainStream
 
 __all__ = ["TrainConfig", "TrainResult", "TrainableMethod", "read_log", "train"]
 
@@ -264,6 +267,7 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = True,
+    stream: TrainStream | None = None,
 ) -> TrainResult:
     """Train ``method.net`` on ``(x0, emb)`` pairs; single-process or under torchrun.
 
@@ -288,16 +292,22 @@ def train(
     ``method.net`` holds the raw (non-EMA) weights -- the EMA weights are in
     ``model.safetensors`` (``EMA.copy_to``-compatible keys).
 
+    ``stream``: a :class:`~globeflow.data.stream.TrainStream` to read the batches from
+    instead (``x0``/``emb`` are then ignored and may be None): bounded memory, each rank
+    reads its own disjoint units, and the stream's position is saved in the checkpoint so
+    that resuming stays bitwise exact.
+
     Raises:
         ValueError: invalid config or data shapes.
         FloatingPointError: non-finite gradient norm (detected at the next log or
             checkpoint step, so no non-finite state is ever checkpointed).
     """
     config.validate()
-    _check_inputs(method, x0, emb)
+    if stream is None:
+        _check_inputs(method, x0, emb)
     ctx = setup_distributed(config.device)
     try:
-        return _train(method, x0, emb, Path(out_dir), config, resume, ctx)
+        return _train(method, x0, emb, Path(out_dir), config, resume, ctx, stream)
     finally:
         cleanup_distributed(ctx)
 
@@ -310,12 +320,15 @@ def _train(
     config: TrainConfig,
     resume: bool,
     ctx: DistContext,
+    stream: TrainStream | None = None,
 ) -> TrainResult:
     if config.batch_size % ctx.world_size != 0:
         raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the world size ({ctx.world_size})")
     device = ctx.device
     total = config.train_steps
-    n_data = x0.shape[0]
+    n_data = stream.num_rows if stream is not None else x0.shape[0]
+    if stream is not None:
+        stream.start(seed=config.seed, rank=ctx.rank, world_size=ctx.world_size, batch_rows=config.batch_size // ctx.world_size)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     log_path = out_dir / LOG_FILE
     # Fail now rather than after the last step, when it is written into model.safetensors.
@@ -360,6 +373,14 @@ def _train(
         if len(ranks) == ctx.world_size:
             restore_rng_state(ranks[ctx.rank], {"loss": loss_gen}, cuda_device=device)
             loss_acc.fill_(extra["log_loss_sums"][ctx.rank])
+            if stream is not None and extra.get("data_stream"):
+                stream.load_state_dict(extra["data_stream"][ctx.rank])
+            elif (stream is not None) != bool(extra.get("data_stream")) and ctx.is_main:
+                warnings.warn(
+                    f"resuming {ckpt_dir} with another data loader (streaming vs in memory): the batches "
+                    "start afresh, the run will differ from an uninterrupted one",
+                    stacklevel=3,
+                )
         else:
             # Per-rank streams cannot be mapped onto a different number of ranks;
             # continue with fresh, seed- and step-derived streams (not bit-exact).
@@ -402,6 +423,7 @@ def _train(
         mine = {
             "rng": capture_rng_state({"loss": loss_gen}, cuda_device=device),
             "loss_sum": float(loss_acc.item()),
+            "data_stream": None if stream is None else stream.state_dict(),
         }
         gathered = all_gather_object(mine, ctx)
         if ctx.is_main:
@@ -419,6 +441,7 @@ def _train(
                     "world_size": ctx.world_size,
                     "n_data": n_data,
                     "train_config": config.to_dict(),
+                    **({"data_stream": [g["data_stream"] for g in gathered]} if stream is not None else {}),
                 },
             )
         # Nobody runs ahead (or exits) while rank 0 is still writing.
@@ -445,9 +468,13 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            idx = rank_slice(torch.randint(n_data, (config.batch_size,), generator=batch_gen), ctx)
-            xb = x0[idx.to(x0.device)].to(device, non_blocking=True)
-            eb = emb[idx.to(emb.device)].to(device, non_blocking=True)
+            if stream is not None:  # this rank's rows of the step, from its own units
+                xb, eb = stream.next_batch()
+                xb, eb = xb.to(device, non_blocking=True), eb.to(device, non_blocking=True)
+            else:
+                idx = rank_slice(torch.randint(n_data, (config.batch_size,), generator=batch_gen), ctx)
+                xb = x0[idx.to(x0.device)].to(device, non_blocking=True)
+                eb = emb[idx.to(emb.device)].to(device, non_blocking=True)
 
             loss = method.loss(xb, eb, loss_gen, net=model)
             if loss.ndim != 0:
