@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from globeflow.geometry import sphere
 from globeflow.geometry.coords import latlon_to_xyz, xyz_to_latlon
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
+from globeflow.paths.noise_levels import NoiseLevelDensity, make_noise_density
 from globeflow.paths.noising import NoisingPath
 from globeflow.paths.schedules import Schedule, make_schedule
 from globeflow.solvers.likelihood import DIVERGENCES, LIKELIHOOD_SOLVERS, DivergenceField, integrate_with_divergence
@@ -275,6 +276,7 @@ class GenerativeMethod(Method, nn.Module):
         schedule: Schedule | None = None,
         *,
         cond_drop: float = 0.1,
+        train_noise: dict | None = None,
     ) -> None:
         nn.Module.__init__(self)
         if not 0.0 <= cond_drop < 1.0:
@@ -284,6 +286,11 @@ class GenerativeMethod(Method, nn.Module):
         self.path = self.path_cls()
         self.cond_drop = float(cond_drop)
         self.embedding_dim = net_config.cond_dim
+        # None: t ~ U[0, 1], κ = κ(t) (the paper's recipe); else the density of the training
+        # noise level, decoupled from the sampling schedule (see globeflow.paths.noise_levels).
+        self.train_noise: NoiseLevelDensity | None = (
+            None if train_noise is None else make_noise_density(train_noise, self.schedule)
+        )
 
     @property
     def device(self) -> torch.device:
@@ -295,11 +302,23 @@ class GenerativeMethod(Method, nn.Module):
             "net": self.net.config_dict(),
             "schedule": self.schedule.config(),
             "cond_drop": self.cond_drop,
+            # Written only when set, so the configs of default runs are unchanged.
+            **({"train_noise": self.train_noise.config()} if self.train_noise is not None else {}),
         }
 
     # -- training -------------------------------------------------------------------------
+    #: Largest noise level training visits (diffusion stops short of pure noise).
+    train_kappa_max: ClassVar[float] = 1.0
+
     def _train_kappa(self, t: Tensor) -> Tensor:
         return self.schedule.kappa(t)
+
+    def _draw_train_kappa(self, b: int, generator: torch.Generator) -> Tensor:
+        """Training noise levels (b, 1) on the generator's device."""
+        if self.train_noise is None:
+            return self._train_kappa(torch.rand(b, 1, generator=generator, device=generator.device))
+        kappa = self.train_noise.sample(b, generator=generator, device=generator.device)
+        return kappa.clamp(max=self.train_kappa_max)
 
     def loss(
         self,
@@ -310,15 +329,14 @@ class GenerativeMethod(Method, nn.Module):
     ) -> Tensor:
         """Mean regression loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar.
 
-        Draws t ~ U[0, 1], the noise and the condition dropout (null embedding = zeros, for
-        classifier-free guidance, Sec. 3.3) from ``generator``, on the generator's own device
-        (a CUDA generator cannot fill CPU tensors, and vice versa). ``net`` lets a trainer
-        pass a DDP wrapper.
+        Draws the noise level (t ~ U[0, 1], κ = κ(t), or κ from ``train_noise``), the noise and
+        the condition dropout (null embedding = zeros, for classifier-free guidance, Sec. 3.3)
+        from ``generator``, on the generator's own device (a CUDA generator cannot fill CPU
+        tensors, and vice versa). ``net`` lets a trainer pass a DDP wrapper.
         """
         net = self.net if net is None else net
         b, device, g_device = x0.shape[0], x0.device, generator.device
-        t = torch.rand(b, 1, generator=generator, device=g_device)
-        kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
+        kappa = self._draw_train_kappa(b, generator).to(device=device, dtype=x0.dtype)
         noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype, device=g_device).to(device)
         drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)
