@@ -89,8 +89,11 @@ class LogitNormal(NoiseLevelDensity):
 
     def pdf(self, kappa: Tensor) -> Tensor:
         kappa = torch.as_tensor(kappa, dtype=torch.float64)
-        u = (torch.log(kappa) - torch.log1p(-kappa) - self.mean) / self.std
-        return torch.exp(-0.5 * u * u) / (math.sqrt(2.0 * math.pi) * self.std * kappa * (1.0 - kappa))
+        inside = (kappa > 0) & (kappa < 1)
+        k = torch.where(inside, kappa, 0.5)
+        u = (torch.log(k) - torch.log1p(-k) - self.mean) / self.std
+        p = torch.exp(-0.5 * u * u) / (math.sqrt(2.0 * math.pi) * self.std * k * (1.0 - k))
+        return torch.where(inside, p, 0.0)  # the density vanishes at both ends
 
     def config(self) -> dict:
         return {"name": self.name, "mean": self.mean, "std": self.std}
