@@ -98,12 +98,13 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> None:
+def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None, guidance_help: str | None = None) -> None:
     default = (
         "2 for point estimates of --data, 0 (the model's own density) for answers"
         if guidance is None
         else f"{guidance}"
     )
+    default = guidance_help or default
     p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {default})")
     p.add_argument("--sample-steps", type=_positive_int, default=16, help="denoising steps (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
@@ -199,7 +200,9 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
 
 
 def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
-    _add_sampling_args(p, guidance=2.0)
+    # ω defaults by strategy: MBR is the Bayes decision under the model's own distribution
+    # (ω = 0); one sample is sharpened by ω = 2 as in the paper (docs/recipe.md).
+    _add_sampling_args(p, guidance=None, guidance_help="0 with --strategy mbr, 2 with sample/ensemble")
     p.add_argument(
         "--strategy",
         choices=("mbr", "sample", "ensemble"),
@@ -801,6 +804,8 @@ def evaluate_run(
         from globeflow.methods.base import GenerativeMethod
 
         options = {**options, "strategy": "mbr" if isinstance(model, GenerativeMethod) else "sample"}
+    if options.get("guidance", 2.0) is None:
+        options = {**options, "guidance": 0.0 if options.get("strategy") == "mbr" else 2.0}
     start = time.perf_counter()
     pred = model.predict(data.embeddings, **options, progress=progress)
     elapsed = time.perf_counter() - start
@@ -810,6 +815,7 @@ def evaluate_run(
     metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
     metrics["predict_seconds"] = elapsed
     metrics["strategy"] = options.get("strategy", "sample")
+    metrics["guidance"] = options.get("guidance", 2.0)
     if prdc is not False:
         prdc = dict(prdc or {})
         guidance = prdc.get("guidance")
@@ -916,7 +922,8 @@ def format_metrics(metrics: dict, title: str = "") -> str:
 
 
 def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, dict | bool]:
-    options = {**_sample_options(args), "strategy": args.strategy}
+    # guidance None and strategy None are resolved per model by evaluate_run.
+    options = {**_sample_options(args), "guidance": args.guidance, "strategy": args.strategy}
     density = None
     if args.density:
         density = {
@@ -935,7 +942,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     options, density, prdc = _evaluation_settings(args)
     metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density, prdc=prdc)
-    metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
+    resolved = {"strategy": metrics["strategy"], "guidance": metrics["guidance"]}  # the defaults as applied
+    metrics["settings"] = {**options, **resolved, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
     print(f"metrics written to {args.out}")
