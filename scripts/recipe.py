@@ -76,6 +76,9 @@ RUNS: dict[str, list[str]] = {
     "screen_cond3": SCREEN + ["--cond-depth", "3"],
     "screen_drop0.2": SCREEN + ["--cond-drop", "0.2"],
     "screen_noclip": SCREEN + ["--grad-clip", "0"],
+    # A second training seed of the lever that changed a default (argparse: the later --seed wins).
+    "screen_base_seed1": SCREEN + ["--seed", "1"],
+    "screen_lognorm_m-1_seed1": SCREEN + ["--train-noise", "logit_normal", "--train-noise-mean", "-1", "--seed", "1"],
     # Full setting: 4000 steps. The "before" is the old defaults; with bfloat16 because the CPU
     # was shared by ~10 processes during the study (screen_base vs screen_fp32 is the pair that
     # measures what bfloat16 alone changes).
