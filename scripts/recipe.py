@@ -12,6 +12,7 @@ Stages (``--stages``, comma separated, default ``world,runs,report``):
 * ``runs``    train every run of :data:`RUNS` (or ``--only``) with ``globeflow train`` (a
   subprocess, one thread, ``nice``; an interrupted run resumes from its checkpoint) and
   evaluate it (results/<name>.json; an existing file is reused, so the study is resumable);
+* ``hpd``     HPD coverage of already evaluated runs (``--only`` or all) that lack it;
 * ``report``  the Markdown table of every evaluated run (WORK/table.md), pasted into
   docs/recipe.md.
 
@@ -222,6 +223,25 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def add_hpd(work: Path, name: str, world, test, args: argparse.Namespace) -> None:
+    """HPD 50/90/95 coverage of an evaluated run (screens skip it in ``runs``: it is the
+    expensive part); stored under ``hpd`` in its results file."""
+    from globeflow.api import load
+    from globeflow.metrics import density_metrics
+
+    res_path = work / "results" / f"{name}.json"
+    res = json.loads(res_path.read_text())
+    if "hpd" in res or "hpd50_coverage" in res["ema"]:
+        return
+    emb, lat, lon = (a[: args.hpd_rows] for a in test)
+    dens = density_metrics(
+        load(work / "runs" / name), emb, np.stack([lat, lon], 1), num_samples=args.hpd_samples, steps=args.hpd_steps
+    )
+    res["hpd"] = {k: v for k, v in dens.items() if k.startswith("hpd")} | {"rows": args.hpd_rows}
+    write_json(res_path, res)
+    print(name, "hpd", json.dumps(res["hpd"]), flush=True)
+
+
 def report(work: Path) -> str:
     rows = []
     head = (
@@ -235,7 +255,8 @@ def report(work: Path) -> str:
             continue
         r = json.loads(p.read_text())
         e, w, m = r["ema"], r.get("raw", {}), r.get("mbr", {})
-        hpd = "/".join(f"{100 * e[f'hpd{q}_coverage']:.0f}" for q in (50, 90, 95)) if "hpd50_coverage" in e else "–"
+        h = r.get("hpd", e)
+        hpd = "/".join(f"{100 * h[f'hpd{q}_coverage']:.0f}" for q in (50, 90, 95)) if "hpd50_coverage" in h else "–"
         rows.append(
             f"| {name} | {r['step_seconds']:.3f} | {e['geoscore_ratio']:.3f} | {w.get('geoscore_ratio', nan):.3f} | "
             f"{m.get('mbr_g2', nan):.3f} | {m.get('mbr_g0', nan):.3f} | "
@@ -277,6 +298,13 @@ def main() -> None:
             if name not in RUNS:
                 raise SystemExit(f"unknown run {name!r}; known: {list(RUNS)}")
             run_one(work, name, args, world, test)
+    if "hpd" in stages:
+        from globeflow.data import SyntheticWorld, read_dataset
+
+        world = SyntheticWorld.load(work / "world" / "world.json")
+        data = read_dataset(work / "world" / "test.parquet")
+        for name in args.only or [p.stem for p in sorted((work / "results").glob("*.json"))]:
+            add_hpd(work, name, world, (data.embeddings, data.latitude, data.longitude), args)
     if "report" in stages:
         print(report(work))
 
