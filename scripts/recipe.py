@@ -61,15 +61,19 @@ BASE = ["--method", "rfm", "--width", "256", "--depth", "6", "--batch-size", "51
 #: 1000 steps of batch 128 (1/16 of the full setting's samples; warm-up scaled with the run,
 #: 125 = 500 · 1000/4000), bfloat16 for speed (screen_fp32 is the pair that measures what
 #: bfloat16 changes), one seed; every run uses the same seed, so batches and noise are paired.
-SCREEN = ["--train-steps", "1000", "--warmup-steps", "125", "--train-precision", "bfloat16", "--batch-size", "128"]
+#: The old (study-time) default noise levels are pinned: rfm's default is now logit-normal(−1, 1).
+OLD_NOISE = ["--train-noise", "schedule", "--train-noise-mean", "0"]
+SCREEN = ["--train-steps", "1000", "--warmup-steps", "125", "--train-precision", "bfloat16", "--batch-size", "128",
+          *OLD_NOISE]  # fmt: skip
 
-MID = ["--train-steps", "2000", "--warmup-steps", "250", "--train-precision", "bfloat16", "--batch-size", "256"]
+MID = ["--train-steps", "2000", "--warmup-steps", "250", "--train-precision", "bfloat16", "--batch-size", "256",
+       *OLD_NOISE]  # fmt: skip
 
 #: name -> extra ``globeflow train`` flags.
 RUNS: dict[str, list[str]] = {
     "screen_base": SCREEN,
     "screen_fp32": [x for x in SCREEN if x not in ("--train-precision", "bfloat16")],
-    "screen_lognorm": SCREEN + ["--train-noise", "logit_normal"],
+    "screen_lognorm": SCREEN + ["--train-noise", "logit_normal", "--train-noise-mean", "0"],
     "screen_lognorm_m-1": SCREEN + ["--train-noise", "logit_normal", "--train-noise-mean", "-1"],
     "screen_uniform": SCREEN + ["--train-noise", "uniform"],
     "screen_sched_official": SCREEN + ["--schedule-alpha", "-7", "--schedule-beta", "3"],
@@ -83,8 +87,8 @@ RUNS: dict[str, list[str]] = {
     # Full setting: 4000 steps. The "before" is the old defaults; with bfloat16 because the CPU
     # was shared by ~10 processes during the study (screen_base vs screen_fp32 is the pair that
     # measures what bfloat16 alone changes).
-    "full_baseline_bf16": ["--train-steps", "4000", "--train-precision", "bfloat16"],
-    "full_baseline": ["--train-steps", "4000"],
+    "full_baseline_bf16": ["--train-steps", "4000", "--train-precision", "bfloat16", *OLD_NOISE],
+    "full_baseline": ["--train-steps", "4000", *OLD_NOISE],
     # The recipe confirmed once at the full setting (chosen after the first screens).
     "full_recipe": ["--train-steps", "4000", "--train-precision", "bfloat16", "--train-noise", "logit_normal",
                     "--train-noise-mean", "-1"],

@@ -157,3 +157,18 @@ def test_mbr_beats_one_sample_on_the_true_conditional() -> None:
     mbr = distance_metrics(geoscore_mbr(world.sample_conditional(emb, 32, seed=2)), truth)["geoscore"]
     bayes = world.best_geoscore(emb, lat, lon)
     assert one < 0.85 * bayes and mbr > 0.9 * bayes
+
+
+def test_cli_train_noise_defaults() -> None:
+    """rfm trains with logit-normal(−1, 1) levels by default (docs/recipe.md); diffusion and
+    flow keep κ(t), t ~ U[0, 1]; an explicit flag wins."""
+    from globeflow.cli import _model_config, build_parser
+
+    def resolved(*extra: str):
+        return _model_config(build_parser().parse_args(["train", "--data", "x", "--out", "y", *extra])).train_noise_config()
+
+    assert resolved() == {"name": "logit_normal", "mean": -1.0, "std": 1.0}
+    assert resolved("--method", "flow") is None and resolved("--method", "diffusion") is None
+    assert resolved("--train-noise", "schedule") is None
+    assert resolved("--train-noise", "uniform") == {"name": "uniform"}
+    assert resolved("--method", "flow", "--train-noise", "logit_normal", "--train-noise-mean", "0")["mean"] == 0.0
