@@ -261,10 +261,13 @@ def report(work: Path) -> str:
         e, w, m = r["ema"], r.get("raw", {}), r.get("mbr", {})
         h = r.get("hpd", e)
         hpd = "/".join(f"{100 * h[f'hpd{q}_coverage']:.0f}" for q in (50, 90, 95)) if "hpd50_coverage" in h else "–"
+        def f(v: float) -> str:
+            return "–" if v != v else f"{v:.3f}"  # not measured: a dash
+
         rows.append(
-            f"| {name} | {r['step_seconds']:.3f} | {e['geoscore_ratio']:.3f} | {w.get('geoscore_ratio', nan):.3f} | "
-            f"{m.get('mbr_g2', nan):.3f} | {m.get('mbr_g0', nan):.3f} | "
-            f"{e['nll_gap']:.3f} | {w.get('nll_gap', nan):.3f} | {hpd} |"
+            f"| {name} | {r['step_seconds']:.3f} | {f(e['geoscore_ratio'])} | {f(w.get('geoscore_ratio', nan))} | "
+            f"{f(m.get('mbr_g2', nan))} | {f(m.get('mbr_g0', nan))} | "
+            f"{f(e['nll_gap'])} | {f(w.get('nll_gap', nan))} | {hpd} |"
         )
     table = "\n".join([head, *rows])
     (work / "table.md").write_text(table + "\n")
