@@ -144,6 +144,8 @@ def create_method(
     schedule: str = "skewed_sigmoid",
     schedule_params: dict | None = None,
     cond_drop: float = 0.1,
+    cond_depth: int = 1,
+    train_noise: dict | None = None,
     **options,
 ) -> Method:
     """A new, untrained method ``name`` (see :data:`ALL_METHODS`).
@@ -163,8 +165,16 @@ def create_method(
     if name in GENERATIVE_METHODS:
         if options:
             raise ValueError(f"method {name!r}: unknown option(s) {sorted(options)}")
-        net = AdaLNMLPConfig(cond_dim=embedding_dim, dim=width, depth=depth, expansion=expansion)
-        return GENERATIVE_METHODS[name](net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop)
+        net = AdaLNMLPConfig(
+            cond_dim=embedding_dim, dim=width, depth=depth, expansion=expansion, cond_depth=cond_depth
+        )
+        return GENERATIVE_METHODS[name](
+            net, make_schedule(schedule, **(schedule_params or {})), cond_drop=cond_drop, train_noise=train_noise
+        )
+    if cond_depth != 1:
+        raise ValueError(f"method {name!r}: cond_depth applies to the generative methods only")
+    if train_noise is not None:
+        raise ValueError(f"method {name!r}: train_noise applies to the generative methods only")
     cls = BASELINE_METHODS[name]
     sizes = {"width": width, "depth": depth, "expansion": expansion}
     sized = {k: v for k, v in sizes.items() if k in cls.option_names}
@@ -191,6 +201,9 @@ def build_method(config: dict) -> Method:
         net = AdaLNMLPConfig(**config["net"])
         schedule = dict(config.get("schedule", {"name": "skewed_sigmoid"}))
         cond_drop = float(config.get("cond_drop", 0.1))
+        train_noise = config.get("train_noise")
     except (KeyError, TypeError) as err:
         raise ValueError(f"model config: missing or malformed field {err}") from None
-    return GENERATIVE_METHODS[name](net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)
+    return GENERATIVE_METHODS[name](
+        net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop, train_noise=train_noise
+    )
