@@ -150,7 +150,7 @@ def evaluate(
     out: dict = {}
     n = args.geo_rows
     t0 = time.perf_counter()
-    pred = model.predict(emb[:n], guidance=2.0, sample_steps=16, seed=0)
+    pred = model.predict(emb[:n], strategy="sample", guidance=2.0, sample_steps=16, seed=0)
     dm = distance_metrics(pred, np.stack([lat[:n], lon[:n]], 1))
     out.update(geoscore=dm["geoscore"], median_km=dm["median_distance_km"], acc_750km=dm.get("acc_750km"))
     out["geoscore_ratio"] = dm["geoscore"] / args.bayes_geoscore
