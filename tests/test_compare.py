@@ -11,7 +11,7 @@ import torch
 
 import globeflow
 from globeflow.cli import main
-from globeflow.data import write_parquet
+from globeflow.data import read_dataset, write_parquet
 from globeflow.methods import create_method
 from globeflow.metrics import admin_accuracy, distance_metrics, load_gazetteer, prdc_latlon
 
@@ -48,7 +48,8 @@ def runs(tmp_path_factory):
 def test_evaluate_all_keys_recomputed(data_file, runs, tmp_path):
     path, truth = data_file
     out, preds = tmp_path / "m.json", tmp_path / "p.parquet"
-    common = ["--data", str(path), "--sample-steps", "2", "--seed", "3", "--guidance", "0"]
+    # One sample per row, so that the generative metrics reuse the estimates (checked below).
+    common = ["--data", str(path), "--sample-steps", "2", "--seed", "3", "--guidance", "0", "--strategy", "sample"]
     assert main(["evaluate", "--model", str(runs[1]), "--out", str(out), *common]) == 0
     assert main(["predict", "--model", str(runs[1]), "--out", str(preds), *common]) == 0
     m = json.loads(out.read_text())
@@ -67,6 +68,37 @@ def test_evaluate_all_keys_recomputed(data_file, runs, tmp_path):
         if key in m:
             assert m[key] == pytest.approx(value), key
     assert {"precision", "recall", "density", "coverage"} <= m.keys() and m["prdc_guidance"] == 0.0
+
+
+def test_evaluate_defaults_to_mbr_at_guidance_zero(data_file, runs, tmp_path):
+    """The default point estimate of a generative model is MBR over 32 samples of ω = 0."""
+    from globeflow.methods.base import geoscore_mbr
+
+    path, truth = data_file
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(runs[1]), "--data", str(path), "--out", str(out),
+                 "--sample-steps", "2", "--seed", "3", "--no-prdc"]) == 0  # fmt: skip
+    m = json.loads(out.read_text())
+    assert m["strategy"] == "mbr" and m["guidance"] == 0.0
+    assert m["settings"]["strategy"] == "mbr" and m["settings"]["guidance"] == 0.0
+    model = globeflow.load(runs[1])
+    emb = read_dataset(path).embeddings
+    samples = model.sample(emb, 32, guidance=0.0, sample_steps=2, seed=3)
+    mbr = geoscore_mbr(samples)
+    assert m["geoscore"] == pytest.approx(distance_metrics(mbr, truth)["geoscore"], rel=1e-9)
+    # It is the method's own estimate: predict (API and CLI) writes the same points by default.
+    np.testing.assert_allclose(model.predict(emb, sample_steps=2, seed=3), mbr)
+    preds = tmp_path / "p.parquet"
+    assert main(["predict", "--model", str(runs[1]), "--data", str(path), "--out", str(preds),
+                 "--sample-steps", "2", "--seed", "3"]) == 0  # fmt: skip
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(preds)
+    np.testing.assert_allclose(np.stack([t["pred_latitude"].to_numpy(), t["pred_longitude"].to_numpy()], axis=1), mbr)
+    # The baselines keep one sample (their predict has no MBR).
+    out = tmp_path / "uniform.json"
+    assert main(["evaluate", "--model", str(runs[0]), "--data", str(path), "--out", str(out), "--no-prdc"]) == 0
+    assert json.loads(out.read_text())["strategy"] == "sample"
 
 
 def test_compare_side_by_side(data_file, runs, tmp_path):

@@ -345,3 +345,57 @@ def test_write_world_dataset(tmp_path: Path) -> None:
     assert np.all(np.isfinite(loaded.log_prob(test.embeddings, test.latitude, test.longitude)))
     again = write_world_dataset(tmp_path / "synth2", world, n_train=300, n_test=100, seed=0)
     np.testing.assert_array_equal(read_dataset(again["train"]).embeddings, train.embeddings)
+
+
+# ----------------------------------------------------------------------------- harder worlds (issue 12)
+
+
+def test_default_worlds_are_unchanged_by_the_new_options() -> None:
+    """Without families/places the world is bit-for-bit what earlier versions made (hashes
+    computed with the code before the options existed)."""
+    import hashlib
+
+    def digest(world: SyntheticWorld) -> str:
+        return hashlib.sha256(json.dumps(world.to_dict()).encode()).hexdigest()[:16]
+
+    assert digest(SyntheticWorld.make()) == "5b842258e6bbc398"
+    sharp = SyntheticWorld.make(num_types=6, dim=16, seed=3, max_components=4, kappa_range=(5.0, 5e4))
+    assert digest(sharp) == "e4793e94e3db56bd"
+
+
+def test_families_make_similar_types_ambiguous() -> None:
+    world = SyntheticWorld.make(num_types=12, dim=128, seed=2, families=3, family_spread=0.3)
+    p = world.prototypes
+    dist = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    family = np.arange(12) % 3
+    same = (family[:, None] == family[None]) & ~np.eye(12, dtype=bool)
+    # Within a family |p_j - p_k| ~ 0.3 sqrt(2); across families ~ sqrt(2 (1 + 0.09)).
+    assert dist[same].mean() == pytest.approx(0.3 * math.sqrt(2), rel=0.1)
+    assert dist[~same & ~np.eye(12, dtype=bool)].mean() == pytest.approx(math.sqrt(2 * 1.09), rel=0.1)
+    # The Bayes classifier confuses types within a family, not across families.
+    emb, _, _, types = world.sample(4000, 0, return_types=True)
+    guess = world.type_posterior(emb).argmax(axis=1)
+    assert np.mean(family[guess] == family[types]) > 0.9
+    assert np.mean(guess == types) < 0.8
+
+
+def test_places_and_sharp_kappas() -> None:
+    places = syn._uniform_sphere(np.random.default_rng(0), 5)
+    world = SyntheticWorld.make(num_types=8, dim=4, seed=1, max_components=4, kappa_range=(20.0, 2e4), places=places)
+    used = world.weights > 0
+    cos = world.means[used] @ places.T
+    assert np.allclose(cos.max(axis=1), 1.0)  # every used mean is one of the places
+    assert world.kappas[used].max() <= 2e4 and world.kappas[0, 0] > 2000  # type 0: the sharp one
+    # The closed form still integrates to 1 for the sharpest component (exact vMF normaliser).
+    emb, lat, lon = world.sample(200, 1)
+    assert np.all(np.isfinite(world.log_prob(emb, lat, lon)))
+    with pytest.raises(ValueError, match="families"):
+        SyntheticWorld.make(num_types=3, families=4)
+    with pytest.raises(ValueError, match="places"):
+        SyntheticWorld.make(places=np.ones((3, 3)))
+
+
+def test_city_directions_are_unit_vectors_on_land() -> None:
+    xyz = syn.city_directions()
+    assert xyz.shape[1] == 3 and xyz.shape[0] > 100_000
+    np.testing.assert_allclose(np.linalg.norm(xyz, axis=1), 1.0, atol=1e-12)

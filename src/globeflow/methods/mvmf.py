@@ -249,6 +249,7 @@ class MvMF(ModuleMethod):
     """The MvMF layer of paper 004 on frozen embeddings (``mvmf``)."""
 
     name: ClassVar[str] = "mvmf"
+    default_strategy: ClassVar[str] = "mode"  # predict's own estimate
     density_space: ClassVar[str | None] = "S2"
     option_names: ClassVar[tuple[str, ...]] = ("num_components", "log_kappa0", "bias")
 
@@ -367,8 +368,9 @@ class MvMF(ModuleMethod):
             x = vmf_sample(mu, kappa, 1, generator=generator)
         return x.reshape(emb.shape[0], num_samples, 3).to(emb.device, torch.float32)
 
-    def predict(self, emb: Any, *, strategy: str = "mode", **options: Any) -> np.ndarray:
+    def predict(self, emb: Any, *, strategy: str | None = None, **options: Any) -> np.ndarray:
         """Eq. 7 by default: the mean of the heaviest component, (B, D) -> (B, 2) degrees."""
+        strategy = self.default_strategy if strategy is None else strategy
         if strategy != "mode":
             return super().predict(emb, strategy=strategy, **options)
         self._check_prepared()

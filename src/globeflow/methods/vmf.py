@@ -92,6 +92,7 @@ class VMFRegression(ModuleMethod):
     """vMF regression (K = 1, ``vmf``); :class:`~globeflow.methods.vmf_mixture.VMFMixture` sets K > 1."""
 
     name: ClassVar[str] = "vmf"
+    default_strategy: ClassVar[str] = "mode"  # predict's own estimate
     density_space: ClassVar[str | None] = "S2"
     option_names: ClassVar[tuple[str, ...]] = ("width", "depth", "expansion", "kappa_link")
     default_components: ClassVar[int] = 1
@@ -158,11 +159,12 @@ class VMFRegression(ModuleMethod):
         with torch.inference_mode():
             return self.params(emb).sample(num_samples, generator)
 
-    def predict(self, emb: Any, *, strategy: str = "mode", **options: Any) -> np.ndarray:
+    def predict(self, emb: Any, *, strategy: str | None = None, **options: Any) -> np.ndarray:
         """Point estimate (B, D) -> (B, 2) degrees: μ (of the heaviest component) by default.
 
         ``strategy="sample"`` / ``"ensemble"`` behave as for every method.
         """
+        strategy = self.default_strategy if strategy is None else strategy
         if strategy != "mode":
             return super().predict(emb, strategy=strategy, **options)
         emb_t = as_embedding(emb, self.embedding_dim, device=self.device)

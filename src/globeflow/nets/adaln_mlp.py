@@ -34,9 +34,12 @@ class AdaLNMLPConfig:
     expansion: int = 4
     input_dim: int = 3
     output_dim: int = 3
+    #: Linear layers of the embedding map c -> d: 1 is the paper's single Linear; k > 1 is an
+    #: MLP with k − 1 hidden layers of width d and SiLU (a deeper embedding path).
+    cond_depth: int = 1
 
     def __post_init__(self) -> None:
-        for field in ("cond_dim", "dim", "depth", "expansion", "input_dim", "output_dim"):
+        for field in ("cond_dim", "dim", "depth", "expansion", "input_dim", "output_dim", "cond_depth"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"network config: {field} must be a positive integer, got {value!r}")
@@ -194,7 +197,13 @@ class AdaLNMLP(nn.Module):
         d = config.dim
         self.time_channels = d // 4
         self.time_mlp = nn.Sequential(nn.Linear(d // 4, d), nn.SiLU(), nn.Linear(d, d))
-        self.cond_mapper = nn.Linear(config.cond_dim, d)
+        if config.cond_depth == 1:
+            self.cond_mapper: nn.Module = nn.Linear(config.cond_dim, d)
+        else:
+            layers: list[nn.Module] = [nn.Linear(config.cond_dim, d)]
+            for _ in range(config.cond_depth - 1):
+                layers += [nn.SiLU(), nn.Linear(d, d)]
+            self.cond_mapper = nn.Sequential(*layers)
         self.input_mapper = nn.Linear(config.input_dim, d)
         self.blocks = nn.ModuleList(_Block(d, config.expansion) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
@@ -290,4 +299,7 @@ class AdaLNMLP(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def config_dict(self) -> dict:
-        return asdict(self.config)
+        out = asdict(self.config)
+        if out["cond_depth"] == 1:  # the default is left out: configs of earlier runs stay identical
+            del out["cond_depth"]
+        return out

@@ -70,7 +70,7 @@ __all__ = ["TrainConfig", "TrainResult", "TrainableMethod", "read_log", "train"]
 # training trajectory (others only affect logging/checkpoint cadence/placement).
 _TRAJECTORY_FIELDS = (
     "train_steps", "batch_size", "lr", "warmup_steps", "weight_decay", "optimizer",
-    "ema_decay", "grad_clip", "seed", "final_lr_ratio", "ema_warmup",
+    "ema_decay", "grad_clip", "seed", "final_lr_ratio", "ema_warmup", "precision",
 )
 
 
@@ -111,6 +111,10 @@ class TrainConfig:
         ema_warmup: use the ``min(decay, (1+n)/(10+n))`` EMA decay warm-up.
         find_unused_parameters: passed to DDP; needed if some parameters may get no
             gradient in a step.
+        precision: ``"float32"`` or ``"bfloat16"``: the loss (forward and backward) runs
+            under bfloat16 autocast; weights, optimiser state, EMA and the residual stream
+            stay float32 (mixed precision, Micikevicius et al. 2018). On CPUs with AVX-512
+            BF16/AMX the step is ~1.5-2× faster (docs/recipe.md).
     """
 
     train_steps: int = 10000
@@ -129,6 +133,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.0
     ema_warmup: bool = True
     find_unused_parameters: bool = False
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -162,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not is_num(self.final_lr_ratio) or not 0.0 <= self.final_lr_ratio <= 1.0:
             raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
         try:
@@ -448,6 +455,7 @@ def _train(
         barrier(ctx)
 
     max_norm = config.grad_clip if config.grad_clip else math.inf
+    bf16 = config.precision == "bfloat16"
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     last_checked = start_step
     final_loss: float | None = None
@@ -476,7 +484,8 @@ def _train(
                 xb = x0[idx.to(x0.device)].to(device, non_blocking=True)
                 eb = emb[idx.to(emb.device)].to(device, non_blocking=True)
 
-            loss = method.loss(xb, eb, loss_gen, net=model)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss = method.loss(xb, eb, loss_gen, net=model)
             if loss.ndim != 0:
                 raise ValueError(f"method.loss must return a scalar, got shape {tuple(loss.shape)}")
             optimizer.zero_grad(set_to_none=True)
