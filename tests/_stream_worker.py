@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _training_helpers import FakeMethod  # noqa: E402
 
 from globeflow.data.stream import TrainStream  # noqa: E402
-from globeflow.training import TrainConfig, save_weights, train  # noqa: E402
+from globeflow.io import save_weights  # noqa: E402
+from globeflow.training import TrainConfig, train  # noqa: E402
 
 
 class RecordingStream(TrainStream):
