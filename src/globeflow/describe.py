@@ -18,7 +18,6 @@ manual can act on, for the web page, the API, the terminal and the reports alike
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz
+from globeflow.novelty import land_mask
 
 __all__ = [
     "NEAR_KM",
@@ -39,7 +39,6 @@ __all__ = [
     "format_area",
     "localizability_category",
     "nearest_places",
-    "on_land",
 ]
 
 #: A place closer than this to the nearest town is "near" it; farther, "about N km from" it.
@@ -206,26 +205,6 @@ def localizability_category(bits: float | None, hpd90_area_km2: float | None = N
     raise AssertionError("unreachable: the last bound is infinite")
 
 
-@functools.lru_cache(maxsize=1)
-def _land_paths():
-    from matplotlib.path import Path as MplPath
-
-    from globeflow.viz.maps import load_basemap
-
-    return [MplPath(r) for r in load_basemap()]
-
-
-def on_land(latlon: np.ndarray) -> np.ndarray:
-    """Whether points (N, 2) degrees fall inside a Natural Earth 1:110m country polygon (N,) bool.
-    Coarse (small islands are missing): pair it with the distance to the nearest place."""
-    p = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
-    lonlat = p[:, ::-1]
-    inside = np.zeros(p.shape[0], dtype=bool)
-    for path in _land_paths():
-        inside |= path.contains_points(lonlat)
-    return inside
-
-
 def nearest_places(latlon: np.ndarray, *, gazetteer: Any = None) -> list[Place]:
     """The nearest cities1000 place (great circle) to each point of ``latlon`` (N, 2) degrees."""
     from globeflow.answers import country_name
@@ -303,7 +282,8 @@ def describe(
     )
     # One reverse-geocoding query for every estimate and mode.
     places = nearest_places(points, gazetteer=gazetteer)
-    land = on_land(points[: len(answers)])
+    # One land mask for the package (novelty.land_mask, also behind the answers' at-sea warning).
+    land = land_mask(points[: len(answers)])
     out = []
     k = len(answers)
     for i, ans in enumerate(answers):
