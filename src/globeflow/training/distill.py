@@ -145,7 +145,7 @@ def _jump_errors(method: FlowMapRFM, traj: Tensor, emb: Tensor, omega: Tensor, k
     with torch.inference_mode():
         cond = method.student.embed_condition(emb)
         for n in steps_list:
-            levels = method.jump_levels(n).float()
+            levels = method.jump_levels(n, device=traj.device).float()
             x = traj[0]
             for i in range(n):
                 x = method.student.flow_map(x, cond, levels[i].expand(len(emb)), levels[i + 1].expand(len(emb)), omega)
@@ -162,17 +162,20 @@ def distill(
     *,
     init: FlowMapRFM | None = None,
     log: Callable[[dict], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> FlowMapRFM:
     """Learn the flow map of ``teacher``'s guided ODE from its trajectories (module docstring).
 
     ``emb_pool`` (R, D): the embeddings to condition on (the teacher's training data). ``init``:
     a distilled model of the same teacher whose student to continue from (default: the teacher's
-    own weights). Returns the distilled method (teacher copied in, student trained), on the CPU,
-    in eval mode.
+    own weights). ``device``: where the trajectories and the student's training run; the random
+    draws come from one CPU generator, so a seed gives the same pairs on any device. Returns the
+    distilled method (teacher copied in, student trained), on the CPU, in eval mode.
     """
     if type(teacher) is not RiemannianFlowMatching:
         raise ValueError(f"model: distillation needs a globeflow RFM run, got method {teacher.name!r}")
-    teacher = teacher.to("cpu").float().eval()
+    dev = torch.device(device)
+    teacher = teacher.to(dev).float().eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     method = FlowMapRFM.from_teacher(teacher, default_steps=cfg.steps, omega_max=cfg.omega_max)
     if init is not None:
@@ -183,11 +186,11 @@ def distill(
 
     start = time.perf_counter()
     rows = torch.randint(0, emb_pool.shape[0], (cfg.embeddings,), generator=gen)
-    emb = emb_pool[rows].float()
-    omega = _draw_omega(cfg.embeddings, cfg.omega_max, gen)
-    noise = teacher.path.sample_noise((cfg.embeddings, s), generator=gen)
+    emb = emb_pool[rows].float().to(dev)
+    omega = _draw_omega(cfg.embeddings, cfg.omega_max, gen).to(dev)
+    noise = teacher.path.sample_noise((cfg.embeddings, s), generator=gen).to(dev)
     traj = teacher_trajectories(teacher, emb, omega, noise, steps=k)  # (K+1, M, S, 3)
-    kappas = teacher.schedule.kappa(time_grid(k)).float()  # the grid of `integrate` and of the sampler
+    kappas = teacher.schedule.kappa(time_grid(k)).float().to(dev)  # the grid of `integrate` and of the sampler
     traj_seconds = time.perf_counter() - start
     n_hold = int(round(cfg.holdout * cfg.embeddings))
     n_train = cfg.embeddings - n_hold
@@ -207,15 +210,19 @@ def distill(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     special = _sampler_pairs(k, cfg.steps)
     b = cfg.batch_size
+
+    def draw(*args, **kwargs) -> Tensor:  # on the CPU generator (device-independent), then moved
+        return args[0](*args[1:], generator=gen, **kwargs).to(dev)
+
     start, running = time.perf_counter(), 0.0
     for step in range(cfg.train_steps):
-        e_idx = torch.randint(0, n_train, (b,), generator=gen)
-        s_idx = torch.randint(0, s, (b,), generator=gen)
+        e_idx = draw(torch.randint, 0, n_train, (b,))
+        s_idx = draw(torch.randint, 0, s, (b,))
         # Uniform pairs i < j over the grid, or one of the sampler's own jumps.
-        i = torch.randint(0, k, (b,), generator=gen)
-        j = i + 1 + (torch.rand(b, generator=gen) * (k - i)).long().clamp(max=k - i - 1)
-        pick = special[torch.randint(0, len(special), (b,), generator=gen)]
-        use = torch.rand(b, generator=gen) < cfg.sampler_pairs
+        i = draw(torch.randint, 0, k, (b,))
+        j = i + 1 + (draw(torch.rand, b) * (k - i)).long().clamp(max=k - i - 1)
+        pick = special.to(dev)[draw(torch.randint, 0, len(special), (b,))]
+        use = draw(torch.rand, b) < cfg.sampler_pairs
         i = torch.where(use, pick[:, 0], i)
         j = torch.where(use, pick[:, 1], j)
         x_s = traj[i, e_idx, s_idx].unsqueeze(1)
@@ -242,6 +249,7 @@ def distill(
         hold = slice(n_train, None)
         info["holdout"] = _jump_errors(method, traj[:, hold], emb[hold], omega[hold], k, sorted({1, 2, cfg.steps}))
         info["holdout"]["trajectories"] = n_hold * s
+    method = method.to("cpu")
     method.distill_info = info
     if log:
         log({"event": "done", **info.get("holdout", {})})
@@ -256,8 +264,10 @@ def distill_run(
     data: str | Path | None = None,
     init: str | Path | None = None,
     log: Callable[[dict], None] | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """``globeflow distill``: distil run ``model_dir`` into a new run directory ``out``.
+    """``globeflow distill``: distil run ``model_dir`` into a new run directory ``out``
+    (``device``: where distillation runs; the saved run is device-independent).
 
     The embeddings come from ``data`` or else the teacher's own training data (its config's
     ``data.path``). ``out`` must not hold a model already (nothing is overwritten).
@@ -285,7 +295,7 @@ def distill_run(
         start = load(init)
         if not isinstance(start, FlowMapRFM):
             raise ValueError(f"init: {init} is not a distilled (rfm_flowmap) run")
-    method = distill(teacher, emb, cfg, init=start, log=log)
+    method = distill(teacher, emb, cfg, init=start, log=log, device=device)
     if start is not None:
         method.distill_info["continued_from"] = {"run": str(Path(init).resolve()), "distill": start.distill_info}
     extra = {"teacher": {"run": str(model_dir.resolve())}, "data": {"path": str(Path(data).resolve())}}
