@@ -52,6 +52,7 @@ __all__ = [
     "format_answer_text",
     "format_area",
     "localizability_category",
+    "metric_rows",
     "nearest_places",
     "reference_novelty",
 ]
@@ -505,13 +506,15 @@ def format_answer_text(record: dict[str, Any], *, max_modes: int = 3, max_countr
     modes = record.get("modes") or []
     if modes:
         shown = "; ".join(
-            f"{k}. {m.get('place') or _coords(m)} {100 * m['mass']:.0f}%" for k, m in enumerate(modes[:max_modes], start=1)
+            f"{k}. {m.get('place') or _coords(m)} {100 * m['mass']:.0f}%"
+            for k, m in enumerate(modes[:max_modes], start=1)
         )
         lines.append(f"  places: {shown}")
     countries = record.get("countries") or []
     if countries:
         lines.append(
-            "  P(country): " + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:max_countries])
+            "  P(country): "
+            + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:max_countries])
         )
     bits = record.get("localizability_bits")
     if record.get("localizability_category"):
@@ -529,3 +532,75 @@ def format_answer_text(record: dict[str, Any], *, max_modes: int = 3, max_countr
         message = w.get("message") if isinstance(w, dict) else str(w)
         lines.append(f"  warning: {message}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- metrics in words
+#: Held-out metrics (``globeflow evaluate``, the demo) -> what a reader calls them.
+METRIC_LABELS: dict[str, str] = {
+    "geoscore": "GeoScore (0–5000, higher is better)",
+    "distance_km": "mean distance to the truth",
+    "median_distance_km": "median distance to the truth",
+    "acc_1km": "within 1 km of the truth",
+    "acc_25km": "within 25 km (city)",
+    "acc_200km": "within 200 km (region)",
+    "acc_750km": "within 750 km (country)",
+    "acc_2500km": "within 2,500 km (continent)",
+    "acc_country": "right country",
+    "acc_region": "right state or province",
+    "acc_city": "right town",
+    "n": "queries scored",
+    "n_density": "queries with densities",
+    "predict_seconds": "time to answer them",
+    "density_seconds": "time for the densities",
+    "strategy": "point estimate",
+    "guidance": "guidance ω",
+    "nll": "negative log-likelihood (nats; lower is better)",
+    "localizability_mean": "mean localizability (bits)",
+    "hpd50_coverage": "truth inside the 50% region (ideal 50%)",
+    "hpd90_coverage": "truth inside the 90% region (ideal 90%)",
+    "hpd95_coverage": "truth inside the 95% region (ideal 95%)",
+    "hpd50_coverage_uncalibrated": "truth inside the uncalibrated 50% region",
+    "hpd90_coverage_uncalibrated": "truth inside the uncalibrated 90% region",
+    "hpd95_coverage_uncalibrated": "truth inside the uncalibrated 95% region",
+    "hpd50_model_level": "model level behind the 50% region",
+    "hpd90_model_level": "model level behind the 90% region",
+    "hpd95_model_level": "model level behind the 95% region",
+    "hpd90_area_km2_median": "median size of the 90% region",
+    "hpd90_area_km2_median_uncalibrated": "median size of the uncalibrated 90% region",
+    "regions": "credible regions",
+}
+_STRATEGIES = {"mbr": "minimum Bayes risk over samples", "mode": "densest sample", "sample": "one sample"}
+
+
+def _metric_value(key: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return _STRATEGIES.get(value, value) if key == "strategy" else value
+    v = float(value)
+    if key in ("n", "n_density"):
+        return f"{int(v):,}"
+    if key.startswith("acc_") or "_coverage" in key:
+        return f"{100 * v:.1f}%"
+    if key.endswith("_model_level"):
+        return f"{100 * v:.1f}%"
+    if "area_km2" in key:
+        return f"{format_area(v)} ({area_comparison(v)})"
+    if key.endswith("distance_km"):
+        return f"{_round_sig(v, 3):,.0f} km"
+    if key.endswith("_seconds"):
+        return f"{v:.1f} s"
+    if key == "geoscore":
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) in words for each scalar of ``metrics`` (:data:`METRIC_LABELS`; an
+    unknown key is shown with spaces for underscores): percentages, km, km² with a familiar
+    area, seconds."""
+    return [
+        (METRIC_LABELS.get(k, k.replace("_", " ")), _metric_value(k, v))
+        for k, v in metrics.items()
+        if not isinstance(v, (dict, list))
+    ]
