@@ -210,6 +210,9 @@ def test_locate_text_has_the_predict_fields_places_and_sentence(client):
     assert a["num_samples"] == SAMPLES and a["encoder"] == "minilm"
     assert a["place"]["label"] and a["sentence"].startswith("90% likely within an area")
     assert all(m["place"] for m in a["modes"])
+    # The same words and warnings as predict's records (globeflow.describe.answer_record).
+    assert a["localizability_category"] and a["place"]["phrase"] in a["sentence"]
+    assert all(set(w) == {"code", "message"} for w in a["warnings"])
     assert sum(m["mass"] for m in a["modes"]) <= 1 + 1e-9
     # The estimate is the top mode, and its place is the nearest town to it.
     assert (a["latitude"], a["longitude"]) == (a["modes"][0]["latitude"], a["modes"][0]["longitude"])

@@ -317,12 +317,18 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+_NUMBER = re.compile(r"^[-–+×]?[\d.,]+(\s?(%|km²|km|bits|s))?( \(.*\))?$|^–$")
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; cells that read as numbers ("12.5%", "27,000 km²") are right-aligned."""
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = ""
     for row in rows:
         cells = "".join(
-            f'<td class="num">{html.escape(str(c))}</td>' if k else f"<td>{html.escape(str(c))}</td>"
+            f'<td class="num">{html.escape(str(c))}</td>'
+            if k and _NUMBER.match(str(c))
+            else f"<td>{html.escape(str(c))}</td>"
             for k, c in enumerate(row)
         )
         body += f"<tr>{cells}</tr>"
