@@ -615,8 +615,9 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
 class MapAnnotations:
     """What an answer's map shows in words, computed here so that :mod:`globeflow.viz` only draws.
 
-    ``legend``: the colour bar's label (relative terms: how many times more likely than a spread
-    over the whole Earth); ``scale``: what the colour bar's ticks mean ("×10" …), one line;
+    ``legend``: the colour bar's label (relative terms: how many times more likely than the
+    world average, i.e. a spread over the whole Earth); ``scale``: one line on what the ticks and
+    marks mean, which density is drawn, and whether the regions are calibrated;
     ``cities``: ((latitude, longitude, name), …) to label in the zoom panel, most populous
     first; ``scale_km``: length of the zoom panel's scale bar (None without a zoom);
     ``credit``: the data sources drawn (borders, places)."""
@@ -681,11 +682,17 @@ def nearby_cities(
     lat, lon, name, pop, _ = _city_table()
     mid = 0.5 * (lon0 + lon1)
     lon_box = mid + (lon - mid + 180.0) % 360.0 - 180.0
-    # An inner margin: a label at the very edge would be cut off (and the top one would touch the title).
-    mlat, mlon = 0.04 * (lat1 - lat0), 0.04 * (lon1 - lon0)
-    inside = np.flatnonzero(
-        (lat >= lat0 + mlat) & (lat <= lat1 - 2 * mlat) & (lon_box >= lon0 + mlon) & (lon_box <= lon1 - mlon)
+    # An inner margin: a label at the very edge would be cut off (and the top one would touch the
+    # title); the bottom-left corner is the scale bar's.
+    h, w = lat1 - lat0, lon1 - lon0
+    inside = (
+        (lat >= lat0 + 0.04 * h)
+        & (lat <= lat1 - 0.08 * h)
+        & (lon_box >= lon0 + 0.04 * w)
+        & (lon_box <= lon1 - 0.04 * w)
     )
+    inside &= ~((lat < lat0 + 0.16 * h) & (lon_box < lon0 + 0.4 * w))
+    inside = np.flatnonzero(inside)
     order = inside[np.argsort(-pop[inside], kind="stable")]
     gap_lat, gap_lon = label_box[0] * (lat1 - lat0), label_box[1] * (lon1 - lon0)
     chosen: list[int] = []
@@ -707,10 +714,10 @@ def map_annotations(
     Natural Earth admin-1 (state/province) lines are not shipped with globeflow (only 1:110m
     countries, ``globeflow/viz/data``): the zoom panel shows country borders and labelled towns."""
     density = "kernel estimate from the model's samples" if kind == "samples" else "the model's exact density"
-    legend = f"relative likelihood: times more likely than if spread evenly over the Earth ({density})"
-    scale = "×1 = the world average; the dashed and solid marks are where the 90% and 50% regions begin"
+    legend = "relative likelihood: times more likely than the world average"
+    scale = f"×1 = as likely as anywhere on Earth on average; marks: where the 90% and 50% regions begin\n{density}"
     if calibrated:
-        legend += "; regions conformally calibrated"
+        scale += "; regions conformally calibrated"
     cities: tuple[tuple[float, float, str], ...] = ()
     scale_km = None
     _, _, _, _, source = _city_table()

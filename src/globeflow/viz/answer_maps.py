@@ -341,7 +341,7 @@ def plot_answer_map(
     dpi = max(50, round(width_px / FIGURE_IN[0]))
     fig = Figure(figsize=FIGURE_IN, dpi=dpi)
     FigureCanvasAgg(fig)
-    world_box = (0.0, 0.30, 0.62, 0.60) if zoom is not None else (0.1, 0.30, 0.8, 0.60)
+    world_box = (0.0, 0.33, 0.62, 0.57) if zoom is not None else (0.1, 0.33, 0.8, 0.57)
     ax = fig.add_axes(world_box)
     top = float(np.max(amap.world.log_prob))
     if zoom is not None:
@@ -391,14 +391,14 @@ def plot_answer_map(
         bo = np.concatenate([lon0 + (lon1 - lon0) * t, np.full(50, lon1), lon1 - (lon1 - lon0) * t, np.full(50, lon0)])
         box = np.stack(equal_earth(bl, wrap_longitude(bo)), 1)
         ax.add_patch(Polygon(box, closed=True, fill=False, edgecolor="#d62728", lw=1.0, zorder=6.5))
-        zax = fig.add_axes((0.685, 0.30, 0.29, 0.58))
+        zax = fig.add_axes((0.685, 0.345, 0.29, 0.545))
         _draw_zoom(zax, zoom, amap.thresholds, ans, truth, vmin, vmax, annotations, font)
     fig.legend(
         handles=handles, loc="lower center", ncol=len(handles), fontsize=font, frameon=False,
-        bbox_to_anchor=(0.5, 0.185), handletextpad=0.3, columnspacing=1.2, markerscale=1.5,
+        bbox_to_anchor=(0.5, 0.225), handletextpad=0.3, columnspacing=1.2, markerscale=1.5,
     )  # fmt: skip
     marks = [(_log10_relative(tau), level) for level, tau in regions]
-    fig.text(0.5, 0.035, annotations.scale, ha="center", fontsize=font - 2, color="#505050")
+    fig.text(0.5, 0.012, annotations.scale, ha="center", va="bottom", fontsize=font - 0.5, color="#404040")
     return finish_map_figure(
         fig,
         im,
@@ -410,6 +410,6 @@ def plot_answer_map(
         title_size=13,
         marks=marks,
         label_size=font,
-        colorbar_box=(0.2, 0.135, 0.6, 0.03),
+        colorbar_box=(0.2, 0.175, 0.6, 0.03),
         credit=f"Equal Earth projection · {annotations.credit}",
     )

@@ -306,7 +306,8 @@ def finish_map_figure(
                        ha="center", va="bottom", fontsize=label_size)  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=title_size, y=0.97)
-    fig.text(0.99, 0.01, credit, ha="right", fontsize=max(5, label_size - 3), color="#808080")
+    # The credit sits in the top corner: the bottom holds the colour bar and its explanation.
+    fig.text(0.995, 0.995, credit, ha="right", va="top", fontsize=max(5, label_size - 4), color="#808080")
 
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
