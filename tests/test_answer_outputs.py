@@ -149,6 +149,9 @@ def test_csv_and_html_writers(sharp, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["query"] for r in rows] == ["Paris", "Sydney, NSW"]
     assert float(rows[0]["mode1_mass"]) == records[0]["modes"][0]["mass"]
+    # The words travel too: the estimate's and the modes' places, the sentence, the warnings.
+    assert rows[0]["place_phrase"] == records[0]["place"]["phrase"] and rows[0]["sentence"] == records[0]["sentence"]
+    assert rows[0]["mode1_place"] == records[0]["modes"][0]["place"] and rows[0]["warnings"] == ""
     assert rows[0]["country1_code"] == "FR" and json.loads(rows[1]["countries_json"])[0]["code"] == "AU"
 
 

@@ -255,10 +255,25 @@ def answers_jsonl_text(records: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
 
 
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    """The words of a record as scalar cells: ``place``/``place_phrase`` (the estimate's nearest
+    town) and ``warnings`` ("code: message" joined by " | ")."""
+    r = dict(record)
+    place = r.pop("place", None)
+    if isinstance(place, dict):
+        r["place"], r["place_phrase"] = place.get("label"), place.get("phrase")
+    if "warnings" in r:
+        warn = r.pop("warnings") or []
+        r["warnings"] = " | ".join(f"{w['code']}: {w['message']}" if isinstance(w, dict) else str(w) for w in warn)
+    return r
+
+
 def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
-    """CSV with one row per record: the scalar fields, ``mode{k}_latitude/longitude/mass`` and
+    """CSV with one row per record: the scalar fields (with the estimate's ``place`` and
+    ``place_phrase`` and the ``warnings`` as text), ``mode{k}_latitude/longitude/mass/place`` and
     ``country{k}_code/name/probability`` for k = 1…3, and the full lists as JSON cells
     (``modes_json``, ``countries_json``)."""
+    records = [_flat(r) for r in records]
     scalar = []
     for r in records:
         for k, v in r.items():
@@ -266,7 +281,7 @@ def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
                 scalar.append(k)
     cols = list(scalar)
     for k in range(1, CSV_TOP + 1):
-        cols += [f"mode{k}_latitude", f"mode{k}_longitude", f"mode{k}_mass"]
+        cols += [f"mode{k}_latitude", f"mode{k}_longitude", f"mode{k}_mass", f"mode{k}_place"]
     for k in range(1, CSV_TOP + 1):
         cols += [f"country{k}_code", f"country{k}_name", f"country{k}_probability"]
     cols += ["modes_json", "countries_json"]
@@ -278,7 +293,12 @@ def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
         modes, countries = r.get("modes") or [], r.get("countries") or []
         for k, m in enumerate(modes[:CSV_TOP], start=1):
             row.update(
-                {f"mode{k}_latitude": m["latitude"], f"mode{k}_longitude": m["longitude"], f"mode{k}_mass": m["mass"]}
+                {
+                    f"mode{k}_latitude": m["latitude"],
+                    f"mode{k}_longitude": m["longitude"],
+                    f"mode{k}_mass": m["mass"],
+                    f"mode{k}_place": m.get("place"),
+                }
             )
         for k, c in enumerate(countries[:CSV_TOP], start=1):
             row.update(
