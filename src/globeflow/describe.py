@@ -672,7 +672,7 @@ def nearby_cities(
     lon1: float,
     *,
     max_places: int = 8,
-    label_box: tuple[float, float] = (0.09, 0.42),
+    label_box: tuple[float, float] = (0.09, 0.5),
 ) -> tuple[tuple[float, float, str], ...]:
     """Places to label in the box [``lat0``, ``lat1``] × [``lon0``, ``lon1``] (longitudes may run
     past ±180): the most populous first (cities15000; without populations, the table's order),

@@ -496,6 +496,7 @@ def write_answer_files(
     model's exact log-density (exact maps instead of the samples' kernel estimate);
     ``trajectories`` (T + 1, N, 2), denoising paths drawn on the map (both from
     :func:`globeflow.answers.answer_map_inputs`); ``width_px``: the world panel's width."""
+    from globeflow.describe import map_annotations
     from globeflow.viz.answer_maps import answer_map, plot_answer_map
 
     if map_dir is None and geojson is None and kml is None:
@@ -508,7 +509,15 @@ def write_answer_files(
             png = Path(map_dir) / f"{slugify(_label(record), taken)}.png"
             truth = None if truths is None else truths[i]
             paths = None if trajectories is None else trajectories[i]
-            plot_answer_map(ans, amap, png, truth=truth, title=_label(record), trajectories=paths, width_px=width_px)
+            place = (record.get("place") or {}).get("phrase")
+            title = f"{_label(record)}: most likely {place}" if place else _label(record)
+            # The words and marks (legend, towns, scale bar) come from globeflow.describe; viz draws.
+            zoom = amap.zoom
+            extent = None if zoom is None else (zoom.lat[0], zoom.lat[-1], zoom.lon[0], zoom.lon[-1])
+            words = map_annotations(extent, kind=amap.kind, calibrated=bool(record.get("regions_calibrated")))
+            plot_answer_map(
+                ans, amap, png, truth=truth, title=title, trajectories=paths, width_px=width_px, annotations=words
+            )
             record["map"] = os.path.relpath(png, link_base) if link_base is not None else str(png)
     if geojson is not None:
         text = json.dumps(answers_geojson(records, maps), separators=(",", ":"), allow_nan=False)
