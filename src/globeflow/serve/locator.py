@@ -298,7 +298,8 @@ class Locator:
             texts = None
         # The familiarity check embeds the queries' names with minilm: the model's own encoder
         # when it is minilm (no second model in memory), else the process-wide minilm.
-        embed = self.encoder.encode_texts if isinstance(self.encoder, TextEncoder) and self.encoder.name == "minilm" else None
+        minilm = isinstance(self.encoder, TextEncoder) and self.encoder.name == "minilm"
+        embed = self.encoder.encode_texts if minilm else None
         answers = add_warnings(answers, texts=texts, embed=embed, unlike_training=unlike)
         records = []
         for lab, ans, d in zip(labels, answers, describe(answers)):
