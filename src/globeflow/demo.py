@@ -157,7 +157,7 @@ def demo_answers(opts: DemoOptions) -> int:
         note = (
             f"First {metrics['n']} held-out queries of {heldout.name}: point estimates {metrics['strategy']} "
             f"at guidance {metrics['guidance']:g} (16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
-            f"(32 samples, {opts.density_steps} RK4 steps; a calibrated model expects hpd90_coverage ≈ 0.90; "
+            f"(32 samples, {opts.density_steps} RK4 steps; a calibrated model has the truth inside its 90% region about 90% of the time; "
             f"regions: {metrics.get('regions', 'uncalibrated')})."
         )
         print(f"\nheld-out ({note})")
