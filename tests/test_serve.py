@@ -30,7 +30,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from globeflow.geometry.coords import EARTH_RADIUS_KM  # noqa: E402
-from globeflow.describe import area_comparison, describe, localizability_category, nearest_places  # noqa: E402
+from globeflow.describe import add_warnings, area_comparison, describe, localizability_category, nearest_places  # noqa: E402
 from globeflow.serve import Limits, Locator, create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -164,8 +164,9 @@ def test_nearest_places_and_the_plain_sentence():
     d_canton, d_sea = describe([a_canton, a_sea])
     assert d_canton.sentence.startswith("90% likely within an area ")
     assert "most likely near Canton, Ohio, United States" in d_canton.sentence
-    assert not d_canton.warnings
-    assert any("at sea" in w for w in d_sea.warnings)
+    w_canton, w_sea = add_warnings([a_canton, a_sea])
+    assert not w_canton.warnings
+    assert [w.code for w in w_sea.warnings] == ["at_sea"] and "at sea" in w_sea.warnings[0].message
 
 
 # ------------------------------------------------------------------------------ API
@@ -209,6 +210,9 @@ def test_locate_text_has_the_predict_fields_places_and_sentence(client):
     assert a["num_samples"] == SAMPLES and a["encoder"] == "minilm"
     assert a["place"]["label"] and a["sentence"].startswith("90% likely within an area")
     assert all(m["place"] for m in a["modes"])
+    # The same words and warnings as predict's records (globeflow.describe.answer_record).
+    assert a["localizability_category"] and a["place"]["phrase"] in a["sentence"]
+    assert all(set(w) == {"code", "message"} for w in a["warnings"])
     assert sum(m["mass"] for m in a["modes"]) <= 1 + 1e-9
     # The estimate is the top mode, and its place is the nearest town to it.
     assert (a["latitude"], a["longitude"]) == (a["modes"][0]["latitude"], a["modes"][0]["longitude"])

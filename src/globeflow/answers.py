@@ -46,6 +46,7 @@ from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_lat
 
 __all__ = [
     "Answer",
+    "AnswerWarning",
     "CountryProbability",
     "Mode",
     "answer",
@@ -84,6 +85,19 @@ class CountryProbability:
         return {"code": self.code, "name": self.name, "probability": self.probability}
 
 
+@dataclass(frozen=True)
+class AnswerWarning:
+    """Something a reader must see before trusting an answer: a stable ``code`` (for programs:
+    ``low_confidence_modes``, ``low_confidence_area``, ``at_sea``, ``unfamiliar_text``,
+    ``unlike_training``; see :data:`globeflow.describe.WARNING_CODES`) and a ``message`` in words."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
 @dataclass(frozen=True, eq=False)
 class Answer:
     """The model's answer for one embedding.
@@ -95,8 +109,9 @@ class Answer:
     ``samples`` (S, 2) degrees and ``sample_log_prob`` (S,) (or None) are the draws behind it.
     ``calibration``: description of the conformal calibration the regions use (None: the
     model's own, uncalibrated levels); ``region_levels`` {nominal: model level} of the regions.
-    ``warnings``: lines a reader must see (unfamiliar text, estimate at sea), from
-    :func:`globeflow.novelty.add_warnings`; empty by default.
+    ``warnings``: what a reader must see (low confidence, an estimate at sea, input unlike the
+    training data) as :class:`AnswerWarning`, from :func:`globeflow.describe.add_warnings`;
+    empty by default.
     """
 
     latitude: float
@@ -112,7 +127,7 @@ class Answer:
     sample_log_prob: np.ndarray | None = field(repr=False)
     calibration: str | None = None
     region_levels: dict[float, float] | None = None
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[AnswerWarning, ...] = ()
 
     @property
     def num_samples(self) -> int:
@@ -132,7 +147,7 @@ class Answer:
             "regions_calibrated": self.calibration is not None,
             "calibration": self.calibration,
             "num_samples": self.num_samples,
-            "warnings": list(self.warnings),
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 

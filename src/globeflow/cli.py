@@ -587,13 +587,10 @@ def _predict_answers(args: argparse.Namespace) -> int:
             density_steps=args.density_steps,
             calibration=None if args.uncalibrated else "auto",
         )
-        from globeflow.novelty import add_warnings
+        from globeflow.describe import explain_answers
 
-        answers = add_warnings(answers, texts=args.text or None)
-        for j, ans in zip(good, answers):
-            for line in ans.warnings:
-                print(f"warning: {records[j].get('query') or records[j].get('image')}: {line}", file=sys.stderr)
-            records[j].update(ans.to_dict())
+        # Warnings, place names, the plain sentence; each answer in words on stderr (stdout may be JSONL).
+        answers = explain_answers(answers, [records[j] for j in good], texts=args.text or None, embeddings=emb, model_dir=model_ref, report=_stderr)  # fmt: skip
         answered = [records[j] for j in good]
         truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]
         paths = args.trajectories if args.map_dir is not None else 0

@@ -74,23 +74,11 @@ def run_demo(opts: DemoOptions) -> int:
     return demo_answers(opts)
 
 
-def print_answer(label: str, record: dict) -> None:
-    print(f"\n{label}")
-    print(f"  estimate: {record['latitude']:.4f}, {record['longitude']:.4f}")
-    modes = ", ".join(
-        f"({m['latitude']:.2f}, {m['longitude']:.2f}) {100 * m['mass']:.0f}%" for m in record["modes"][:3]
-    )
-    print(f"  modes: {modes}")
-    countries = ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in record["countries"][:4])
-    print(f"  P(country): {countries}")
-    if record.get("localizability_bits") is not None:
-        print(
-            f"  localizability: {record['localizability_bits']:.2f} bits   "
-            f"90% region: {record['hpd90_area_km2']:,.0f} km²   50% region: {record['hpd50_area_km2']:,.0f} km²"
-        )
-        print(f"  regions: {record.get('calibration') or 'uncalibrated (the model levels)'}")
-    for line in record.get("warnings") or ():
-        print(f"  warning: {line}")
+def print_answer(record: dict) -> None:
+    """One answer in words (:func:`globeflow.describe.format_answer_text`), after a blank line."""
+    from globeflow.describe import format_answer_text
+
+    print("\n" + format_answer_text(record))
 
 
 def demo_answers(opts: DemoOptions) -> int:
@@ -130,13 +118,14 @@ def demo_answers(opts: DemoOptions) -> int:
         density_steps=opts.density_steps,
         calibration=None if opts.uncalibrated else "auto",
     )
-    from globeflow.novelty import add_warnings
+    from globeflow.describe import explain_answers
 
-    answers = add_warnings(answers, texts=None if opts.image else queries)
+    answers = explain_answers(
+        answers, records, texts=None if opts.image else queries, embeddings=emb, model_dir=model_ref, report=None
+    )
     answer_seconds = time.perf_counter() - start
-    for r, a in zip(records, answers):
-        r.update(a.to_dict())
-        print_answer(r.get("query") or r.get("image"), r)
+    for r in records:
+        print_answer(r)
     start = time.perf_counter()
     from_model = answer_map_inputs(
         model, emb, exact=opts.exact_maps, log_prob_steps=opts.density_steps, trajectories=opts.trajectories
@@ -168,7 +157,7 @@ def demo_answers(opts: DemoOptions) -> int:
         note = (
             f"First {metrics['n']} held-out queries of {heldout.name}: point estimates {metrics['strategy']} "
             f"at guidance {metrics['guidance']:g} (16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
-            f"(32 samples, {opts.density_steps} RK4 steps; a calibrated model expects hpd90_coverage ≈ 0.90; "
+            f"(32 samples, {opts.density_steps} RK4 steps; a calibrated model has the truth inside its 90% region about 90% of the time; "
             f"regions: {metrics.get('regions', 'uncalibrated')})."
         )
         print(f"\nheld-out ({note})")

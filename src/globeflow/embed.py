@@ -482,15 +482,19 @@ def encode_texts(
         raise ValueError("--text: empty query")
     name = encoder or model_encoder or "minilm"
     what = "a text encoder (text queries need one, e.g. minilm)"
-    enc = _encoder_for(name, TextEncoder, what, embedding_dim, source, device)
+    # The process-wide instance: the answers' text-familiarity check reuses it (no second load).
+    enc = _encoder_for(name, TextEncoder, what, embedding_dim, source, device, shared=True)
     return enc.encode_texts(list(texts)), name
 
 
-def _encoder_for(name: str, kind: type, what: str, embedding_dim: int, source: str | None, device: str) -> Any:
-    """Encoder ``name``, checked to be a ``kind`` (``what``, for the message) of ``embedding_dim``-d."""
-    from globeflow.encoders import get_encoder
+def _encoder_for(
+    name: str, kind: type, what: str, embedding_dim: int, source: str | None, device: str, *, shared: bool = False
+) -> Any:
+    """Encoder ``name``, checked to be a ``kind`` (``what``, for the message) of ``embedding_dim``-d;
+    ``shared``: the process-wide instance (:func:`globeflow.encoders.shared_encoder`)."""
+    from globeflow.encoders import get_encoder, shared_encoder
 
-    enc = get_encoder(name, source=source, device=device)
+    enc = shared_encoder(name, source, device) if shared else get_encoder(name, source=source, device=device)
     if not isinstance(enc, kind):
         raise ValueError(f"--encoder {name} is not {what}")
     if enc.dim != embedding_dim:

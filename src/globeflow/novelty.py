@@ -1,5 +1,6 @@
-"""Warnings an answer should carry: the text is unlike any place the model knows, or the
-estimate is at sea.
+"""The measurements behind two of an answer's warnings: the text is unlike any place the model
+knows, or the estimate is at sea (the warnings themselves, in words, are
+:func:`globeflow.describe.add_warnings`).
 
 **Unfamiliar text** (:class:`TextNovelty`). Two tests on the query's *name* (its first
 comma-separated part, or the whole text), each with a threshold set on held-out real place
@@ -40,12 +41,11 @@ import numpy as np
 __all__ = [
     "NOVELTY_FILE",
     "TextNovelty",
-    "add_warnings",
     "at_sea",
     "build_novelty",
     "land_mask",
     "load_novelty",
-    "query_warnings",
+    "text_familiarity",
 ]
 
 NOVELTY_FILE = "place_novelty.npz"
@@ -231,53 +231,22 @@ def load_novelty(path: str | os.PathLike | None = None) -> TextNovelty:
         )
 
 
-def query_warnings(
-    texts: Sequence[str] | None,
-    latlon: np.ndarray,
-    *,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
-    novelty: TextNovelty | None = None,
-) -> list[list[str]]:
-    """One list of warning lines per answer: unfamiliar text (when ``texts`` and ``embed``, a
-    minilm ``encode_texts``, are given) and an estimate ``latlon`` (N, 2) at sea."""
-    a = np.asarray(latlon, np.float64).reshape(-1, 2)
-    out: list[list[str]] = [[] for _ in range(len(a))]
-    if texts is not None and embed is not None and len(texts):
-        nov = novelty or load_novelty()
-        s = nov.scores(list(texts), embed)
-        for i in np.flatnonzero(nov.unfamiliar(s)):
-            out[i].append(
-                f"unfamiliar text: {texts[i]!r} is unlike the place names the model knows "
-                f"(letters {s['char'][i]:.2f} vs threshold {nov.char_threshold:.2f}, "
-                f"meaning {s['semantic'][i]:.2f} vs {nov.semantic_threshold:.2f}); the answer is a guess"
-            )
-    for i in np.flatnonzero(at_sea(a)):
-        out[i].append(f"estimate at sea ({a[i, 0]:.2f}, {a[i, 1]:.2f}): no land nor place within 25 km")
-    return out
+def text_familiarity(
+    texts: Sequence[str], embed: Callable[[list[str]], np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray], TextNovelty] | None:
+    """(unfamiliar (N,) bool, the scores of :meth:`TextNovelty.scores`, the tests) for ``texts``;
+    ``embed``: minilm's ``encode_texts`` (default: the process-wide minilm,
+    :func:`globeflow.encoders.shared_encoder`, the instance the queries were embedded with).
+    None when the novelty file or the offline minilm is missing: the check is skipped, the
+    answer is not failed."""
+    try:
+        nov = load_novelty()
+        if embed is None:
+            from globeflow.encoders import shared_encoder
 
-
-@functools.lru_cache(maxsize=1)
-def _minilm_embed() -> Callable[[list[str]], np.ndarray]:
-    from globeflow.encoders import get_encoder
-
-    return get_encoder("minilm").encode_texts
-
-
-def add_warnings(answers: Sequence, texts: Sequence[str] | None = None) -> list:
-    """``answers`` (:class:`globeflow.answers.Answer`) with their :func:`query_warnings`.
-
-    ``texts``: the text queries behind the answers (None for photos: only the at-sea check).
-    A missing novelty file skips the text check rather than failing the answer.
-    """
-    import dataclasses
-
-    latlon = np.array([[a.latitude, a.longitude] for a in answers], np.float64).reshape(-1, 2)
-    embed = None
-    if texts is not None:
-        try:
-            load_novelty()
-            embed = _minilm_embed()
-        except (FileNotFoundError, ImportError):
-            texts = None
-    lines = query_warnings(texts, latlon, embed=embed)
-    return [dataclasses.replace(a, warnings=tuple(w)) for a, w in zip(answers, lines)]
+            embed = shared_encoder("minilm").encode_texts
+    except (FileNotFoundError, ImportError):
+        return None
+    texts = list(texts)
+    scores = nov.scores(texts, embed) if texts else {"char": np.zeros(0), "semantic": np.zeros(0)}
+    return nov.unfamiliar(scores), scores, nov

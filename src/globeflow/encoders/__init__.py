@@ -18,6 +18,7 @@ name                   kind   D     weights                                     
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "TextEncoder",
     "get_encoder",
     "gps_from_exif",
+    "shared_encoder",
     "load_image",
 ]
 
@@ -173,3 +175,16 @@ def get_encoder(
     # ``spec.dim`` is that of the default weights; another checkpoint of the same architecture
     # (e.g. a ViT-B in ``source``) keeps its own D, recorded in ``encoder.settings()``.
     return spec.build(source=source, model=model, device=device)
+
+
+def shared_encoder(name: str, source: str | os.PathLike | None = None, device: str = "cpu") -> Encoder:
+    """:func:`get_encoder` loaded once per process and argument set: a text query and its
+    familiarity check (:mod:`globeflow.novelty`, minilm) share one model instead of loading
+    it twice. Encoders are used read-only (inference mode)."""
+    # One cache key per (name, source, device) however the arguments are passed.
+    return _shared(name, None if source is None else os.fspath(source), str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(name: str, source: str | None, device: str) -> Encoder:
+    return get_encoder(name, source=source, device=device)

@@ -205,18 +205,9 @@ class Locator:
     # ---------------------------------------------------------------------------- info
     def _load_novelty(self, model: str | None):
         """Held-out embeddings of the model (``heldout.parquet``), if it ships them."""
-        from globeflow.describe import EmbeddingNovelty
-        from globeflow.pretrained import HELDOUT_FILE
+        from globeflow.describe import reference_novelty
 
-        if model is None or model.startswith("hf:") or not (Path(model) / HELDOUT_FILE).is_file():
-            return None
-        try:
-            from globeflow.data import read_dataset
-
-            data = read_dataset(Path(model) / HELDOUT_FILE, require_coords=False, expected_dim=self.embedding_dim)
-            return EmbeddingNovelty(np.asarray(data.embeddings)[:2000])
-        except (ValueError, OSError, AttributeError):
-            return None
+        return reference_novelty(model, self.embedding_dim)
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/models`` reports about the loaded model."""
@@ -288,7 +279,8 @@ class Locator:
 
         Every record gets an ``id`` under which :meth:`export` finds it again (for downloads)."""
         from globeflow.answers import answer
-        from globeflow.describe import describe
+        from globeflow.describe import add_warnings, answer_record, describe
+        from globeflow.encoders import TextEncoder
         from globeflow.viz.answer_maps import answer_map
         from globeflow.viz.outputs import answers_geojson
 
@@ -301,15 +293,17 @@ class Locator:
             density_steps=self.density_steps,
         )
         unlike = None if self._novelty is None else self._novelty.unlike(emb)
-        words = describe(answers, unlike_training=unlike)
+        texts = [lab.get("query") for lab in labels]
+        if not all(isinstance(t, str) for t in texts):
+            texts = None
+        # The familiarity check embeds the queries' names with minilm: the model's own encoder
+        # when it is minilm (no second model in memory), else the process-wide minilm.
+        minilm = isinstance(self.encoder, TextEncoder) and self.encoder.name == "minilm"
+        embed = self.encoder.encode_texts if minilm else None
+        answers = add_warnings(answers, texts=texts, embed=embed, unlike_training=unlike)
         records = []
-        for lab, ans, d, e in zip(labels, answers, words, emb):
-            rec = {**lab, **ans.to_dict()}
-            for m, p in zip(rec["modes"], d.mode_places):
-                m["place"] = p.label
-                m["place_phrase"] = p.phrase
-            rec.update(d.to_dict())
-            rec.pop("mode_places")
+        for lab, ans, d in zip(labels, answers, describe(answers)):
+            rec = answer_record(ans, d, lab)
             rec.update(model=self.name, encoder=None if self.encoder is None else self.encoder.name)
             amap = answer_map(ans)
             rec["geojson"] = answers_geojson([rec], [amap])

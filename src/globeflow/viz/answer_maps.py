@@ -44,7 +44,7 @@ from globeflow.viz.maps import (
     REGION_STYLES,
     SAMPLE_COLOR,
     TRUTH_STYLE,
-    _log10_per_km2,
+    _log10_relative,
     draw_world,
     finish_map_figure,
     load_basemap,
@@ -209,12 +209,31 @@ def _draw_trajectories(ax, paths: np.ndarray) -> None:
     ax.scatter(x[0], y[0], s=4, c="#7f7f7f", marker="o", lw=0, zorder=5.2)
 
 
-def _draw_zoom(ax, zoom: ZoomRaster, thresholds: dict[float, float], ans: Any, truth, vmin: float, vmax: float):
+def _degrees(value: float, positive: str, negative: str) -> str:
+    v = float(value)
+    text = f"{abs(v):.2f}".rstrip("0").rstrip(".")
+    return f"{text}°{positive if v >= 0 else negative}" if abs(v) > 1e-9 else "0°"
+
+
+def _draw_zoom(
+    ax,
+    zoom: ZoomRaster,
+    thresholds: dict[float, float],
+    ans: Any,
+    truth,
+    vmin: float,
+    vmax: float,
+    words: Any,
+    font: float,
+):
+    """The zoom panel: density, country borders, the 50/90% contours, samples, estimate and
+    truth, ``words.cities`` labelled, degree ticks and a ``words.scale_km`` scale bar."""
     from matplotlib.collections import LineCollection
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     lat0, lat1, lon0, lon1 = zoom.lat[0], zoom.lat[-1], zoom.lon[0], zoom.lon[-1]
     ax.set_facecolor("#eef3f7")
-    img = _log10_per_km2(zoom.log_prob)
+    img = _log10_relative(zoom.log_prob)
     img = np.where(img >= vmin, img, np.nan)
     im = ax.imshow(
         img,
@@ -231,28 +250,58 @@ def _draw_zoom(ax, zoom: ZoomRaster, thresholds: dict[float, float], ans: Any, t
     rings = load_basemap()
     lines = [r + np.array([shift, 0.0]) for shift in (-360.0, 0.0, 360.0) for r in rings]
     # Borders in white over a dark halo: readable over both pale and saturated colours.
-    ax.add_collection(LineCollection(lines, colors="#202020", linewidths=1.2, zorder=3, alpha=0.6))
-    ax.add_collection(LineCollection(lines, colors="white", linewidths=0.5, zorder=3.1))
+    ax.add_collection(LineCollection(lines, colors="#202020", linewidths=1.6, zorder=3, alpha=0.6))
+    ax.add_collection(LineCollection(lines, colors="white", linewidths=0.7, zorder=3.1))
     levels = sorted(thresholds.items())  # 0.5 then 0.9
     for k, (level, tau) in enumerate(levels):
         color, ls = REGION_STYLES[k % len(REGION_STYLES)]
         if np.nanmax(zoom.log_prob) >= tau:
-            ax.contour(zoom.lon, zoom.lat, zoom.log_prob, levels=[tau], colors=[color], linestyles=[ls], linewidths=1.0)
+            ax.contour(zoom.lon, zoom.lat, zoom.log_prob, levels=[tau], colors=[color], linestyles=[ls], linewidths=1.3)
     s = ans.samples
     # Samples are shown on the copy of the globe nearest the panel.
     slon = (lon0 + lon1) / 2 + wrap_longitude(s[:, 1] - (lon0 + lon1) / 2)
     ax.scatter(slon, s[:, 0], s=3, c=SAMPLE_COLOR, alpha=0.5, lw=0, zorder=5)
+    for lat, lon, name in words.cities:
+        ax.scatter(lon, lat, s=10, c="#303030", edgecolors="white", linewidths=0.5, zorder=6.5)
+        right = lon > 0.5 * (lon0 + lon1)  # labels point inwards: none runs off the panel
+        label = ax.annotate(
+            name, (lon, lat), xytext=(-3 if right else 3, 3), textcoords="offset points", fontsize=font - 1,
+            ha="right" if right else "left", zorder=6.6, color="#202020",
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6},
+        )  # fmt: skip
+        label.set_clip_on(True)
     for point, (marker, color, size, _) in (((ans.latitude, ans.longitude), ESTIMATE_STYLE), (truth, TRUTH_STYLE)):
         if point is not None:
             plon = (lon0 + lon1) / 2 + wrap_longitude(np.array(point[1]) - (lon0 + lon1) / 2)
-            ax.scatter(plon, point[0], s=size * 1.4, marker=marker, c=color, edgecolors="black", lw=0.6, zorder=6)
+            ax.scatter(plon, point[0], s=size * 1.6, marker=marker, c=color, edgecolors="black", lw=0.6, zorder=7)
     ax.set_xlim(lon0, lon1)
     ax.set_ylim(lat0, lat1)
-    ax.set_aspect(1.0 / max(math.cos(math.radians(0.5 * (lat0 + lat1))), 0.2))
-    ax.tick_params(labelsize=6)
-    km = (lat1 - lat0) * math.pi / 180.0 * EARTH_RADIUS_KM
-    ax.set_title(f"zoom: {km:,.0f} km tall", fontsize=7)
+    lat_mid = 0.5 * (lat0 + lat1)
+    cos_mid = max(math.cos(math.radians(lat_mid)), 0.2)
+    ax.set_aspect(1.0 / cos_mid)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: _degrees(wrap_longitude(np.array(v)).item(), "E", "W")))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: _degrees(v, "N", "S")))
+    ax.tick_params(labelsize=font - 1, length=3)
+    if words.scale_km:
+        # Scale bar at the bottom left: its length in degrees of longitude at the panel's middle.
+        dlon = math.degrees(words.scale_km / (EARTH_RADIUS_KM * cos_mid))
+        x0 = lon0 + 0.06 * (lon1 - lon0)
+        y0 = lat0 + 0.06 * (lat1 - lat0)
+        ax.plot([x0, x0 + dlon], [y0, y0], color="black", lw=3, solid_capstyle="butt", zorder=8)
+        ax.plot([x0, x0 + dlon], [y0, y0], color="white", lw=1.2, solid_capstyle="butt", zorder=8.1)
+        ax.text(x0 + dlon / 2, y0 + 0.025 * (lat1 - lat0), f"{words.scale_km:,g} km", ha="center", va="bottom",
+                fontsize=font - 1, zorder=8.2, bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})  # fmt: skip
+    ax.set_title("detail around the estimate", fontsize=font)
     return im
+
+
+#: The answer map's figure size (inches): the same with or without a zoom panel, so that every
+#: map of a report has the same size; ``width_px`` sets the resolution (dpi), not the layout.
+FIGURE_IN = (10.0, 5.6)
+#: Point size of legend, colour-bar and panel text (≥ 10 pt at the figure's size).
+FONT_PT = 10.5
 
 
 def plot_answer_map(
@@ -266,30 +315,39 @@ def plot_answer_map(
     max_labels: int = 3,
     floor_mass: float = 0.99,
     trajectories: np.ndarray | None = None,
+    annotations: Any = None,
 ) -> Path:
-    """Write the answer's map to ``out_png``: the world (Equal Earth) with the density on a
-    log₁₀-per-km² scale, the 50/90% regions, the samples, the estimate (star), the top modes
-    (numbered, with their mass), ``truth`` (cross) when known, and the zoom panel if any.
+    """Write the answer's map to ``out_png``: the world (Equal Earth) with the density coloured
+    by how many times more likely than the world average, the 50/90% regions, the samples, the
+    estimate (star), the top modes (numbered, with their mass), ``truth`` (cross) when known,
+    and the zoom panel if any (labelled towns, degree ticks, scale bar). Every map has the
+    same figure size (:data:`FIGURE_IN`, ``width_px`` pixels wide) and ≥ 10 pt text.
     Outside the map's top-``floor_mass`` HPD region the basemap is left uncoloured.
     ``trajectories`` (T + 1, N, 2) (:meth:`~globeflow.methods.base.Method.trajectories`) are drawn as fading lines
-    from the noise (grey dots) to the samples."""
+    from the noise (grey dots) to the samples. ``annotations``: the words and marks
+    (:class:`globeflow.describe.MapAnnotations`; default :func:`globeflow.describe.map_annotations`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from globeflow.viz.maps import equal_earth
 
     zoom = amap.zoom
-    dpi = 200
-    w_in = width_px / dpi
-    fig = Figure(figsize=(w_in * (1.45 if zoom is not None else 1.0), w_in * 0.62), dpi=dpi)
+    if annotations is None:
+        from globeflow.describe import map_annotations
+
+        extent = None if zoom is None else (zoom.lat[0], zoom.lat[-1], zoom.lon[0], zoom.lon[-1])
+        annotations = map_annotations(extent, kind=amap.kind, calibrated=bool(getattr(ans, "calibration", None)))
+    font = FONT_PT
+    dpi = max(50, round(width_px / FIGURE_IN[0]))
+    fig = Figure(figsize=FIGURE_IN, dpi=dpi)
     FigureCanvasAgg(fig)
-    world_box = (0.01, 0.16, 0.66, 0.74) if zoom is not None else (0.02, 0.16, 0.96, 0.74)
+    world_box = (0.0, 0.33, 0.62, 0.57) if zoom is not None else (0.1, 0.33, 0.8, 0.57)
     ax = fig.add_axes(world_box)
     top = float(np.max(amap.world.log_prob))
     if zoom is not None:
         top = max(top, float(np.max(zoom.log_prob)))
     floor = float(amap.world.hpd_threshold(floor_mass))
-    vmin, vmax = _log10_per_km2(floor), _log10_per_km2(top)
+    vmin, vmax = _log10_relative(floor), _log10_relative(top)
     if zoom is not None:
         # A sharp peak would squeeze the world's colours into one end: keep ≥ 2 decades.
         vmin = min(vmin, vmax - 2.0)
@@ -301,7 +359,7 @@ def plot_answer_map(
         estimate=(ans.latitude, ans.longitude),
         truth=truth,
         regions=regions,
-        width_px=width_px,
+        width_px=int(width_px * world_box[2]),
         floor_mass=floor_mass,
         vmin=vmin,
         vmax=vmax,
@@ -316,9 +374,9 @@ def plot_answer_map(
         ax.annotate(
             f"{k + 1}: {100 * m.mass:.0f}%",
             (float(mx), float(my)),
-            xytext=(6, 6 + 9 * k),
+            xytext=(6, 6 + 13 * k),
             textcoords="offset points",
-            fontsize=6,
+            fontsize=font - 1.5,
             zorder=7,
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#7a828a", "lw": 0.4, "alpha": 0.85},
             arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#404040"},
@@ -332,12 +390,26 @@ def plot_answer_map(
         bl = np.concatenate([np.full(50, lat0), lat0 + (lat1 - lat0) * t, np.full(50, lat1), lat1 - (lat1 - lat0) * t])
         bo = np.concatenate([lon0 + (lon1 - lon0) * t, np.full(50, lon1), lon1 - (lon1 - lon0) * t, np.full(50, lon0)])
         box = np.stack(equal_earth(bl, wrap_longitude(bo)), 1)
-        ax.add_patch(Polygon(box, closed=True, fill=False, edgecolor="#d62728", lw=0.8, zorder=6.5))
-        zax = fig.add_axes((0.70, 0.18, 0.28, 0.68))
-        _draw_zoom(zax, zoom, amap.thresholds, ans, truth, vmin, vmax)
-    ax.legend(handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.04))
-    density = "kernel estimate from the model's samples" if amap.kind == "samples" else "the model's exact density"
-    label = f"log$_{{10}}$ probability per km$^2$ ({density})"
-    if getattr(ans, "calibration", None):
-        label += "; regions conformally calibrated"
-    return finish_map_figure(fig, im, out_png, label=label, title=title, dpi=dpi, colorbar_y=0.08, title_size=10)
+        ax.add_patch(Polygon(box, closed=True, fill=False, edgecolor="#d62728", lw=1.0, zorder=6.5))
+        zax = fig.add_axes((0.685, 0.345, 0.29, 0.545))
+        _draw_zoom(zax, zoom, amap.thresholds, ans, truth, vmin, vmax, annotations, font)
+    fig.legend(
+        handles=handles, loc="lower center", ncol=len(handles), fontsize=font, frameon=False,
+        bbox_to_anchor=(0.5, 0.225), handletextpad=0.3, columnspacing=1.2, markerscale=1.5,
+    )  # fmt: skip
+    marks = [(_log10_relative(tau), level) for level, tau in regions]
+    fig.text(0.5, 0.012, annotations.scale, ha="center", va="bottom", fontsize=font - 0.5, color="#404040")
+    return finish_map_figure(
+        fig,
+        im,
+        out_png,
+        label=annotations.legend,
+        title=title,
+        dpi=dpi,
+        colorbar_y=0.12,
+        title_size=13,
+        marks=marks,
+        label_size=font,
+        colorbar_box=(0.2, 0.175, 0.6, 0.03),
+        credit=f"Equal Earth projection · {annotations.credit}",
+    )

@@ -27,10 +27,10 @@ import contourpy
 import numpy as np
 
 from globeflow.density.maps import DensityMap
-from globeflow.geometry.coords import EARTH_RADIUS_KM, wrap_longitude
+from globeflow.geometry.coords import wrap_longitude
 from globeflow.io import atomic_write
 
-__all__ = ["draw_world", "equal_earth", "equal_earth_inverse", "load_basemap", "plot_density_map"]
+__all__ = ["draw_world", "equal_earth", "equal_earth_inverse", "load_basemap", "plot_density_map", "times_label"]
 
 _A1, _A2, _A3, _A4 = 1.340264, -0.081106, 0.000893, 0.003796
 _M = math.sqrt(3.0) / 2.0
@@ -95,13 +95,27 @@ def _contour_lines(dmap: DensityMap, threshold: float) -> list[np.ndarray]:
     return list(gen.lines(float(threshold)))
 
 
-def _log10_per_km2(v):
-    """log p per steradian -> log₁₀ p per km² (the maps' colour scale)."""
-    return (v - 2.0 * math.log(EARTH_RADIUS_KM)) / math.log(10.0)
+def _log10_relative(v):
+    """log p per steradian -> log₁₀ of p relative to the uniform density 1/4π (the maps' colour
+    scale: 0 is "as likely as anywhere on Earth on average", 2 is "100 times more likely")."""
+    return (v + math.log(4.0 * math.pi)) / math.log(10.0)
+
+
+def times_label(r: float) -> str:
+    """Tick label of the relative scale: r = log₁₀ ratio -> "×1", "×100", "×10⁴", "×0.1", "×10⁻³"."""
+    k = round(float(r))
+    if abs(r - k) > 1e-6:
+        return f"×{10.0**r:.2g}"
+    if 0 <= k <= 3:
+        return f"×{10**k:,}"
+    if -2 <= k < 0:
+        return f"×{10.0**k:g}"
+    sup = str(k).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return f"×10{sup}"
 
 
 def _world_image(dmap: DensityMap, width_px: int, floor_mass: float):
-    """Equal Earth raster of ``dmap``: (image of log₁₀ p per km², NaN off-map and below the
+    """Equal Earth raster of ``dmap``: (image of log₁₀ p / p_uniform, NaN off-map and below the
     top-``floor_mass`` HPD floor; extent half-widths x_max, y_max; floor; max), scaled."""
     x_max = float(equal_earth(np.array(0.0), np.array(180.0))[0])
     y_max = float(equal_earth(np.array(90.0), np.array(0.0))[1])
@@ -113,8 +127,8 @@ def _world_image(dmap: DensityMap, width_px: int, floor_mass: float):
     img[on_map] = dmap.interpolate(lat[on_map], wrap_longitude(lon[on_map]))
     floor = float(dmap.hpd_threshold(floor_mass)) if floor_mass < 1.0 else -np.inf
     vmax = float(np.nanmax(img))
-    img = np.where(img >= floor, _log10_per_km2(img), np.nan)
-    return img, x_max, y_max, _log10_per_km2(floor), _log10_per_km2(vmax)
+    img = np.where(img >= floor, _log10_relative(img), np.nan)
+    return img, x_max, y_max, _log10_relative(floor), _log10_relative(vmax)
 
 
 def draw_world(
@@ -132,7 +146,7 @@ def draw_world(
 ):
     """Draw ``dmap`` with the basemap, contours and markers on a matplotlib ``ax`` (Equal Earth).
 
-    Arguments as in :func:`plot_density_map`; ``vmin``/``vmax`` (log₁₀ per km²) override the
+    Arguments as in :func:`plot_density_map`; ``vmin``/``vmax`` (log₁₀ p / p_uniform) override the
     colour range. Returns (the image artist, the legend handles).
     """
     from matplotlib.collections import LineCollection, PatchCollection
@@ -218,9 +232,9 @@ def plot_density_map(
 
     ``samples`` (S, 2) latitude/longitude degrees drawn as dots; ``estimate`` and ``truth``
     (lat, lon) as a star and a cross; ``regions`` [(level, log-density threshold), …] as
-    contours (e.g. from :func:`globeflow.viz.export.region_thresholds`). The colour is
-    log₁₀ of the density per km²; pixels outside the map's top-``floor_mass`` HPD region are
-    left uncoloured so that the basemap shows through.
+    contours (e.g. from :func:`globeflow.viz.export.region_thresholds`). The colour is how many
+    times more likely than the world average (log scale); pixels outside the map's
+    top-``floor_mass`` HPD region are left uncoloured so that the basemap shows through.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -247,8 +261,12 @@ def plot_density_map(
         ax.legend(
             handles=handles, loc="lower left", fontsize=6, frameon=True, framealpha=0.85, bbox_to_anchor=(0.0, -0.02)
         )
+    from globeflow.describe import map_annotations
+
+    words = map_annotations(None, kind="exact")
+    marks = [(_log10_relative(tau), level) for level, tau in (regions or [])]
     return finish_map_figure(
-        fig, im, out_png, label="log$_{10}$ probability density per km$^2$", title=title, dpi=dpi, colorbar_y=0.09
+        fig, im, out_png, label=words.legend, title=title, dpi=dpi, colorbar_y=0.09, marks=marks, label_size=6
     )
 
 
@@ -262,15 +280,34 @@ def finish_map_figure(
     dpi: int,
     colorbar_y: float,
     title_size: int = 9,
+    marks: Sequence[tuple[float, float]] = (),
+    label_size: float = 7,
+    colorbar_box: tuple[float, float, float, float] | None = None,
+    credit: str = "Equal Earth projection · Natural Earth 1:110m",
 ) -> Path:
-    """The shared bottom of every map: colour bar of ``im``, title, projection credit; atomic PNG write."""
-    cax = fig.add_axes((0.3, colorbar_y, 0.4, 0.025))
+    """The shared bottom of every map: colour bar of ``im`` in relative terms (ticks "×1",
+    "×10", … at powers of ten; ``marks`` [(value, level)] drawn on it where each level's
+    region begins, solid for 50%, dashed otherwise), its ``label``, the title, the credit;
+    atomic PNG write. Sizes in points (``label_size`` for the bar's label and ticks)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    cax = fig.add_axes(colorbar_box or (0.3, colorbar_y, 0.4, 0.025))
     cb = fig.colorbar(im, cax=cax, orientation="horizontal")
-    cb.set_label(label, fontsize=7)
-    cb.ax.tick_params(labelsize=6)
+    cb.ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    cb.ax.xaxis.set_major_formatter(FuncFormatter(lambda r, _pos: times_label(r)))
+    cb.set_label(label, fontsize=label_size)
+    cb.ax.tick_params(labelsize=label_size)
+    lo, hi = im.get_clim()
+    for value, level in marks:
+        if lo <= value <= hi:
+            ls = "-" if abs(level - 0.5) < 1e-9 else "--"
+            cb.ax.axvline(value, color="black", lw=1.6, ls=ls)
+            cb.ax.text(value, 1.15, f"{100 * level:g}%", transform=cb.ax.get_xaxis_transform(),
+                       ha="center", va="bottom", fontsize=label_size)  # fmt: skip
     if title:
         fig.suptitle(title, fontsize=title_size, y=0.97)
-    fig.text(0.99, 0.01, "Equal Earth projection · Natural Earth 1:110m", ha="right", fontsize=5, color="#808080")
+    # The credit sits in the top corner: the bottom holds the colour bar and its explanation.
+    fig.text(0.995, 0.995, credit, ha="right", va="top", fontsize=max(5, label_size - 4), color="#808080")
 
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)

@@ -85,15 +85,29 @@ def region_polygons(amap: Any, level: float) -> list[list[np.ndarray]]:
 
 
 def _summary_properties(record: dict[str, Any]) -> dict[str, Any]:
+    """The estimate's properties: the numbers, and the words of
+    :func:`globeflow.describe.answer_record` (place, sentence, how sure, warnings)."""
     countries = record.get("countries") or []
+    place = record.get("place") or {}
     return {
         "label": _label(record),
+        "place": place.get("label"),
+        "place_phrase": place.get("phrase"),
+        "sentence": record.get("sentence"),
         "localizability_bits": record.get("localizability_bits"),
+        "localizability_category": record.get("localizability_category"),
+        "localizability_meaning": record.get("localizability_meaning"),
         "hpd50_area_km2": record.get("hpd50_area_km2"),
         "hpd90_area_km2": record.get("hpd90_area_km2"),
         "top_country": countries[0]["code"] if countries else None,
+        "top_country_name": countries[0]["name"] if countries else None,
         "top_country_probability": countries[0]["probability"] if countries else None,
         "regions_calibrated": bool(record.get("regions_calibrated", False)),
+        "calibration": record.get("calibration"),
+        "warnings": [
+            dict(w) if isinstance(w, dict) else {"code": "other", "message": str(w)}
+            for w in record.get("warnings") or ()
+        ],
     }
 
 
@@ -115,7 +129,14 @@ def answers_geojson(records: Sequence[dict[str, Any]], maps: Sequence[Any | None
             features.append(
                 {
                     "type": "Feature",
-                    "properties": {"label": base["label"], "kind": "mode", "rank": rank, "mass": m["mass"]},
+                    "properties": {
+                        "label": base["label"],
+                        "kind": "mode",
+                        "rank": rank,
+                        "mass": m["mass"],
+                        "place": m.get("place"),
+                        "place_phrase": m.get("place_phrase"),
+                    },
                     "geometry": {"type": "Point", "coordinates": [m["longitude"], m["latitude"]]},
                 }
             )
@@ -131,6 +152,7 @@ def answers_geojson(records: Sequence[dict[str, Any]], maps: Sequence[Any | None
                         "kind": "region",
                         "level": level,
                         "density": amap.kind,
+                        "regions_calibrated": base["regions_calibrated"],
                         "calibration": record.get("calibration"),
                         "area_km2": record.get(f"hpd{round(100 * level)}_area_km2"),
                     },
@@ -148,6 +170,12 @@ def _coords(ring: np.ndarray) -> str:
     return " ".join(f"{lon:.6f},{lat:.6f}" for lon, lat in ring)
 
 
+def _kml_value(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: Sequence[Any | None]) -> Path:
     """KML 2.2 document: one Folder per record with Placemarks for the estimate, the modes and
     the 50/90% regions (Polygons, outer and inner boundaries), for Google Earth and GIS tools."""
@@ -163,18 +191,34 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
         folder = ET.SubElement(doc, "Folder")
         ET.SubElement(folder, "name").text = _label(record)
         pm = ET.SubElement(folder, "Placemark")
-        ET.SubElement(pm, "name").text = f"estimate: {_label(record)}"
+        props = _summary_properties(record)
+        near = f" ({props['place_phrase']})" if props["place_phrase"] else ""
+        ET.SubElement(pm, "name").text = f"estimate: {_label(record)}{near}"
         countries = record.get("countries") or []
-        desc = [f"{c['name']}: {100 * c['probability']:.0f}%" for c in countries[:3]]
-        if record.get("hpd90_area_km2") is not None:
-            desc.append(f"90% region: {record['hpd90_area_km2']:.4g} km²")
-        ET.SubElement(pm, "description").text = "; ".join(desc)
+        desc = [record["sentence"]] if record.get("sentence") else []
+        desc.append("P(country): " + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:3]))
+        if props["localizability_category"]:
+            desc.append(f"how sure: {props['localizability_category']} ({props['localizability_meaning']})")
+        desc.append("regions: " + (record.get("calibration") or "uncalibrated (the model's own levels)"))
+        desc += [f"warning: {w['message']}" for w in props["warnings"]]
+        ET.SubElement(pm, "description").text = "\n".join(desc)
+        # The same words as the GeoJSON properties, for GIS tools that read KML fields.
+        data = ET.SubElement(pm, "ExtendedData")
+        for key in ("place", "sentence", "localizability_category", "regions_calibrated", "top_country_probability"):
+            ET.SubElement(ET.SubElement(data, "Data", name=key), "value").text = _kml_value(props[key])
+        ET.SubElement(ET.SubElement(data, "Data", name="warnings"), "value").text = " | ".join(
+            f"{w['code']}: {w['message']}" for w in props["warnings"]
+        )
         ET.SubElement(
             ET.SubElement(pm, "Point"), "coordinates"
         ).text = f"{record['longitude']:.6f},{record['latitude']:.6f}"
         for rank, m in enumerate(record.get("modes") or [], start=1):
             pm = ET.SubElement(folder, "Placemark")
-            ET.SubElement(pm, "name").text = f"mode {rank}: {100 * m['mass']:.0f}%"
+            where = f"{m['place']} " if m.get("place") else ""
+            ET.SubElement(pm, "name").text = f"mode {rank}: {where}({100 * m['mass']:.0f}%)"
+            ET.SubElement(
+                pm, "description"
+            ).text = f"{m.get('place_phrase') or 'this place'}: {100 * m['mass']:.1f}% of the probability"
             ET.SubElement(ET.SubElement(pm, "Point"), "coordinates").text = f"{m['longitude']:.6f},{m['latitude']:.6f}"
         if amap is None:
             continue
@@ -211,10 +255,25 @@ def answers_jsonl_text(records: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
 
 
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    """The words of a record as scalar cells: ``place``/``place_phrase`` (the estimate's nearest
+    town) and ``warnings`` ("code: message" joined by " | ")."""
+    r = dict(record)
+    place = r.pop("place", None)
+    if isinstance(place, dict):
+        r["place"], r["place_phrase"] = place.get("label"), place.get("phrase")
+    if "warnings" in r:
+        warn = r.pop("warnings") or []
+        r["warnings"] = " | ".join(f"{w['code']}: {w['message']}" if isinstance(w, dict) else str(w) for w in warn)
+    return r
+
+
 def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
-    """CSV with one row per record: the scalar fields, ``mode{k}_latitude/longitude/mass`` and
+    """CSV with one row per record: the scalar fields (with the estimate's ``place`` and
+    ``place_phrase`` and the ``warnings`` as text), ``mode{k}_latitude/longitude/mass/place`` and
     ``country{k}_code/name/probability`` for k = 1…3, and the full lists as JSON cells
     (``modes_json``, ``countries_json``)."""
+    records = [_flat(r) for r in records]
     scalar = []
     for r in records:
         for k, v in r.items():
@@ -222,7 +281,7 @@ def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
                 scalar.append(k)
     cols = list(scalar)
     for k in range(1, CSV_TOP + 1):
-        cols += [f"mode{k}_latitude", f"mode{k}_longitude", f"mode{k}_mass"]
+        cols += [f"mode{k}_latitude", f"mode{k}_longitude", f"mode{k}_mass", f"mode{k}_place"]
     for k in range(1, CSV_TOP + 1):
         cols += [f"country{k}_code", f"country{k}_name", f"country{k}_probability"]
     cols += ["modes_json", "countries_json"]
@@ -234,7 +293,12 @@ def answers_csv_text(records: Sequence[dict[str, Any]]) -> str:
         modes, countries = r.get("modes") or [], r.get("countries") or []
         for k, m in enumerate(modes[:CSV_TOP], start=1):
             row.update(
-                {f"mode{k}_latitude": m["latitude"], f"mode{k}_longitude": m["longitude"], f"mode{k}_mass": m["mass"]}
+                {
+                    f"mode{k}_latitude": m["latitude"],
+                    f"mode{k}_longitude": m["longitude"],
+                    f"mode{k}_mass": m["mass"],
+                    f"mode{k}_place": m.get("place"),
+                }
             )
         for k, c in enumerate(countries[:CSV_TOP], start=1):
             row.update(
@@ -264,6 +328,8 @@ table{border-collapse:collapse;margin:.5em 1.5em .5em 0;font-size:.9em;display:i
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
 td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #eee}
 .note{color:#666;font-size:.85em}
+table.summary{display:table;width:100%;margin:1em 0}.warn,ul.warnings{color:#8a3b00}
+p.sentence{font-size:1.05em;font-weight:600}
 """
 
 
@@ -271,16 +337,54 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+_NUMBER = re.compile(r"^[-–+×]?[\d.,]+(\s?(%|km²|km|bits|s))?( \(.*\))?$|^–$")
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; cells that read as numbers ("12.5%", "27,000 km²") are right-aligned."""
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = ""
     for row in rows:
         cells = "".join(
-            f'<td class="num">{html.escape(str(c))}</td>' if k else f"<td>{html.escape(str(c))}</td>"
+            f'<td class="num">{html.escape(str(c))}</td>'
+            if k and _NUMBER.match(str(c))
+            else f"<td>{html.escape(str(c))}</td>"
             for k, c in enumerate(row)
         )
         body += f"<tr>{cells}</tr>"
     return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _warning_messages(record: dict[str, Any]) -> list[str]:
+    return [w.get("message", "") if isinstance(w, dict) else str(w) for w in record.get("warnings") or ()]
+
+
+def _place_phrase(record: dict[str, Any]) -> str:
+    place = record.get("place") or {}
+    return place.get("phrase") or f"{record['latitude']:.4f}, {record['longitude']:.4f}"
+
+
+def _top_country(record: dict[str, Any]) -> str:
+    countries = record.get("countries") or []
+    return f"{countries[0]['name']} ({100 * countries[0]['probability']:.0f}%)" if countries else "–"
+
+
+def _summary_table(records: Sequence[dict[str, Any]]) -> str:
+    """One row per answer: what a reader needs before the details."""
+    head = "".join(f"<th>{h}</th>" for h in ("input", "most likely", "in words", "top country", "how sure", "warnings"))
+    body = []
+    for k, r in enumerate(records):
+        warn = _warning_messages(r)
+        cells = [
+            f'<a href="#answer-{k}">{html.escape(_label(r))}</a>',
+            html.escape(_place_phrase(r)),
+            html.escape(r.get("sentence") or ""),
+            html.escape(_top_country(r)),
+            html.escape(r.get("localizability_category") or "–"),
+            "<br>".join(f'<span class="warn">{html.escape(w)}</span>' for w in warn) or "none",
+        ]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f'<table class="summary"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 def write_html_report(
@@ -292,9 +396,15 @@ def write_html_report(
     metrics: dict[str, Any] | None = None,
     metrics_note: str = "",
 ) -> Path:
-    """A self-contained HTML page (no scripts, no network): per record its estimate,
-    localizability and 50/90% region areas, the modes and P(country) tables, and its map
-    (``record["map"]``, a path relative to the page); then ``metrics`` as a table."""
+    """A self-contained HTML page (no scripts, no network) of :func:`globeflow.describe.answer_record`
+    records: a summary table at the top (input, most likely place, the plain sentence, top
+    country with its probability, how sure, warnings), then per record its place and
+    estimate, the sentence, how sure, the 50/90% region areas, the warnings, the modes with
+    their places and P(country) tables, and its map (``record["map"]``, a path relative to the
+    page); then ``metrics`` as a table with labels in words
+    (:func:`globeflow.describe.metric_rows`)."""
+    from globeflow.describe import format_area, metric_rows
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -303,25 +413,41 @@ def write_html_report(
     ]
     if intro:
         parts.append(f"<p>{html.escape(intro)}</p>")
-    for r in records:
-        parts.append(f"<h2>{html.escape(_label(r))}</h2>")
+    if records:
+        parts.append(_summary_table(records))
+    for k, r in enumerate(records):
+        parts.append(f'<h2 id="answer-{k}">{html.escape(_label(r))}</h2>')
+        if r.get("sentence"):
+            parts.append(f'<p class="sentence">{html.escape(r["sentence"])}</p>')
+        warn = _warning_messages(r)
+        if warn:
+            parts.append('<ul class="warnings">' + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>")
+        sure = r.get("localizability_category")
+        bits = r.get("localizability_bits")
         summary = [
+            ("most likely", _place_phrase(r)),
             ("estimate (lat, lon)", f"{r['latitude']:.4f}, {r['longitude']:.4f}"),
-            ("localizability", f"{_fmt(r.get('localizability_bits'), '.2f')} bits"),
-            ("50% region", f"{_fmt(r.get('hpd50_area_km2'), ',.0f')} km²"),
-            ("90% region", f"{_fmt(r.get('hpd90_area_km2'), ',.0f')} km²"),
+            ("how sure", f"{sure}: {r.get('localizability_meaning', '')}" if sure else "–"),
+            ("localizability", "–" if bits is None else f"{bits:.1f} bits"),
+            ("50% region", "–" if r.get("hpd50_area_km2") is None else format_area(r["hpd50_area_km2"])),
+            ("90% region", "–" if r.get("hpd90_area_km2") is None else format_area(r["hpd90_area_km2"])),
             ("regions", "conformally calibrated" if r.get("regions_calibrated") else "model levels (uncalibrated)"),
         ]
         if r.get("true_latitude") is not None:
             summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))
         parts.append(_table(["", "value"], summary))
         modes = [
-            (k, f"{m['latitude']:.3f}, {m['longitude']:.3f}", f"{100 * m['mass']:.1f}%")
+            (
+                k,
+                m.get("place_phrase") or m.get("place") or "",
+                f"{m['latitude']:.3f}, {m['longitude']:.3f}",
+                f"{100 * m['mass']:.1f}%",
+            )
             for k, m in enumerate(r.get("modes") or [], start=1)
         ]
-        parts.append(_table(["mode", "lat, lon", "mass"], modes))
+        parts.append(_table(["place", "near", "lat, lon", "probability"], modes))
         countries = [(c["name"], c["code"], f"{100 * c['probability']:.1f}%") for c in r.get("countries") or []]
-        parts.append(_table(["country", "code", "P"], countries))
+        parts.append(_table(["country", "code", "probability"], countries))
         if r.get("map"):
             src = html.escape(Path(r["map"]).as_posix(), quote=True)
             parts.append(f'<p><img src="{src}" alt="density map: {html.escape(_label(r), quote=True)}"></p>')
@@ -329,8 +455,7 @@ def write_html_report(
         parts.append("<h2>Held-out evaluation</h2>")
         if metrics_note:
             parts.append(f'<p class="note">{html.escape(metrics_note)}</p>')
-        rows = [(k, v if isinstance(v, str) else _fmt(v, ".4g")) for k, v in metrics.items() if not isinstance(v, dict)]
-        parts.append(_table(["metric", "value"], rows))
+        parts.append(_table(["measure", "value"], metric_rows(metrics)))
     parts.append("</body></html>\n")
     return write_text(path, "\n".join(parts))
 
@@ -371,6 +496,7 @@ def write_answer_files(
     model's exact log-density (exact maps instead of the samples' kernel estimate);
     ``trajectories`` (T + 1, N, 2), denoising paths drawn on the map (both from
     :func:`globeflow.answers.answer_map_inputs`); ``width_px``: the world panel's width."""
+    from globeflow.describe import map_annotations
     from globeflow.viz.answer_maps import answer_map, plot_answer_map
 
     if map_dir is None and geojson is None and kml is None:
@@ -383,7 +509,15 @@ def write_answer_files(
             png = Path(map_dir) / f"{slugify(_label(record), taken)}.png"
             truth = None if truths is None else truths[i]
             paths = None if trajectories is None else trajectories[i]
-            plot_answer_map(ans, amap, png, truth=truth, title=_label(record), trajectories=paths, width_px=width_px)
+            place = (record.get("place") or {}).get("phrase")
+            title = f"{_label(record)}: most likely {place}" if place else _label(record)
+            # The words and marks (legend, towns, scale bar) come from globeflow.describe; viz draws.
+            zoom = amap.zoom
+            extent = None if zoom is None else (zoom.lat[0], zoom.lat[-1], zoom.lon[0], zoom.lon[-1])
+            words = map_annotations(extent, kind=amap.kind, calibrated=bool(record.get("regions_calibrated")))
+            plot_answer_map(
+                ans, amap, png, truth=truth, title=title, trajectories=paths, width_px=width_px, annotations=words
+            )
             record["map"] = os.path.relpath(png, link_base) if link_base is not None else str(png)
     if geojson is not None:
         text = json.dumps(answers_geojson(records, maps), separators=(",", ":"), allow_nan=False)

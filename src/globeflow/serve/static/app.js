@@ -71,7 +71,10 @@ function render(ans) {
   $("sentence").textContent = ans.sentence;
   $("category").textContent = ans.localizability_category;
   $("meaning").textContent = ans.localizability_meaning;
-  $("warnings").innerHTML = (ans.warnings || []).map((w) => "<li>" + esc(w) + "</li>").join("");
+  // Each warning is {code, message} (globeflow.describe.WARNING_CODES): the code rides along as a class.
+  $("warnings").innerHTML = (ans.warnings || [])
+    .map((w) => `<li class="warning-${esc(w.code || "other")}">${esc(w.message || w)}</li>`)
+    .join("");
   $("modes").tBodies[0].innerHTML = ans.modes
     .map((m, i) => `<tr><td>${i + 1}</td><td>${esc(m.place_phrase || m.place)}<br><span class="note">${m.latitude.toFixed(3)}, ${m.longitude.toFixed(3)}</span></td>` +
       `<td class="p"><span class="bar" style="width:${Math.max(2, 60 * m.mass)}px"></span>${pct(m.mass)}</td></tr>`)
