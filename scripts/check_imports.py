@@ -31,7 +31,7 @@ LAYERS = [
     ["globeflow.data", "globeflow.encoders", "globeflow.training"],
     ["globeflow.hub", "globeflow.api"],
     ["globeflow.answers"],
-    ["globeflow.evaluate", "globeflow.embed", "globeflow.demo"],
+    ["globeflow.evaluate", "globeflow.embed", "globeflow.demo", "globeflow.predict"],
     ["globeflow.viz", "globeflow.serve"],
     ["globeflow.cli", "globeflow.__main__", "globeflow"],
 ]

@@ -554,57 +554,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_answers(args: argparse.Namespace) -> int:
     """Answers for ``--text`` queries or photos: JSONL/CSV, and maps/GeoJSON/KML on request."""
-    from globeflow.answers import answer, answer_map_inputs
-    from globeflow.api import load
-    from globeflow.embed import encode_inputs
     from globeflow.io import write_text
-    from globeflow.pretrained import model_or_default
-    from globeflow.runs import model_encoder, model_encoder_source
-    from globeflow.viz.outputs import answers_csv_text, answers_jsonl_text, write_answer_files
+    from globeflow.predict import predict_answers
+    from globeflow.viz.outputs import answers_csv_text, answers_jsonl_text
 
-    model_ref = model_or_default(args.model)
-    model = load(model_ref, device=args.device)
-    source = args.encoder_path
-    if source is None and args.images and not args.text:  # the weights the training photos were embedded with
-        source = model_encoder_source(model_ref, args.encoder or model_encoder(model_ref, model))
-    inputs = encode_inputs(
-        model, model_ref, texts=args.text, images=args.images, encoder=args.encoder, source=source,
-        device=args.device, report=_stderr,
+    res = predict_answers(
+        args.model, texts=args.text, images=args.images, encoder=args.encoder, encoder_path=args.encoder_path,
+        device=args.device, num_samples=args.samples or 512, guidance=0.0 if args.guidance is None else args.guidance,
+        seed=args.seed, density_steps=args.density_steps, calibrated=not args.uncalibrated, map_dir=args.map_dir,
+        geojson=args.geojson, kml=args.kml, trajectories=args.trajectories, exact_maps=args.exact_maps, report=_stderr,
     )  # fmt: skip
-    emb, good, records, name = inputs.embeddings, inputs.good, inputs.records, inputs.encoder
-    if good:
-        if args.map_dir is not None:
-            from globeflow.io import claim_output_dir
-
-            claim_output_dir(args.map_dir)
-        guidance = 0.0 if args.guidance is None else args.guidance
-        answers = answer(
-            model,
-            emb,
-            num_samples=args.samples or 512,
-            guidance=guidance,
-            seed=args.seed,
-            density_steps=args.density_steps,
-            calibration=None if args.uncalibrated else "auto",
-        )
-        from globeflow.novelty import add_warnings
-
-        answers = add_warnings(answers, texts=args.text or None)
-        for j, ans in zip(good, answers):
-            for line in ans.warnings:
-                print(f"warning: {records[j].get('query') or records[j].get('image')}: {line}", file=sys.stderr)
-            records[j].update(ans.to_dict())
-        answered = [records[j] for j in good]
-        truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]
-        paths = args.trajectories if args.map_dir is not None else 0
-        from_model = answer_map_inputs(
-            model, emb, exact=args.exact_maps, log_prob_steps=args.density_steps, trajectories=paths
-        )
-        write_answer_files(
-            answered, answers, map_dir=args.map_dir, geojson=args.geojson, kml=args.kml, truths=truths, **from_model
-        )
-    for r in records:
-        r.update(model=str(model_ref), encoder=name)
+    records, good = res.records, res.good
     text = answers_csv_text(records) if args.format == "csv" else answers_jsonl_text(records)
     if args.out is None:
         sys.stdout.write(text)
@@ -872,60 +832,19 @@ def _parse_levels(text: str) -> tuple[float, ...]:
 
 
 def cmd_density(args: argparse.Namespace) -> int:
-    """Density map, credible regions and localizability of one row of a file (through
-    :func:`globeflow.viz.report.density_report`, like every other density map)."""
-    import numpy as np
+    """Density map, credible regions and localizability of one row of a file."""
+    from globeflow.predict import density_row_report, format_density_summary
 
-    from globeflow.api import load
-    from globeflow.data import read_dataset
-    from globeflow.data.dataset import MAX_EMBEDDING_ABS
-    from globeflow.viz.report import density_report
-
-    model = load(args.model, device=args.device)
-    if model.density_space != "S2":
-        raise CLIError(f"method {model.name!r} has no density on the sphere (density_space={model.density_space!r})")
-    data = read_dataset(args.data, require_coords=False, expected_dim=model.embedding_dim, max_abs=MAX_EMBEDDING_ABS)
-    if not 0 <= args.row < len(data):
-        raise CLIError(f"--row: {args.row} is out of range for {args.data} ({len(data)} rows)")
-    truth = None
-    if data.latitude is not None and np.isfinite(data.latitude[args.row]):
-        truth = (float(data.latitude[args.row]), float(data.longitude[args.row]))
-    summary = density_report(
-        model,
-        data.embeddings[args.row : args.row + 1],
-        out_png=args.out,
-        geojson=args.geojson,
-        ascii_grid=args.raster,
-        truth=truth,
-        resolution_deg=args.resolution,
-        levels=args.levels,
-        num_samples=args.samples,
-        seed=args.seed,
-        guidance=args.guidance,
-        title=f"{Path(args.model).name}: row {args.row}",
-        log_prob_options={"steps": args.steps},
-        sample_options={"sample_steps": args.steps},
-        properties={"row": args.row, "model": str(args.model)},
-        calibration=None if args.uncalibrated else "auto",
+    summary = density_row_report(
+        args.model, args.data, args.row, out_png=args.out, geojson=args.geojson, raster=args.raster,
+        resolution_deg=args.resolution, levels=args.levels, num_samples=args.samples, steps=args.steps,
+        guidance=args.guidance, seed=args.seed, calibrated=not args.uncalibrated, device=args.device,
+    )  # fmt: skip
+    print(
+        format_density_summary(
+            summary, num_samples=args.samples, out_png=args.out, geojson=args.geojson, raster=args.raster
+        )
     )
-    estimate, loc = summary["estimate"], summary["localizability"]
-    print(f"estimate (densest of {args.samples} samples): {estimate[0]:.4f}, {estimate[1]:.4f}")
-    print(f"localizability: {loc['bits']:.2f} ± {loc['stderr']:.2f} bits")
-    if truth is not None:
-        log_p_true = summary["truth"]["log_prob"]
-        print(f"log p(true location) = {log_p_true:.3f} nats/sr")
-    for r in summary["regions"]:
-        inside = ""
-        if truth is not None:
-            contains = log_p_true >= r["threshold_log_prob"]
-            inside = "  (contains the true location)" if contains else "  (misses the true location)"
-        print(f"{100 * r['level']:.0f}% credible region: {r['area_km2']:.4g} km²{inside}")
-    print(f"regions: {summary['calibration'] or 'uncalibrated (the model levels)'}")
-    print(f"map: {args.out} ({summary['num_evaluations']} exact evaluations, {summary['map_seconds']:.1f} s)")
-    if args.geojson:
-        print(f"regions: {args.geojson}")
-    if args.raster:
-        print(f"raster: {args.raster}")
     return 0
 
 
