@@ -27,7 +27,9 @@ __all__ = [
     "format_table",
     "format_value",
     "heldout_metrics",
+    "run_titles",
     "chunk_seed",
+    "compare_runs",
     "predict_file",
     "prdc_samples",
 ]
@@ -420,6 +422,40 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 def format_metrics(metrics: dict, title: str = "") -> str:
     """Markdown tables in the style of the paper's Table 1 (and Table 2 when densities are present)."""
     return format_table([(title, metrics)])
+
+
+def run_titles(models: list[str]) -> list[str]:
+    """Short, distinct row titles of runs: the run folder's name, else its path."""
+    names = [Path(m.rstrip("/")).name or m for m in models]
+    return [n if names.count(n) == 1 else m for n, m in zip(names, models)]
+
+
+def compare_runs(
+    models: list[str],
+    data_path: str | Path,
+    options: dict,
+    *,
+    device: str = "cpu",
+    density: dict | None = None,
+    prdc: dict | bool = False,
+    report=None,
+) -> tuple[str, dict]:
+    """:func:`evaluate_run` of each run of ``models`` on ``data_path`` with the same ``options``
+    and seeds (``globeflow compare``). Returns the Markdown table (:func:`format_table`, one row
+    per run) and its JSON record ``{"settings": ..., "runs": {model: {"title", "metrics"}}}``.
+    A run without an unconditional distribution gets "–" in the uncond_* columns instead of an
+    error. ``report`` receives one line per run as it finishes."""
+    if prdc:
+        prdc = {**prdc, "lenient": True}
+    rows = []
+    for title, model in zip(run_titles(models), models):
+        metrics = evaluate_run(model, data_path, options, device=device, density=density, prdc=prdc)
+        rows.append((title, metrics))
+        if report is not None:
+            report(f"{title}: GeoScore {metrics['geoscore']:.1f}")
+    runs = {m: {"title": t, "metrics": r} for (t, r), m in zip(rows, models)}
+    settings = {**options, **({"density": density} if density else {}), "prdc": prdc, "data": str(data_path)}
+    return format_table(rows), {"settings": settings, "runs": runs}
 
 
 def heldout_metrics(
