@@ -208,7 +208,7 @@ def evaluate_run(
 
         emb = np.concatenate(dens_emb)
         start = time.perf_counter()
-        metrics.update(density_metrics(model, emb, truth[: len(emb)], **density))
+        metrics.update(density_metrics(model, emb, truth[: len(emb)], **density, progress=progress))
         metrics["density_seconds"] = time.perf_counter() - start
     return metrics
 
@@ -439,6 +439,7 @@ def compare_runs(
     density: dict | None = None,
     prdc: dict | bool = False,
     report=None,
+    progress: bool = True,
 ) -> tuple[str, dict]:
     """:func:`evaluate_run` of each run of ``models`` on ``data_path`` with the same ``options``
     and seeds (``globeflow compare``). Returns the Markdown table (:func:`format_table`, one row
@@ -449,7 +450,9 @@ def compare_runs(
         prdc = {**prdc, "lenient": True}
     rows = []
     for title, model in zip(run_titles(models), models):
-        metrics = evaluate_run(model, data_path, options, device=device, density=density, prdc=prdc)
+        metrics = evaluate_run(
+            model, data_path, options, device=device, density=density, prdc=prdc, progress=progress
+        )
         rows.append((title, metrics))
         if report is not None:
             report(f"{title}: GeoScore {metrics['geoscore']:.1f}")
@@ -467,18 +470,20 @@ def heldout_metrics(
     seed: int = 0,
     density_steps: int = 8,
     density_samples: int = 32,
+    progress: bool = False,
 ) -> dict:
     """GeoScore, distances and country accuracy of the method's own point estimates (those of
     ``predict``: MBR at ω = 0 for the generative methods; 16 steps) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
     coverage on the first ``density_rows`` of them (``density_samples`` samples each,
     ``density_steps`` RK4 steps). Coverage counts the truth's HPD rank among the samples, so a
     calibrated model expects hpd90_coverage = 0.90 even from 32 samples; the regions are the
-    run's conformally calibrated ones when it has a calibration.json."""
+    run's conformally calibrated ones when it has a calibration.json. ``progress``: tqdm bars
+    of the sampling and the likelihood solves on stderr."""
     density = None
     if density_rows > 0 and model.density_space == "S2":
         density = {"rows": density_rows, "num_samples": density_samples, "seed": seed, "steps": density_steps}
     options = {"guidance": None, "sample_steps": None, "seed": seed}
-    metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=False)
+    metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=progress)
     # The demo's table shows the point metrics it explains and the calibration of its regions.
     dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples", "hpd95_coverage")
     return {k: v for k, v in metrics.items() if k not in dropped}

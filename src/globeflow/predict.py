@@ -20,12 +20,17 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ANSWER_SAMPLES",
     "PredictedAnswers",
     "answer_notes",
     "density_row_report",
     "format_density_summary",
     "predict_answers",
 ]
+
+
+#: Samples per answer of ``globeflow predict --text/IMAGE`` (``--samples``).
+ANSWER_SAMPLES = 512
 
 
 @dataclass
@@ -56,7 +61,7 @@ def predict_answers(
     encoder: str | None = None,
     encoder_path: str | None = None,
     device: str = "cpu",
-    num_samples: int = 512,
+    num_samples: int | None = None,
     guidance: float = 0.0,
     seed: int = 0,
     density_steps: int = 8,
@@ -67,12 +72,15 @@ def predict_answers(
     trajectories: int = 0,
     exact_maps: bool = False,
     report: Callable[[str], None] | None = None,
+    progress: bool = True,
 ) -> PredictedAnswers:
     """Answers of ``model`` (a run directory, PLONK checkpoint, ``hf:ORG/NAME``; None: the
     shipped model) for ``texts`` or, without them, ``images``, embedded by ``encoder`` (default:
     the model's). ``map_dir`` (claimed as globeflow's output folder), ``geojson`` and ``kml``
     are written when given; ``trajectories`` denoising paths are drawn on each map.
-    ``report`` receives one line per skipped photo and per warning (:func:`answer_notes`)."""
+    ``num_samples`` None: :data:`ANSWER_SAMPLES`. ``report`` receives one line per skipped
+    photo and per warning (:func:`answer_notes`); ``progress``: tqdm bars of the sampling and
+    the maps on stderr."""
     from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
     from globeflow.embed import encode_inputs
@@ -98,11 +106,12 @@ def predict_answers(
         answers = answer(
             method,
             emb,
-            num_samples=num_samples,
+            num_samples=ANSWER_SAMPLES if num_samples is None else num_samples,
             guidance=guidance,
             seed=seed,
             density_steps=density_steps,
             calibration="auto" if calibrated else None,
+            progress=progress,
         )
         from globeflow.novelty import add_warnings
 
@@ -116,7 +125,8 @@ def predict_answers(
         truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]
         paths = trajectories if map_dir is not None else 0
         from_model = answer_map_inputs(method, emb, exact=exact_maps, log_prob_steps=density_steps, trajectories=paths)
-        write_answer_files(answered, answers, map_dir=map_dir, geojson=geojson, kml=kml, truths=truths, **from_model)
+        files = {"map_dir": map_dir, "geojson": geojson, "kml": kml}
+        write_answer_files(answered, answers, **files, truths=truths, **from_model, progress=progress)
     for r in records:
         r.update(model=str(model_ref), encoder=inputs.encoder)
     return PredictedAnswers(records, list(good), str(model_ref), inputs.encoder, answers)
@@ -138,11 +148,13 @@ def density_row_report(
     seed: int = 0,
     calibrated: bool = True,
     device: str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """The density report of row ``row`` of ``data`` under ``model`` (``globeflow density``):
     the PNG map ``out_png``, the regions as GeoJSON / ESRI ASCII grid when asked, and the
     summary of :func:`globeflow.viz.report.density_report` (with ``truth`` when the row has
-    coordinates). ``steps`` RK4 steps serve both the samples and the map's exact log p."""
+    coordinates). ``steps`` RK4 steps serve both the samples and the map's exact log p;
+    ``progress``: tqdm bars of those likelihood solves on stderr."""
     import numpy as np
 
     from globeflow.api import load
@@ -174,8 +186,8 @@ def density_row_report(
         seed=seed,
         guidance=guidance,
         title=f"{Path(model).name}: row {row}",
-        log_prob_options={"steps": steps},
-        sample_options={"sample_steps": steps},
+        log_prob_options={"steps": steps, "progress": progress},
+        sample_options={"sample_steps": steps, "progress": progress},
         properties={"row": row, "model": str(model)},
         calibration="auto" if calibrated else None,
     )

@@ -13,6 +13,7 @@ __all__ = [
     "CLIError",
     "add_answer_args",
     "add_overwrite_arg",
+    "add_progress_arg",
     "add_sampling_args",
     "add_strategy_arg",
     "add_uncalibrated_arg",
@@ -63,8 +64,12 @@ def add_sampling_args(p: argparse.ArgumentParser, guidance: float | None, guidan
         "--sample-steps", type=positive_int, default=None, help="denoising steps (default 16; a distilled model: its jumps)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-    p.add_argument("--solver", default=None, help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="network precision")
+    p.add_argument(
+        "--solver",
+        default=None,
+        help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion) (default euler, diffusion ddim)",
+    )
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="network precision (default float32)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -110,6 +115,10 @@ def add_strategy_arg(p: argparse.ArgumentParser) -> None:
         "sample (one draw, the paper's Table 1), ensemble (the densest of 32, Appendix A), mode or center "
         "where the method has them",
     )
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser, *, folder: bool = False) -> None:

@@ -14,12 +14,12 @@ __all__ = ["CHECKS", "COMMANDS", "PARSERS"]
 def add_synthetic(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synthetic", help="write a synthetic world (known true density) as train/test Parquet")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--types", type=positive_int, default=4, help="number of scene types")
-    p.add_argument("--dim", type=positive_int, default=32, help="embedding dimension")
-    p.add_argument("--sigma", type=float, default=0.35, help="embedding noise (ambiguity of the scene type)")
-    p.add_argument("--train", type=positive_int, default=20000, help="training rows")
-    p.add_argument("--test", type=positive_int, default=2000, help="test rows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--types", type=positive_int, default=4, help="number of scene types (default 4)")
+    p.add_argument("--dim", type=positive_int, default=32, help="embedding dimension (default 32)")
+    p.add_argument("--sigma", type=float, default=0.35, help="embedding noise (ambiguity of the scene type; default 0.35)")
+    p.add_argument("--train", type=positive_int, default=20000, help="training rows (default 20000)")
+    p.add_argument("--test", type=positive_int, default=2000, help="test rows (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the world and of its rows (default 0)")
     p.add_argument("--components", type=positive_int, default=3, help="most vMF components per type (default 3)")
     p.add_argument("--kappa-min", type=float, default=20.0, help="smallest vMF κ (default 20, ~1400 km)")
     p.add_argument("--kappa-max", type=float, default=2000.0, help="largest vMF κ (default 2000, ~140 km; 2e4 ~45 km)")
@@ -31,7 +31,7 @@ def add_synthetic(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--family-spread", type=float, default=0.3, help="prototype spread within a family (default 0.3)")
     p.add_argument(
-        "--places", choices=("uniform", "cities"), default="uniform", help="component centres: uniform or GeoNames cities"
+        "--places", choices=("uniform", "cities"), default="uniform", help="component centres: uniform (default) or GeoNames cities"
     )
     add_overwrite_arg(p, folder=True)
 
@@ -52,10 +52,12 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, help="folder of photos, or CSV (OSV-5M, YFCC/Im2GPS style)")
     p.add_argument("--image-root", default=None, help="CSV: folder the image ids/paths are relative to")
     p.add_argument("--out", required=True, help="output Parquet (resumed if present)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="photos per forward pass (default 32)")
     p.add_argument("--workers", type=positive_int, default=2, help="image decoding threads (default 2)")
-    p.add_argument("--device", default="cpu", help="torch device (under torchrun, cuda means cuda:LOCAL_RANK)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--device", default="cpu", help="torch device (default cpu; under torchrun, cuda means cuda:LOCAL_RANK)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def check_pack(args: argparse.Namespace) -> None:

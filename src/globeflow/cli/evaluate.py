@@ -10,6 +10,7 @@ from globeflow.cli.common import (
     ESTIMATE_GUIDANCE,
     CLIError,
     add_overwrite_arg,
+    add_progress_arg,
     add_sampling_args,
     add_strategy_arg,
     add_uncalibrated_arg,
@@ -50,7 +51,7 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
         help="products of the samples' likelihood ODE (default bfloat16: faster, error in docs/benchmarks.md; "
         "the true locations' solve is float32)",
     )
-    p.add_argument("--density-rows", type=positive_int, default=None, help="density metrics on the first N rows")
+    p.add_argument("--density-rows", type=positive_int, default=None, help="density metrics on the first N rows (default: all)")
     add_uncalibrated_arg(p)
     p.add_argument("--no-prdc", action="store_true", help="skip precision/recall/density/coverage")
     p.add_argument(
@@ -64,6 +65,7 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also uncond_precision … from N samples of the null condition (Table B's variant)",
     )
+    add_progress_arg(p)
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +135,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from globeflow.io import save_json
 
     options, density, prdc = evaluation_settings(args)
-    metrics = evaluate_run(args.model, args.data, options, device=args.device, density=density, prdc=prdc)
+    progress = not args.no_progress
+    metrics = evaluate_run(
+        args.model, args.data, options, device=args.device, density=density, prdc=prdc, progress=progress
+    )
     resolved = {"strategy": metrics["strategy"], "guidance": metrics["guidance"]}  # the defaults as applied
     metrics["settings"] = {**options, **resolved, **({"density": density} if density else {}), "prdc": prdc}
     save_json(args.out, metrics)
@@ -151,8 +156,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     options, density, prdc = evaluation_settings(args)
     table, record = compare_runs(
-        args.models, args.data, options, device=args.device, density=density, prdc=prdc, report=stderr
-    )
+        args.models, args.data, options, device=args.device, density=density, prdc=prdc, report=stderr,
+        progress=not args.no_progress,
+    )  # fmt: skip
     out = Path(args.out)
     write_text(out, table + "\n")
     save_json(out.with_suffix(".json"), record)

@@ -12,6 +12,7 @@ from globeflow.cli.common import (
     CLIError,
     add_answer_args,
     add_overwrite_arg,
+    add_progress_arg,
     add_sampling_args,
     add_strategy_arg,
     add_uncalibrated_arg,
@@ -32,8 +33,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="globeflow-demo", help="output folder (default ./globeflow-demo)")
     add_overwrite_arg(p, folder=True)
     p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (and of --synthetic's data and training; default 0)")
+    add_progress_arg(p)
     p.add_argument(
         "--synthetic",
         action="store_true",
@@ -46,7 +47,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="run directory (default: the shipped geonames-text model)")
     p.add_argument("--encoder", default=None, help="encoder of the queries/photos (default: the model's)")
     p.add_argument("--encoder-path", default=None, help="hub id or local directory of the encoder's weights")
-    add_answer_args(p)
+    add_answer_args(p, samples="256, quick 128")
     p.add_argument(
         "--heldout-rows", type=positive_int, default=None, help="held-out rows for the metrics (default 500, quick 50)"
     )
@@ -56,7 +57,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="of which with HPD coverage (default 50, quick 10; 0: none)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -82,6 +83,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     add_overwrite_arg(p)
     add_answer_args(p)
     add_sampling_args(p, guidance=None)
+    add_progress_arg(p)
 
 
 def add_density(sub: argparse._SubParsersAction) -> None:
@@ -97,10 +99,11 @@ def add_density(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", default="0.5,0.9,0.95", help="credible levels (default 0.5,0.9,0.95)")
     p.add_argument("--guidance", type=float, default=0.0, help="guidance ω of the density (default 0)")
     p.add_argument("--steps", type=positive_int, default=32, help="RK4 steps of the likelihood ODE (default 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_uncalibrated_arg(p)
     add_overwrite_arg(p)
+    add_progress_arg(p)
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
@@ -121,8 +124,10 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="share of the rows that calibrate (a seeded split; the rest are recorded as test rows; default 1)",
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the calibration/test split (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples and the score randomisation")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the samples and the score randomisation (default 0)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
 def parse_levels(text: str) -> tuple[float, ...]:
@@ -184,7 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = sample_options(args)
     if args.strategy is not None:
         options["strategy"] = args.strategy
-    rows = predict_file(model, args.data, args.out, options)
+    rows = predict_file(model, args.data, args.out, options, progress=not args.no_progress)
     print(f"{rows} predictions written to {args.out}")
     return 0
 
@@ -197,9 +202,10 @@ def _predict_answers(args: argparse.Namespace) -> int:
 
     res = predict_answers(
         args.model, texts=args.text, images=args.images, encoder=args.encoder, encoder_path=args.encoder_path,
-        device=args.device, num_samples=args.samples or 512, guidance=0.0 if args.guidance is None else args.guidance,
+        device=args.device, num_samples=args.samples, guidance=0.0 if args.guidance is None else args.guidance,
         seed=args.seed, density_steps=args.density_steps, calibrated=not args.uncalibrated, map_dir=args.map_dir,
         geojson=args.geojson, kml=args.kml, trajectories=args.trajectories, exact_maps=args.exact_maps, report=stderr,
+        progress=not args.no_progress,
     )  # fmt: skip
     records, good = res.records, res.good
     text = answers_csv_text(records) if args.format == "csv" else answers_jsonl_text(records)
@@ -223,6 +229,7 @@ def cmd_density(args: argparse.Namespace) -> int:
         args.model, args.data, args.row, out_png=args.out, geojson=args.geojson, raster=args.raster,
         resolution_deg=args.resolution, levels=args.levels, num_samples=args.samples, steps=args.steps,
         guidance=args.guidance, seed=args.seed, calibrated=not args.uncalibrated, device=args.device,
+        progress=not args.no_progress,
     )  # fmt: skip
     files = {"out_png": args.out, "geojson": args.geojson, "raster": args.raster}
     print(format_density_summary(summary, num_samples=args.samples, **files))

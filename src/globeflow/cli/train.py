@@ -16,12 +16,17 @@ __all__ = ["CHECKS", "COMMANDS", "PARSERS", "model_config", "train_config"]
 
 def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width: int, depth: int) -> None:
     p.add_argument("--method", choices=METHOD_NAMES, default="rfm", help="method (default rfm; see docs/methods/)")
-    p.add_argument("--train-steps", type=positive_int, default=steps)
-    p.add_argument("--batch-size", type=positive_int, default=batch)
-    p.add_argument("--width", type=positive_int, default=width, help="network width d")
-    p.add_argument("--depth", type=positive_int, default=depth, help="number of AdaLN blocks N")
-    p.add_argument("--expansion", type=positive_int, default=4, help="MLP expansion factor (4d hidden)")
-    p.add_argument("--schedule", choices=("skewed_sigmoid", "sigmoid", "linear", "cosine"), default="skewed_sigmoid")
+    p.add_argument("--train-steps", type=positive_int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--batch-size", type=positive_int, default=batch, help=f"rows per step (default {batch})")
+    p.add_argument("--width", type=positive_int, default=width, help=f"network width d (default {width})")
+    p.add_argument("--depth", type=positive_int, default=depth, help=f"number of AdaLN blocks N (default {depth})")
+    p.add_argument("--expansion", type=positive_int, default=4, help="MLP expansion factor (default 4: 4d hidden)")
+    p.add_argument(
+        "--schedule",
+        choices=("skewed_sigmoid", "sigmoid", "linear", "cosine"),
+        default="skewed_sigmoid",
+        help="noise schedule κ(t) (default skewed_sigmoid, Eq. 15; README, Methods)",
+    )
     p.add_argument("--schedule-alpha", type=float, default=None, help="α of the (skewed) sigmoid (default -3)")
     p.add_argument("--schedule-beta", type=float, default=None, help="β of the (skewed) sigmoid (default 7, sigmoid 3)")
     p.add_argument("--cond-drop", type=float, default=0.1, help="condition dropout for guidance (default 0.1)")
@@ -52,9 +57,9 @@ def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width:
         help="mvmf: one fixed log κ₀ for every component (default: κ from each cell's size)",
     )
     p.add_argument("--sh-degree", type=positive_int, default=None, help="locdiffusion: SH degree L (default 31)")
-    p.add_argument("--lr", type=float, default=8e-4)
-    p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=8e-4, help="peak learning rate, after the warm-up (default 8e-4)")
+    p.add_argument("--warmup-steps", type=int, default=500, help="steps of linear learning-rate warm-up (default 500)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="decoupled weight decay (default 0.05)")
     p.add_argument(
         "--optimizer",
         choices=("adamw", "lamb"),
@@ -62,21 +67,25 @@ def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width:
         help="adamw (default) or lamb, the paper's optimizer for 1M-step runs (see docs/core.md)",
     )
     p.add_argument("--final-lr-ratio", type=float, default=0.0, help="final lr of the cosine decay / --lr (default 0)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument(
+        "--ema-decay", type=float, default=0.999, help="decay of the weights' moving average used at inference (default 0.999)"
+    )
     p.add_argument(
         "--no-ema-warmup", action="store_true", help="constant EMA decay (default: min(decay, (1+n)/(10+n)) warm-up)"
     )
-    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="largest global gradient norm (default 1; 0: no clipping)")
     p.add_argument(
         "--train-precision",
         choices=("float32", "bfloat16"),
         default="float32",
-        help="bfloat16: mixed-precision autocast training (~2x faster on AVX-512 BF16 CPUs)",
+        help="float32 (default) or bfloat16: mixed-precision autocast training (~2x faster on AVX-512 BF16 CPUs)",
     )
-    p.add_argument("--checkpoint-every", type=positive_int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints (default 1000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and noise (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -109,15 +118,17 @@ def add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="embeddings to condition on (default: the teacher's training data)")
     p.add_argument("--init", default=None, help="a distilled run of the same teacher to continue training from")
     p.add_argument("--teacher-steps", type=positive_int, default=32, help="Heun steps of the teacher (default 32)")
-    p.add_argument("--embeddings", type=positive_int, default=4096, help="embeddings of the trajectories")
-    p.add_argument("--samples-per-embedding", type=positive_int, default=4, help="trajectories per embedding")
+    p.add_argument("--embeddings", type=positive_int, default=4096, help="embeddings of the trajectories (default 4096)")
+    p.add_argument("--samples-per-embedding", type=positive_int, default=4, help="trajectories per embedding (default 4)")
     p.add_argument("--omega-max", type=float, default=4.0, help="guidance range [0, ω_max] learnt (default 4)")
-    p.add_argument("--train-steps", type=positive_int, default=2500)
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=nonnegative_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--train-steps", type=positive_int, default=2500, help="optimizer steps (default 2500)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="trajectories per step (default 256)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, after the warm-up (default 5e-4)")
+    p.add_argument(
+        "--warmup-steps", type=nonnegative_int, default=100, help="steps of linear learning-rate warm-up (default 100)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the trajectories and the training (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines")
 
 
 def train_config(args: argparse.Namespace):
