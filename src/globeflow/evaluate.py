@@ -152,19 +152,8 @@ def evaluate_run(
     options = dict(options)
     options["strategy"] = estimate_strategy(model, options.get("strategy"))
     options["guidance"] = estimate_guidance(model, options["strategy"], options.get("guidance"))
-    prdc = False if prdc is False else dict(prdc or {})
-    guidance = options.get("guidance", 2.0)
-    prdc_guidance = None if prdc is False or prdc.get("guidance") is None else prdc["guidance"]
-    reuse = prdc is not False and options.get("strategy", "sample") == "sample" and prdc_guidance in (None, guidance)
-    uncond = prdc is not False and bool(prdc.get("unconditional"))
-    if uncond and not model.has_unconditional and prdc.get("lenient"):
-        # compare: a run without condition dropout gets "–" in the uncond_* columns.
-        print(f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
-        uncond = False
-    if density is not None and model.density_space is None:
-        raise ValueError(f"--density: method {model.name!r} has no likelihood")
-    density = None if density is None else dict(density)
-    density_rows = None if density is None else density.pop("rows", None)
+    prdc, prdc_guidance, reuse, uncond = _prdc_plan(model, model_dir, options, prdc)
+    density, density_rows = _density_plan(model, density)
 
     # One pass over the file, chunk by chunk: memory is a chunk of embeddings plus, per row,
     # the coordinates (truth, estimate, PRDC draws) and the label keys, never all embeddings.
@@ -181,8 +170,7 @@ def evaluate_run(
         keys.append(_labels(chunk))
         start = time.perf_counter()
         if prdc is not False and not reuse:
-            g = guidance if prdc_guidance is None else prdc_guidance
-            fakes.append(prdc_samples(model, chunk.embeddings, opts, guidance=g))
+            fakes.append(prdc_samples(model, chunk.embeddings, opts, guidance=prdc_guidance))
         if uncond:
             nulls.append(prdc_samples(model, chunk.embeddings, opts, guidance=0.0, unconditional=True))
         prdc_seconds += time.perf_counter() - start
@@ -201,7 +189,7 @@ def evaluate_run(
     metrics["guidance"] = options["guidance"]
     if prdc is not False:
         start = time.perf_counter()
-        metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, guidance if prdc_guidance is None else prdc_guidance))
+        metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, prdc_guidance))
         metrics["prdc_seconds"] = prdc_seconds + time.perf_counter() - start
     if density is not None:
         from globeflow.metrics import density_metrics
@@ -211,6 +199,35 @@ def evaluate_run(
         metrics.update(density_metrics(model, emb, truth[: len(emb)], **density, progress=progress))
         metrics["density_seconds"] = time.perf_counter() - start
     return metrics
+
+
+def _prdc_plan(model: Method, model_dir: object, options: dict, prdc: dict | bool | None) -> tuple:
+    """How :func:`evaluate_run` scores the generative metrics: (``prdc`` as a dict, or False to
+    skip them; ω of the scored samples — ``prdc["guidance"]``, else the estimate's; whether
+    the point estimates themselves are those samples (one sample at that ω); whether the
+    unconditional variant is scored). A run without an unconditional distribution skips that
+    variant with a note when ``prdc["lenient"]`` (compare), else the method raises."""
+    prdc = False if prdc is False else dict(prdc or {})
+    guidance = options.get("guidance", 2.0)
+    asked = None if prdc is False else prdc.get("guidance")
+    reuse = prdc is not False and options.get("strategy", "sample") == "sample" and asked in (None, guidance)
+    uncond = prdc is not False and bool(prdc.get("unconditional"))
+    if uncond and not model.has_unconditional and prdc.get("lenient"):
+        # compare: a run without condition dropout gets "–" in the uncond_* columns.
+        print(f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
+        uncond = False
+    return prdc, guidance if asked is None else asked, reuse, uncond
+
+
+def _density_plan(model: Method, density: dict | None) -> tuple[dict | None, int | None]:
+    """The options of :func:`globeflow.metrics.density_metrics` and the rows they cover (None:
+    all), from :func:`evaluate_run`'s ``density`` (None: no probabilistic metrics)."""
+    if density is None:
+        return None, None
+    if model.density_space is None:
+        raise ValueError(f"--density: method {model.name!r} has no likelihood")
+    density = dict(density)
+    return density, density.pop("rows", None)
 
 
 #: Rows read at a time by :func:`evaluate_run` and :func:`predict_file` (64 MiB at D = 1024).
