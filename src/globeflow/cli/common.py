@@ -61,15 +61,21 @@ def add_sampling_args(p: argparse.ArgumentParser, guidance: float | None, guidan
     default = guidance_help or default
     p.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale ω of Eq. 13 (default {default})")
     p.add_argument(
-        "--sample-steps", type=positive_int, default=None, help="denoising steps (default 16; a distilled model: its jumps)"
+        "--sample-steps",
+        type=positive_int,
+        default=None,
+        help="denoising steps (default 16; a distilled model: its jumps)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
     p.add_argument(
         "--solver",
         default=None,
-        help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion) (default euler, diffusion ddim)",
+        help="euler|heun|midpoint (flow, rfm) or ddim|heun (diffusion) "
+        "(default: the method's own, euler for flow/rfm, ddim for diffusion)",
     )
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="network precision (default float32)")
+    p.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default="float32", help="network precision (default float32)"
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 

@@ -16,7 +16,9 @@ def add_synthetic(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--types", type=positive_int, default=4, help="number of scene types (default 4)")
     p.add_argument("--dim", type=positive_int, default=32, help="embedding dimension (default 32)")
-    p.add_argument("--sigma", type=float, default=0.35, help="embedding noise (ambiguity of the scene type; default 0.35)")
+    p.add_argument(
+        "--sigma", type=float, default=0.35, help="embedding noise (ambiguity of the scene type; default 0.35)"
+    )
     p.add_argument("--train", type=positive_int, default=20000, help="training rows (default 20000)")
     p.add_argument("--test", type=positive_int, default=2000, help="test rows (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of its rows (default 0)")
@@ -31,7 +33,10 @@ def add_synthetic(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--family-spread", type=float, default=0.3, help="prototype spread within a family (default 0.3)")
     p.add_argument(
-        "--places", choices=("uniform", "cities"), default="uniform", help="component centres: uniform (default) or GeoNames cities"
+        "--places",
+        choices=("uniform", "cities"),
+        default="uniform",
+        help="component centres: uniform (default) or GeoNames cities",
     )
     add_overwrite_arg(p, folder=True)
 

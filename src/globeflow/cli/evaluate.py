@@ -51,7 +51,9 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
         help="products of the samples' likelihood ODE (default bfloat16: faster, error in docs/benchmarks.md; "
         "the true locations' solve is float32)",
     )
-    p.add_argument("--density-rows", type=positive_int, default=None, help="density metrics on the first N rows (default: all)")
+    p.add_argument(
+        "--density-rows", type=positive_int, default=None, help="density metrics on the first N rows (default: all)"
+    )
     add_uncalibrated_arg(p)
     p.add_argument("--no-prdc", action="store_true", help="skip precision/recall/density/coverage")
     p.add_argument(

@@ -33,7 +33,9 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="globeflow-demo", help="output folder (default ./globeflow-demo)")
     add_overwrite_arg(p, folder=True)
     p.add_argument("--quick", action="store_true", help="a much smaller run (for smoke tests)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples (and of --synthetic's data and training; default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the samples (and of --synthetic's data and training; default 0)"
+    )
     add_progress_arg(p)
     p.add_argument(
         "--synthetic",
@@ -124,9 +126,7 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="share of the rows that calibrate (a seeded split; the rest are recorded as test rows; default 1)",
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the calibration/test split (default 0)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the samples and the score randomisation (default 0)"
-    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and the score randomisation (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 

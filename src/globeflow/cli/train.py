@@ -68,12 +68,17 @@ def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch: int, width:
     )
     p.add_argument("--final-lr-ratio", type=float, default=0.0, help="final lr of the cosine decay / --lr (default 0)")
     p.add_argument(
-        "--ema-decay", type=float, default=0.999, help="decay of the weights' moving average used at inference (default 0.999)"
+        "--ema-decay",
+        type=float,
+        default=0.999,
+        help="decay of the weights' moving average used at inference (default 0.999)",
     )
     p.add_argument(
         "--no-ema-warmup", action="store_true", help="constant EMA decay (default: min(decay, (1+n)/(10+n)) warm-up)"
     )
-    p.add_argument("--grad-clip", type=float, default=1.0, help="largest global gradient norm (default 1; 0: no clipping)")
+    p.add_argument(
+        "--grad-clip", type=float, default=1.0, help="largest global gradient norm (default 1; 0: no clipping)"
+    )
     p.add_argument(
         "--train-precision",
         choices=("float32", "bfloat16"),
@@ -118,8 +123,12 @@ def add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="embeddings to condition on (default: the teacher's training data)")
     p.add_argument("--init", default=None, help="a distilled run of the same teacher to continue training from")
     p.add_argument("--teacher-steps", type=positive_int, default=32, help="Heun steps of the teacher (default 32)")
-    p.add_argument("--embeddings", type=positive_int, default=4096, help="embeddings of the trajectories (default 4096)")
-    p.add_argument("--samples-per-embedding", type=positive_int, default=4, help="trajectories per embedding (default 4)")
+    p.add_argument(
+        "--embeddings", type=positive_int, default=4096, help="embeddings of the trajectories (default 4096)"
+    )
+    p.add_argument(
+        "--samples-per-embedding", type=positive_int, default=4, help="trajectories per embedding (default 4)"
+    )
     p.add_argument("--omega-max", type=float, default=4.0, help="guidance range [0, ω_max] learnt (default 4)")
     p.add_argument("--train-steps", type=positive_int, default=2500, help="optimizer steps (default 2500)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="trajectories per step (default 256)")
