@@ -162,7 +162,8 @@ def test_mbr_beats_one_sample_on_the_true_conditional() -> None:
 def test_cli_train_noise_defaults() -> None:
     """rfm trains with logit-normal(−1, 1) levels by default (docs/recipe.md); diffusion and
     flow keep κ(t), t ~ U[0, 1]; an explicit flag wins."""
-    from globeflow.cli import _model_config, build_parser
+    from globeflow.cli import build_parser
+    from globeflow.cli.train import model_config as _model_config
 
     def resolved(*extra: str):
         return _model_config(build_parser().parse_args(["train", "--data", "x", "--out", "y", *extra])).train_noise_config()

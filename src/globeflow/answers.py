@@ -309,6 +309,7 @@ def answer(
     max_countries: int = 5,
     gazetteer: Any = None,
     calibration: Any = "auto",
+    progress: bool = False,
 ) -> list[Answer]:
     """One :class:`Answer` per embedding of ``emb`` (B, D) (see the module docstring).
 
@@ -318,7 +319,8 @@ def answer(
     O(S²) per embedding, so the modes use the first ``mode_samples`` samples (i.i.d., so an
     unbiased subset); P(country) and the densities use all of them. ``calibration``: "auto"
     (the model's own conformal calibration when fitted at ``guidance``), None (uncalibrated)
-    or a :class:`~globeflow.density.calibration.Calibration`.
+    or a :class:`~globeflow.density.calibration.Calibration`. ``progress``: a tqdm bar of the
+    sampling (the likelihood solve's steps) on stderr.
     """
     from globeflow.methods.base import as_embedding
 
@@ -334,10 +336,13 @@ def answer(
             seed=seed,
             sample_steps=density_steps,
             divergence=divergence,
+            progress=progress,
         )
         latlon, log_prob, xyz = res.latlon, res.log_prob, res.xyz
     else:
-        latlon = method.sample(emb_t, num_samples, guidance=guidance, sample_steps=sample_steps, seed=seed)
+        latlon = method.sample(
+            emb_t, num_samples, guidance=guidance, sample_steps=sample_steps, seed=seed, progress=progress
+        )
         log_prob, xyz = None, latlon_to_xyz(latlon[..., 0], latlon[..., 1])
     lp_modes = None if log_prob is None else log_prob[:, :mode_samples]
     modes = find_modes(xyz[:, :mode_samples], lp_modes, bandwidth_km=bandwidth_km, max_modes=max_modes)

@@ -14,7 +14,7 @@ import numpy as np
 from globeflow.evaluate import evaluate_run, format_metrics, heldout_metrics
 from globeflow.runs import HELDOUT_FILE, ModelConfig, train_run
 
-__all__ = ["DEMO_QUERIES", "QUICK_DEMO_QUERIES", "DemoOptions", "demo_answers", "demo_synthetic", "run_demo"]
+__all__ = ["DEMO_QUERIES", "DEMO_SAMPLES", "QUICK_DEMO_QUERIES", "QUICK_DEMO_SAMPLES", "DemoOptions", "demo_answers", "demo_synthetic", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ DEMO_QUERIES = (
     "San Jose",
 )
 QUICK_DEMO_QUERIES = ("Springfield", "Springfield, Illinois", "Kenya")
+
+#: Samples per answer (``demo --samples``): the demo's 2-minute budget on a 2-core CPU
+#: (docs/practitioners.md, Speed); ``--quick`` halves them.
+DEMO_SAMPLES = 256
+QUICK_DEMO_SAMPLES = 128
 
 
 def run_demo(opts: DemoOptions) -> int:
@@ -107,8 +112,7 @@ def demo_answers(opts: DemoOptions) -> int:
     truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in records]
     print(f"model: {model_ref} ({model.name}, {model.embedding_dim}-d {name} embeddings)")
     start = time.perf_counter()
-    # 256 samples: the demo's 2-minute budget on a 2-core CPU (docs/practitioners.md, Speed).
-    num_samples = opts.samples or (128 if quick else 256)
+    num_samples = opts.samples or (QUICK_DEMO_SAMPLES if quick else DEMO_SAMPLES)
     answers = answer(
         model,
         emb,
@@ -117,6 +121,7 @@ def demo_answers(opts: DemoOptions) -> int:
         seed=opts.seed,
         density_steps=opts.density_steps,
         calibration=None if opts.uncalibrated else "auto",
+        progress=opts.progress,
     )
     from globeflow.describe import explain_answers
 
@@ -139,6 +144,7 @@ def demo_answers(opts: DemoOptions) -> int:
         link_base=out,
         width_px=900 if quick else 1400,  # --quick: smaller PNGs, faster to draw
         **from_model,
+        progress=opts.progress,
     )
     map_seconds = time.perf_counter() - start
     write_answers_jsonl(out / "answers.jsonl", records)
@@ -151,8 +157,9 @@ def demo_answers(opts: DemoOptions) -> int:
         rows = opts.heldout_rows if opts.heldout_rows is not None else (50 if quick else 500)
         density_rows = opts.density_rows if opts.density_rows is not None else (10 if quick else 50)
         metrics = heldout_metrics(
-            model, heldout, rows=rows, density_rows=density_rows, seed=opts.seed, density_steps=opts.density_steps
-        )
+            model, heldout, rows=rows, density_rows=density_rows, seed=opts.seed, density_steps=opts.density_steps,
+            progress=opts.progress,
+        )  # fmt: skip
         save_json(out / "heldout_metrics.json", metrics)
         note = (
             f"First {metrics['n']} held-out queries of {heldout.name}: point estimates {metrics['strategy']} "

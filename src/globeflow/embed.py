@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,20 +252,8 @@ def embed_images(
     bar = tqdm(total=len(todo), desc=f"embed {encoder.name}", unit="img", disable=not progress or rank != 0)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-        # Decoding of the next batch overlaps the forward pass of this one.
-        pending = pool.map(lambda it: _load(it, encoder.preprocess), batches[0]) if batches else None
-        for b, batch in enumerate(batches):
-            loaded = list(pending)
-            if b + 1 < len(batches):
-                pending = pool.map(lambda it: _load(it, encoder.preprocess), batches[b + 1])
-            good = []
-            for item, (pixels, gps, err) in zip(batch, loaded):
-                if err is not None:
-                    skipped.append((item.id, err.reason, str(err)))
-                    if report is not None:
-                        report(f"skipped {err}")
-                else:
-                    good.append((item, pixels, gps))
+        for b, (batch, loaded) in enumerate(_decoded(pool, batches, encoder.preprocess)):
+            good = _readable(batch, loaded, skipped, report)
             if good:
                 emb = encoder.encode_pixels(np.stack([g[1] for g in good]))
                 buffer.extend((item, e, gps) for (item, _, gps), e in zip(good, emb))
@@ -284,6 +272,36 @@ def embed_images(
         _wait_for_ranks(parts, world_size, wait_timeout)
         summary.rows_written = _merge(out, parts, items, settings)
     return summary
+
+
+def _decoded(pool: ThreadPoolExecutor, batches: list[list[EmbedItem]], preprocess: Callable) -> Iterator[tuple]:
+    """(batch, its decoded items) for each of ``batches``; the decoding of the next batch runs
+    on the ``pool`` while the caller encodes this one."""
+    pending = pool.map(lambda it: _load(it, preprocess), batches[0]) if batches else None
+    for b, batch in enumerate(batches):
+        loaded = list(pending)
+        if b + 1 < len(batches):
+            pending = pool.map(lambda it: _load(it, preprocess), batches[b + 1])
+        yield batch, loaded
+
+
+def _readable(
+    batch: list[EmbedItem],
+    loaded: list[tuple],
+    skipped: list[tuple[str, str, str]],
+    report: Callable[[str], None] | None,
+) -> list[tuple[EmbedItem, np.ndarray, tuple | None]]:
+    """The (item, pixels, GPS) of the photos of ``batch`` that decoded; the others are appended
+    to ``skipped`` (id, reason, message) and reported."""
+    good = []
+    for item, (pixels, gps, err) in zip(batch, loaded):
+        if err is not None:
+            skipped.append((item.id, err.reason, str(err)))
+            if report is not None:
+                report(f"skipped {err}")
+        else:
+            good.append((item, pixels, gps))
+    return good
 
 
 def _clean_temps(out: Path, parts: Path) -> None:

@@ -27,7 +27,9 @@ __all__ = [
     "format_table",
     "format_value",
     "heldout_metrics",
+    "run_titles",
     "chunk_seed",
+    "compare_runs",
     "predict_file",
     "prdc_samples",
 ]
@@ -150,19 +152,8 @@ def evaluate_run(
     options = dict(options)
     options["strategy"] = estimate_strategy(model, options.get("strategy"))
     options["guidance"] = estimate_guidance(model, options["strategy"], options.get("guidance"))
-    prdc = False if prdc is False else dict(prdc or {})
-    guidance = options.get("guidance", 2.0)
-    prdc_guidance = None if prdc is False or prdc.get("guidance") is None else prdc["guidance"]
-    reuse = prdc is not False and options.get("strategy", "sample") == "sample" and prdc_guidance in (None, guidance)
-    uncond = prdc is not False and bool(prdc.get("unconditional"))
-    if uncond and not model.has_unconditional and prdc.get("lenient"):
-        # compare: a run without condition dropout gets "–" in the uncond_* columns.
-        print(f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
-        uncond = False
-    if density is not None and model.density_space is None:
-        raise ValueError(f"--density: method {model.name!r} has no likelihood")
-    density = None if density is None else dict(density)
-    density_rows = None if density is None else density.pop("rows", None)
+    prdc, prdc_guidance, reuse, uncond = _prdc_plan(model, model_dir, options, prdc)
+    density, density_rows = _density_plan(model, density)
 
     # One pass over the file, chunk by chunk: memory is a chunk of embeddings plus, per row,
     # the coordinates (truth, estimate, PRDC draws) and the label keys, never all embeddings.
@@ -179,8 +170,7 @@ def evaluate_run(
         keys.append(_labels(chunk))
         start = time.perf_counter()
         if prdc is not False and not reuse:
-            g = guidance if prdc_guidance is None else prdc_guidance
-            fakes.append(prdc_samples(model, chunk.embeddings, opts, guidance=g))
+            fakes.append(prdc_samples(model, chunk.embeddings, opts, guidance=prdc_guidance))
         if uncond:
             nulls.append(prdc_samples(model, chunk.embeddings, opts, guidance=0.0, unconditional=True))
         prdc_seconds += time.perf_counter() - start
@@ -199,16 +189,45 @@ def evaluate_run(
     metrics["guidance"] = options["guidance"]
     if prdc is not False:
         start = time.perf_counter()
-        metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, guidance if prdc_guidance is None else prdc_guidance))
+        metrics.update(_prdc_metrics(truth, pred if reuse else np.concatenate(fakes), nulls, prdc_guidance))
         metrics["prdc_seconds"] = prdc_seconds + time.perf_counter() - start
     if density is not None:
         from globeflow.metrics import density_metrics
 
         emb = np.concatenate(dens_emb)
         start = time.perf_counter()
-        metrics.update(density_metrics(model, emb, truth[: len(emb)], **density))
+        metrics.update(density_metrics(model, emb, truth[: len(emb)], **density, progress=progress))
         metrics["density_seconds"] = time.perf_counter() - start
     return metrics
+
+
+def _prdc_plan(model: Method, model_dir: object, options: dict, prdc: dict | bool | None) -> tuple:
+    """How :func:`evaluate_run` scores the generative metrics: (``prdc`` as a dict, or False to
+    skip them; ω of the scored samples — ``prdc["guidance"]``, else the estimate's; whether
+    the point estimates themselves are those samples (one sample at that ω); whether the
+    unconditional variant is scored). A run without an unconditional distribution skips that
+    variant with a note when ``prdc["lenient"]`` (compare), else the method raises."""
+    prdc = False if prdc is False else dict(prdc or {})
+    guidance = options.get("guidance", 2.0)
+    asked = None if prdc is False else prdc.get("guidance")
+    reuse = prdc is not False and options.get("strategy", "sample") == "sample" and asked in (None, guidance)
+    uncond = prdc is not False and bool(prdc.get("unconditional"))
+    if uncond and not model.has_unconditional and prdc.get("lenient"):
+        # compare: a run without condition dropout gets "–" in the uncond_* columns.
+        print(f"{model_dir}: no unconditional distribution (no condition dropout); uncond_* left out", file=sys.stderr)
+        uncond = False
+    return prdc, guidance if asked is None else asked, reuse, uncond
+
+
+def _density_plan(model: Method, density: dict | None) -> tuple[dict | None, int | None]:
+    """The options of :func:`globeflow.metrics.density_metrics` and the rows they cover (None:
+    all), from :func:`evaluate_run`'s ``density`` (None: no probabilistic metrics)."""
+    if density is None:
+        return None, None
+    if model.density_space is None:
+        raise ValueError(f"--density: method {model.name!r} has no likelihood")
+    density = dict(density)
+    return density, density.pop("rows", None)
 
 
 #: Rows read at a time by :func:`evaluate_run` and :func:`predict_file` (64 MiB at D = 1024).
@@ -422,6 +441,43 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     return format_table([(title, metrics)])
 
 
+def run_titles(models: list[str]) -> list[str]:
+    """Short, distinct row titles of runs: the run folder's name, else its path."""
+    names = [Path(m.rstrip("/")).name or m for m in models]
+    return [n if names.count(n) == 1 else m for n, m in zip(names, models)]
+
+
+def compare_runs(
+    models: list[str],
+    data_path: str | Path,
+    options: dict,
+    *,
+    device: str = "cpu",
+    density: dict | None = None,
+    prdc: dict | bool = False,
+    report=None,
+    progress: bool = True,
+) -> tuple[str, dict]:
+    """:func:`evaluate_run` of each run of ``models`` on ``data_path`` with the same ``options``
+    and seeds (``globeflow compare``). Returns the Markdown table (:func:`format_table`, one row
+    per run) and its JSON record ``{"settings": ..., "runs": {model: {"title", "metrics"}}}``.
+    A run without an unconditional distribution gets "–" in the uncond_* columns instead of an
+    error. ``report`` receives one line per run as it finishes."""
+    if prdc:
+        prdc = {**prdc, "lenient": True}
+    rows = []
+    for title, model in zip(run_titles(models), models):
+        metrics = evaluate_run(
+            model, data_path, options, device=device, density=density, prdc=prdc, progress=progress
+        )
+        rows.append((title, metrics))
+        if report is not None:
+            report(f"{title}: GeoScore {metrics['geoscore']:.1f}")
+    runs = {m: {"title": t, "metrics": r} for (t, r), m in zip(rows, models)}
+    settings = {**options, **({"density": density} if density else {}), "prdc": prdc, "data": str(data_path)}
+    return format_table(rows), {"settings": settings, "runs": runs}
+
+
 def heldout_metrics(
     model: Method,
     path: str | Path,
@@ -431,18 +487,20 @@ def heldout_metrics(
     seed: int = 0,
     density_steps: int = 8,
     density_samples: int = 32,
+    progress: bool = False,
 ) -> dict:
     """GeoScore, distances and country accuracy of the method's own point estimates (those of
     ``predict``: MBR at ω = 0 for the generative methods; 16 steps) on the first ``rows`` rows of a held-out file, and the NLL, localizability and HPD
     coverage on the first ``density_rows`` of them (``density_samples`` samples each,
     ``density_steps`` RK4 steps). Coverage counts the truth's HPD rank among the samples, so a
     calibrated model expects hpd90_coverage = 0.90 even from 32 samples; the regions are the
-    run's conformally calibrated ones when it has a calibration.json."""
+    run's conformally calibrated ones when it has a calibration.json. ``progress``: tqdm bars
+    of the sampling and the likelihood solves on stderr."""
     density = None
     if density_rows > 0 and model.density_space == "S2":
         density = {"rows": density_rows, "num_samples": density_samples, "seed": seed, "steps": density_steps}
     options = {"guidance": None, "sample_steps": None, "seed": seed}
-    metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=False)
+    metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=progress)
     # The demo's table shows the point metrics it explains and the calibration of its regions.
     dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples", "hpd95_coverage")
     return {k: v for k, v in metrics.items() if k not in dropped}

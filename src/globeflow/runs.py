@@ -244,6 +244,80 @@ def train_run(
         )
 
 
+def _training_inputs(
+    data_path: str | Path, out: Path, loader: str, buffer_rows: int, embedding_key: str | None
+) -> tuple[Any, Any, Any, int | None, int]:
+    """(stream, x0, emb, rows, embedding dim) of the training data: a bounded-memory
+    :class:`~globeflow.data.stream.TrainStream` (x0 and emb None: data-dependent set-up reads
+    the first rows later, if needed), else the whole file in memory (stream None)."""
+    import torch
+
+    from globeflow.geometry import latlon_to_xyz
+
+    from globeflow.data.dataset import MAX_EMBEDDING_ABS
+    from globeflow.data.stream import TrainStream
+
+    if use_stream(data_path, loader, buffer_rows):
+        # Every chunk read is range-checked as read_training_data checks the whole file.
+        stream = TrainStream(data_path, buffer_rows=buffer_rows, embedding_key=embedding_key, max_abs=MAX_EMBEDDING_ABS)
+        return stream, None, None, stream.num_rows, stream.head(1)[1].shape[1]
+    data = read_training_data(data_path, Path(out), embedding_key)
+    x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
+    emb = torch.from_numpy(data.embeddings)
+    return None, x0, emb, len(data), data.dim
+
+
+def _create(model_cfg: ModelConfig, dim: int) -> Any:
+    """The untrained method of ``model_cfg`` for ``dim``-d embeddings."""
+    from globeflow.methods import create_method
+
+    # Passed only when set, so the baselines (which have neither) keep their arguments.
+    extra = {"cond_depth": model_cfg.cond_depth} if model_cfg.cond_depth != 1 else {}
+    train_noise = model_cfg.train_noise_config()
+    if train_noise is not None:
+        extra["train_noise"] = train_noise
+    return create_method(
+        model_cfg.method,
+        dim,
+        width=model_cfg.width,
+        depth=model_cfg.depth,
+        expansion=model_cfg.expansion,
+        schedule=model_cfg.schedule,
+        schedule_params=model_cfg.schedule_params(),
+        cond_drop=model_cfg.cond_drop,
+        **extra,
+        **model_cfg.method_options(),
+    )
+
+
+def _prepare(method: Any, stream: Any, x0: Any, emb: Any, buffer_rows: int) -> None:
+    """Data-dependent set-up before training (MvMF places its components on the data);
+    streaming, on the file's first ``buffer_rows`` rows, read only for a method that has one."""
+    import torch
+
+    from globeflow.methods.base import Method
+
+    if stream is None:
+        method.prepare(x0, emb)
+    elif type(method).prepare is not Method.prepare:
+        head_xyz, head_emb = stream.head(buffer_rows)
+        method.prepare(torch.from_numpy(head_xyz), torch.from_numpy(head_emb))
+        del head_xyz, head_emb
+
+
+def _previous_config(config_path: Path, resolved: dict, out: Path) -> dict | None:
+    """The config of the run already in ``out`` (None: a fresh run); ValueError when it is
+    another model than ``resolved``'s."""
+    if not config_path.is_file():
+        return None
+    previous = load_json(config_path)
+    if previous.get("model") != resolved["model"]:
+        raise ValueError(
+            f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
+        )
+    return previous
+
+
 def _train_run(
     data_path: str | Path,
     out: Path,
@@ -256,55 +330,20 @@ def _train_run(
 ) -> Path:
     import torch
 
-    from globeflow.geometry import latlon_to_xyz
     from globeflow.io import save_weights
-    from globeflow.methods import create_method
     from globeflow.training import train
     from globeflow.training.loop import _derive_seed
 
-    from globeflow.data.dataset import MAX_EMBEDDING_ABS
-    from globeflow.data.stream import DEFAULT_BUFFER_ROWS, TrainStream
+    from globeflow.data.stream import DEFAULT_BUFFER_ROWS
 
     buffer_rows = shuffle_buffer or DEFAULT_BUFFER_ROWS
-    stream = None
-    if use_stream(data_path, loader, buffer_rows):
-        # Every chunk read is range-checked as read_training_data checks the whole file.
-        stream = TrainStream(data_path, buffer_rows=buffer_rows, embedding_key=embedding_key, max_abs=MAX_EMBEDDING_ABS)
-        x0 = emb = None  # data-dependent set-up (MvMF) reads the first rows below, if needed
-        rows, dim = stream.num_rows, stream.head(1)[1].shape[1]
-    else:
-        data = read_training_data(data_path, Path(out), embedding_key)
-        x0 = torch.from_numpy(latlon_to_xyz(data.latitude, data.longitude)).float()
-        emb = torch.from_numpy(data.embeddings)
-        rows, dim = len(data), data.dim
+    stream, x0, emb, rows, dim = _training_inputs(data_path, out, loader, buffer_rows, embedding_key)
     # The network's initial weights (and MvMF's component placement) come from torch's global
     # generator, which this torch build seeds at random in every process: seed it from --seed so
     # that the same command trains the same model.
     torch.manual_seed(_derive_seed(train_cfg.seed, "init"))
-    method = create_method(
-        model_cfg.method,
-        dim,
-        width=model_cfg.width,
-        depth=model_cfg.depth,
-        expansion=model_cfg.expansion,
-        schedule=model_cfg.schedule,
-        schedule_params=model_cfg.schedule_params(),
-        cond_drop=model_cfg.cond_drop,
-        # Passed only when set, so the baselines (which have neither) keep their arguments.
-        **({"cond_depth": model_cfg.cond_depth} if model_cfg.cond_depth != 1 else {}),
-        **({"train_noise": train_noise} if (train_noise := model_cfg.train_noise_config()) is not None else {}),
-        **model_cfg.method_options(),
-    )
-    # Data-dependent set-up before training (MvMF places its components on the data);
-    # streaming, on the file's first `buffer_rows` rows, read only for a method that has one.
-    from globeflow.methods.base import Method
-
-    if stream is None:
-        method.prepare(x0, emb)
-    elif type(method).prepare is not Method.prepare:
-        head_xyz, head_emb = stream.head(buffer_rows)
-        method.prepare(torch.from_numpy(head_xyz), torch.from_numpy(head_emb))
-        del head_xyz, head_emb
+    method = _create(model_cfg, dim)
+    _prepare(method, stream, x0, emb, buffer_rows)
     out = Path(out)
     resolved: dict[str, Any] = {
         "model": method.config(),
@@ -322,13 +361,7 @@ def _train_run(
     if encoder is not None:  # predict on photos uses the same encoder by default
         resolved["encoder"] = encoder
     config_path = out / CONFIG_FILE
-    previous = None
-    if config_path.is_file():
-        previous = load_json(config_path)
-        if previous.get("model") != resolved["model"]:
-            raise ValueError(
-                f"{out} already holds a run of a different model ({config_path}); choose a new --out or delete it"
-            )
+    previous = _previous_config(config_path, resolved, out)
     out.mkdir(parents=True, exist_ok=True)
     # A fresh run records its config at once; a resumed one keeps the config that matches its
     # weights until the training succeeds (a resume that fails leaves the run as it was).

@@ -61,6 +61,7 @@ __all__ = [
     "Calibration",
     "CalibrationRun",
     "calibrate_run",
+    "format_calibration_run",
     "HPDScores",
     "calibrated_regions",
     "conformal_level",
@@ -450,3 +451,20 @@ def calibrate_run(
         raw,
         time.perf_counter() - start,
     )
+
+
+def format_calibration_run(res: CalibrationRun, data: str | os.PathLike) -> str:
+    """The terminal text of ``globeflow calibrate`` for ``res`` fitted on ``data``: the rows and
+    settings, the model level of each nominal level with its coverage before calibration, the
+    finite-sample guarantee and the file written."""
+    cal = res.calibration
+    lines = [
+        f"calibrated on {cal.n} rows of {data} ({len(res.test_rows)} left as test rows), "
+        f"{cal.num_samples} samples, {cal.steps} RK4 steps, ω = {cal.guidance:g}, in {res.seconds:.1f} s",
+        "nominal  model level  coverage before (calibration rows)",
+    ]
+    for a in (0.5, 0.9, 0.95):
+        lines.append(f"  {100 * a:4.0f}%   {float(cal.level(a)):.4f}       {100 * res.raw_coverage[f'{a:g}']:.1f}%")
+    lines.append(f"guarantee: coverage ≥ nominal and ≤ nominal + 1/(n+1) = +{1 / (cal.n + 1):.4f} on exchangeable rows")
+    lines.append(f"calibration written to {res.path}")
+    return "\n".join(lines)

@@ -235,6 +235,33 @@ class DensityMap:
         return float(w[log_p >= threshold].sum() * EARTH_RADIUS_KM**2)
 
 
+def _check_map_options(mass_fraction: float, tol: float, min_cell_deg: float, base_deg: float, order: int) -> None:
+    if not 0.0 < mass_fraction <= 1.0:
+        raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction}")
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be positive, got {tol}")
+    if min_cell_deg <= 0 or base_deg <= 0:
+        raise ValueError("base_deg and min_cell_deg must be positive")
+    if order not in (1, 3):
+        raise ValueError(f"order must be 1 or 3, got {order}")
+
+
+def _check_samples(
+    samples_xyz: np.ndarray | None, sample_log_prob: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``samples_xyz`` (S, 3) and ``sample_log_prob`` (S,) as float64 arrays (or None), checked."""
+    s = slp = None
+    if samples_xyz is not None:
+        s = np.asarray(samples_xyz, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] != 3 or not np.isfinite(s).all():
+            raise ValueError(f"samples_xyz: expected finite (S, 3) unit vectors, got shape {s.shape}")
+        if sample_log_prob is not None:
+            slp = np.asarray(sample_log_prob, dtype=np.float64).reshape(-1)
+            if slp.shape[0] != s.shape[0]:
+                raise ValueError(f"sample_log_prob: {slp.shape[0]} values for {s.shape[0]} samples")
+    return s, slp
+
+
 def density_map(
     log_prob_fn: LogProbFn,
     resolution_deg: float = 1.0,
@@ -261,23 +288,8 @@ def density_map(
     """
     lat_r, lon_r = raster_axes(resolution_deg)
     min_cell_deg = float(resolution_deg if min_cell_deg is None else min_cell_deg)
-    if not 0.0 < mass_fraction <= 1.0:
-        raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction}")
-    if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be positive, got {tol}")
-    if min_cell_deg <= 0 or base_deg <= 0:
-        raise ValueError("base_deg and min_cell_deg must be positive")
-    if order not in (1, 3):
-        raise ValueError(f"order must be 1 or 3, got {order}")
-    s = slp = None
-    if samples_xyz is not None:
-        s = np.asarray(samples_xyz, dtype=np.float64)
-        if s.ndim != 2 or s.shape[1] != 3 or not np.isfinite(s).all():
-            raise ValueError(f"samples_xyz: expected finite (S, 3) unit vectors, got shape {s.shape}")
-        if sample_log_prob is not None:
-            slp = np.asarray(sample_log_prob, dtype=np.float64).reshape(-1)
-            if slp.shape[0] != s.shape[0]:
-                raise ValueError(f"sample_log_prob: {slp.shape[0]} values for {s.shape[0]} samples")
+    _check_map_options(mass_fraction, tol, min_cell_deg, base_deg, order)
+    s, slp = _check_samples(samples_xyz, sample_log_prob)
 
     def sample_cells_of(g: EqualAreaGrid) -> np.ndarray:
         m = np.zeros(g.num_cells, bool)

@@ -351,12 +351,14 @@ class GenerativeMethod(Method, nn.Module):
         stats: dict | None,
         precision: str = "float32",
         grid_power: float | None = None,
+        progress: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Integrate the likelihood ODE for ``x`` (B, P, 3) in chunks of embeddings.
 
         ``to_data``: from noise (s = 1) to data (s = 0), else from data to noise. Returns the end
         states (B, P, 3) and log p (B, P) at the *data* end of each path. ``precision``
         "bfloat16": the network's block MLPs multiply in bfloat16 (state and divergence float32).
+        ``progress``: a tqdm bar of the solve's steps (RK4; chunks for dopri5) on stderr.
         """
         self._check_likelihood_options(solver, divergence, steps, atol, rtol)
         if precision not in ("float32", "bfloat16"):
@@ -370,8 +372,17 @@ class GenerativeMethod(Method, nn.Module):
         ends, logps, nfe = [], [], 0
         s0, s1 = (1.0, 0.0) if to_data else (0.0, 1.0)
         low = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-        with torch.inference_mode(), low:
-            for start in range(0, b, per_chunk):
+        starts = range(0, b, per_chunk)
+        per_step = solver == "rk4"
+        bar = tqdm(
+            total=len(starts) * (steps if per_step else 1),
+            desc=f"log p ({self.name})",
+            unit="step" if per_step else "chunk",
+            disable=not progress,
+            leave=False,
+        )
+        with torch.inference_mode(), low, bar:
+            for start in starts:
                 sl = slice(start, start + per_chunk)
                 # The state runs in the network's dtype: float64 weights give a float64 reference.
                 dtype = self.net.input_mapper.weight.dtype
@@ -390,7 +401,10 @@ class GenerativeMethod(Method, nn.Module):
                     rtol=rtol,
                     generator=generator,
                     grid_power=self.likelihood_grid_power if grid_power is None else grid_power,
+                    on_step=bar.update if per_step else None,
                 )
+                if not per_step:
+                    bar.update()
                 nfe += res.nfe
                 # log p(x(s_end)) = log p(x(s_start)) − ∫ div ds (see solvers/likelihood.py).
                 if to_data:
@@ -418,6 +432,7 @@ class GenerativeMethod(Method, nn.Module):
         stats: dict | None = None,
         precision: str = "float32",
         grid_power: float | None = None,
+        progress: bool = False,
     ) -> Tensor:
         """log p(x | c) by the ODE from data to noise (Prop. 2): ``emb`` (B, D), ``x`` (B, P, 3) -> (B, P).
 
@@ -426,6 +441,7 @@ class GenerativeMethod(Method, nn.Module):
         with ``seed``). ``stats``, if a dict, receives the number of field evaluations (``nfe``).
         ``precision="bfloat16"``: the block MLPs multiply in bfloat16. ``grid_power``: RK4 nodes
         graded towards the data end (default: the method's ``likelihood_grid_power``).
+        ``progress``: a progress bar of the solve on stderr.
         """
         _, logp = self._solve_chunks(
             emb,
@@ -442,6 +458,7 @@ class GenerativeMethod(Method, nn.Module):
             stats=stats,
             precision=precision,
             grid_power=grid_power,
+            progress=progress,
         )
         return logp
 
@@ -462,6 +479,7 @@ class GenerativeMethod(Method, nn.Module):
         precision: str = "float32",
         grid_power: float | None = None,
         noise: Tensor | None = None,
+        progress: bool = False,
         **_: Any,
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one solve from noise to data: -> (B, S, 3), (B, S).
@@ -490,5 +508,6 @@ class GenerativeMethod(Method, nn.Module):
             stats=stats,
             precision=precision,
             grid_power=grid_power,
+            progress=progress,
         )
         return sphere.project(x), logp

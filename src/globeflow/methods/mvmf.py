@@ -104,13 +104,7 @@ def adaptive_partition(x: np.ndarray | Tensor, num_cells: int) -> Partition:
     """
     if not isinstance(num_cells, int) or num_cells < 6:
         raise ValueError(f"num_components must be an integer ≥ 6 (the cube's faces), got {num_cells!r}")
-    x = np.asarray(x.detach().cpu().double() if isinstance(x, Tensor) else x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != 3 or len(x) == 0:
-        raise ValueError(f"training locations must have shape (N, 3) with N > 0, got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("training locations: non-finite values")
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    face, s, t = _face_coords(x)
+    face, s, t = _face_coords(_unit_locations(x))
     scale = 1 << MAX_LEVEL
     si = np.clip(((s + 1.0) / 2.0 * scale).astype(np.int64), 0, scale - 1)
     ti = np.clip(((t + 1.0) / 2.0 * scale).astype(np.int64), 0, scale - 1)
@@ -142,21 +136,41 @@ def adaptive_partition(x: np.ndarray | Tensor, num_cells: int) -> Partition:
         ]
         room = num_cells - len(cells)  # cells this split may produce (2..4)
         if room < 4:
-            # Last split: keep the fullest children, merge the others into one cell (its centre
-            # the area-weighted mean of theirs), so that exactly num_cells cells tile the sphere.
-            children.sort(key=lambda ch: -len(ch[4]))
-            rest = children[room - 1 :]
-            geo = [_cell_geometry(*ch[:4]) for ch in rest]
-            areas_rest = np.array([g[1] for g in geo])
-            centre = (np.stack([g[0] for g in geo]) * areas_rest[:, None]).sum(axis=0)
-            merged_idx = np.concatenate([ch[4] for ch in rest])
-            children = children[: room - 1] + [
-                (f, level + 1, -1, -1, merged_idx, (centre / np.linalg.norm(centre), float(areas_rest.sum())))
-            ]
+            children = _merge_emptiest(children, room)
         for ch in children:
             add(ch)
+    return _partition(cells.values())
+
+
+def _unit_locations(x: np.ndarray | Tensor) -> np.ndarray:
+    """Training locations ``x`` (N, 3), checked, as float64 unit vectors."""
+    x = np.asarray(x.detach().cpu().double() if isinstance(x, Tensor) else x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 3 or len(x) == 0:
+        raise ValueError(f"training locations must have shape (N, 3) with N > 0, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("training locations: non-finite values")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _merge_emptiest(children: list[tuple], room: int) -> list[tuple]:
+    """The last split of :func:`adaptive_partition`: keep the ``room`` − 1 fullest of the four
+    ``children``, merge the others into one cell (its centre the area-weighted mean of theirs),
+    so that exactly the requested number of cells tile the sphere."""
+    f, level = children[0][:2]
+    children = sorted(children, key=lambda ch: -len(ch[4]))
+    rest = children[room - 1 :]
+    geo = [_cell_geometry(*ch[:4]) for ch in rest]
+    areas_rest = np.array([g[1] for g in geo])
+    centre = (np.stack([g[0] for g in geo]) * areas_rest[:, None]).sum(axis=0)
+    merged_idx = np.concatenate([ch[4] for ch in rest])
+    merged = (centre / np.linalg.norm(centre), float(areas_rest.sum()))
+    return children[: room - 1] + [(f, level, -1, -1, merged_idx, merged)]
+
+
+def _partition(cells) -> Partition:
+    """The :class:`Partition` of cells (face, level, i, j, point indices, merged geometry or None)."""
     centres, areas, counts = [], [], []
-    for f, level, i, j, idx, merged in cells.values():
+    for f, level, i, j, idx, merged in cells:
         c, a = merged if merged is not None else _cell_geometry(f, level, i, j)
         centres.append(c)
         areas.append(a)

@@ -75,6 +75,7 @@ def integrate_with_divergence(
     rtol: float = 1e-5,
     generator: torch.Generator | None = None,
     grid_power: float = 1.0,
+    on_step: Callable[[], object] | None = None,
 ) -> ODEResult:
     """Integrate dx/ds = v and d(delta)/ds = div v from ``s_start`` to ``s_end``.
 
@@ -83,7 +84,8 @@ def integrate_with_divergence(
     end nearer s = 0 (the data end), so that steps shrink where a sharp density contracts the
     flow (div v ~ 1/s there);
     ``"dopri5"`` is torchdiffeq's adaptive Dormand–Prince with ``atol``/``rtol`` on the joint
-    state (x, delta), one step size for the whole batch.
+    state (x, delta), one step size for the whole batch. ``on_step`` (rk4) is called after
+    each step (a progress bar's update).
     """
     if solver not in LIKELIHOOD_SOLVERS:
         raise ValueError(f"solver: unknown likelihood solver {solver!r}; choose one of {LIKELIHOOD_SOLVERS}")
@@ -130,6 +132,8 @@ def integrate_with_divergence(
             delta = delta + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
             if on_sphere:
                 x = sphere.project(x)
+            if on_step is not None:
+                on_step()
         return ODEResult(x=x, delta=delta, nfe=nfe)
 
     from torchdiffeq import odeint

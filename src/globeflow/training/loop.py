@@ -85,6 +85,33 @@ class TrainableMethod(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: What :meth:`TrainConfig.validate` checks: (field, valid?, what it must be), in this order.
+_FIELD_CHECKS: tuple[tuple[str, Any, str], ...] = (
+    *(
+        (name, lambda v: _is_int(v) and v > 0, "must be a positive integer")
+        for name in ("train_steps", "batch_size", "checkpoint_every", "log_every")
+    ),
+    ("warmup_steps", lambda v: _is_int(v) and v >= 0, "must be a non-negative integer"),
+    ("lr", lambda v: _is_num(v) and v > 0, "must be a positive finite number"),
+    ("weight_decay", lambda v: _is_num(v) and v >= 0, "must be >= 0"),
+    ("optimizer", lambda v: isinstance(v, str) and v.lower() in OPTIMIZERS, f"must be one of {list(OPTIMIZERS)}"),
+    ("ema_decay", lambda v: _is_num(v) and 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    ("grad_clip", lambda v: v is None or (_is_num(v) and v >= 0), "must be None or a number >= 0"),
+    ("seed", _is_int, "must be an integer"),
+    ("final_lr_ratio", lambda v: _is_num(v) and 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    ("precision", lambda v: v in ("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
+    ("device", lambda v: isinstance(v, str) and bool(v), "must be a device string such as 'cpu' or 'cuda'"),
+)
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of :func:`train`.
@@ -139,38 +166,11 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        for name in ("train_steps", "batch_size", "checkpoint_every", "log_every"):
+        """Raise ValueError naming the first invalid field (in the order of :data:`_FIELD_CHECKS`)."""
+        for name, valid, must in _FIELD_CHECKS:
             v = getattr(self, name)
-            if not is_int(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if not is_num(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
-        if not is_num(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.optimizer, str) or self.optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not is_num(self.ema_decay) or not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay!r}")
-        if self.grad_clip is not None and (not is_num(self.grad_clip) or self.grad_clip < 0):
-            raise ValueError(f"grad_clip must be None or a number >= 0, got {self.grad_clip!r}")
-        if not is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not is_num(self.final_lr_ratio) or not 0.0 <= self.final_lr_ratio <= 1.0:
-            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio!r}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
+            if not valid(v):
+                raise ValueError(f"{name} {must}, got {v!r}")
         try:
             torch.device(self.device)
         except RuntimeError as e:
@@ -319,6 +319,138 @@ def train(
         cleanup_distributed(ctx)
 
 
+def _start_stream(stream: TrainStream, config: TrainConfig, ctx: DistContext) -> int:
+    """Start this rank's part of the ``stream``; returns the rows of the whole dataset."""
+    n_data = stream.num_rows
+    stream.start(seed=config.seed, rank=ctx.rank, world_size=ctx.world_size, batch_rows=config.batch_size // ctx.world_size)
+    return n_data
+
+
+def _check_finite(nonfinite: Tensor, last_checked: int, step: int, ckpt_dir: Path) -> None:
+    """Raise FloatingPointError if a gradient norm since step ``last_checked`` was not finite."""
+    if bool(nonfinite.item()):
+        raise FloatingPointError(
+            f"non-finite gradient norm at a step in ({last_checked}, {step}]; "
+            f"the last checkpoint in {ckpt_dir} predates it"
+        )
+
+
+def _write_log(log_file: IO[str] | None, record: dict) -> None:
+    if log_file is not None:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+
+def _last_logged_loss(log_path: Path) -> float | None:
+    records = read_log(log_path)
+    return records[-1]["loss"] if records else None
+
+
+def _json_config(method: TrainableMethod) -> dict:
+    """``method.config()``, checked now rather than after the last step, when it is written
+    into model.safetensors."""
+    method_config = method.config()
+    try:
+        json.dumps(method_config)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"method.config() must return a JSON-serialisable dict: {e}") from e
+    return method_config
+
+
+def _open_log(out_dir: Path, config: TrainConfig, ctx: DistContext, *, resumed: bool, start_step: int) -> IO[str] | None:
+    """On the main rank: the run directory prepared (a stale checkpoint of a discarded run
+    removed, the log cut back to ``start_step``, the training config written) and the log
+    opened for appending; None on the other ranks."""
+    if not ctx.is_main:
+        return None
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    log_path = out_dir / LOG_FILE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resumed and ckpt_dir.exists():
+        # A stale checkpoint from a discarded run must not be resumed later.
+        shutil.rmtree(ckpt_dir)
+    _truncate_log(log_path, start_step)
+    save_json(out_dir / TRAIN_CONFIG_FILE, config.to_dict())
+    return open(log_path, "a", encoding="utf-8")
+
+
+def _next_batch(
+    x0: Tensor,
+    emb: Tensor,
+    stream: TrainStream | None,
+    batch_size: int,
+    batch_gen: torch.Generator,
+    ctx: DistContext,
+) -> tuple[Tensor, Tensor]:
+    """This rank's rows of the step on its device: from its own units of the ``stream``, else
+    its slice of a global batch of ``batch_size`` random rows of (``x0``, ``emb``)."""
+    device = ctx.device
+    if stream is not None:
+        xb, eb = stream.next_batch()
+        return xb.to(device, non_blocking=True), eb.to(device, non_blocking=True)
+    idx = rank_slice(torch.randint(x0.shape[0], (batch_size,), generator=batch_gen), ctx)
+    xb = x0[idx.to(x0.device)].to(device, non_blocking=True)
+    eb = emb[idx.to(emb.device)].to(device, non_blocking=True)
+    return xb, eb
+
+
+def _resume(
+    ckpt_dir: Path,
+    config: TrainConfig,
+    ctx: DistContext,
+    state: tuple[nn.Module, EMA, torch.optim.Optimizer],
+    generators: tuple[torch.Generator, torch.Generator],
+    loss_acc: Tensor,
+    stream: TrainStream | None,
+    n_data: int,
+) -> tuple[int, float, int]:
+    """Restore the network, EMA, optimizer (``state``), the batch and loss ``generators``, this
+    rank's ``loss_acc`` and the ``stream``'s position from the checkpoint in ``ckpt_dir``, warning
+    when the run cannot continue exactly. Returns (step, elapsed seconds, loss count of the log)."""
+    net, ema, optimizer = state
+    batch_gen, loss_gen = generators
+    device = ctx.device
+    total = config.train_steps
+    start_step, rng, extra = load_training_state(ckpt_dir, net, ema, optimizer)
+    if start_step > total:
+        raise ValueError(f"train_steps ({total}) is smaller than the step of the checkpoint in {ckpt_dir} ({start_step})")
+    batch_gen.set_state(rng["batch"])
+    ranks = rng["ranks"]
+    if len(ranks) == ctx.world_size:
+        restore_rng_state(ranks[ctx.rank], {"loss": loss_gen}, cuda_device=device)
+        loss_acc.fill_(extra["log_loss_sums"][ctx.rank])
+        if stream is not None and extra.get("data_stream"):
+            stream.load_state_dict(extra["data_stream"][ctx.rank])
+        elif (stream is not None) != bool(extra.get("data_stream")) and ctx.is_main:
+            warnings.warn(
+                f"resuming {ckpt_dir} with another data loader (streaming vs in memory): the batches "
+                "start afresh, the run will differ from an uninterrupted one",
+                stacklevel=4,
+            )
+    else:
+        # Per-rank streams cannot be mapped onto a different number of ranks;
+        # continue with fresh, seed- and step-derived streams (not bit-exact).
+        warnings.warn(
+            f"resuming a {len(ranks)}-process checkpoint with {ctx.world_size} processes: "
+            "per-rank RNG streams are re-seeded, the run is not bitwise reproducible",
+            stacklevel=4,
+        )
+        torch.manual_seed(_derive_seed(config.seed, "global", ctx.rank, start_step))
+        loss_gen.manual_seed(_derive_seed(config.seed, "loss", ctx.rank, start_step))
+        loss_acc.fill_(sum(extra["log_loss_sums"]) / ctx.world_size)
+    saved_cfg = extra.get("train_config", {})
+    changed = [k for k in _TRAJECTORY_FIELDS if k in saved_cfg and saved_cfg[k] != getattr(config, k)]
+    if extra.get("n_data", n_data) != n_data:
+        changed.append(f"dataset size {extra['n_data']} -> {n_data}")
+    if changed and ctx.is_main:
+        warnings.warn(
+            f"resuming {ckpt_dir} with changed settings {changed}: the run will differ "
+            "from an uninterrupted one",
+            stacklevel=4,
+        )
+    return start_step, float(extra["elapsed_s"]), int(extra["log_loss_count"])
+
+
 def _train(
     method: TrainableMethod,
     x0: Tensor,
@@ -333,17 +465,10 @@ def _train(
         raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the world size ({ctx.world_size})")
     device = ctx.device
     total = config.train_steps
-    n_data = stream.num_rows if stream is not None else x0.shape[0]
-    if stream is not None:
-        stream.start(seed=config.seed, rank=ctx.rank, world_size=ctx.world_size, batch_rows=config.batch_size // ctx.world_size)
+    n_data = _start_stream(stream, config, ctx) if stream is not None else x0.shape[0]
     ckpt_dir = out_dir / CHECKPOINT_DIR
     log_path = out_dir / LOG_FILE
-    # Fail now rather than after the last step, when it is written into model.safetensors.
-    method_config = method.config()
-    try:
-        json.dumps(method_config)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"method.config() must return a JSON-serialisable dict: {e}") from e
+    method_config = _json_config(method)
 
     net = method.net.to(device)
     net.train()
@@ -369,60 +494,14 @@ def _train(
     loss_acc = torch.zeros((), device=device)  # this rank's loss sum since the last log record
     loss_count = 0
     if resume and has_training_state(ckpt_dir):
-        start_step, rng, extra = load_training_state(ckpt_dir, net, ema, optimizer)
-        if start_step > total:
-            raise ValueError(
-                f"train_steps ({total}) is smaller than the step of the checkpoint in {ckpt_dir} ({start_step})"
-            )
+        start_step, elapsed_before, loss_count = _resume(
+            ckpt_dir, config, ctx, (net, ema, optimizer), (batch_gen, loss_gen), loss_acc, stream, n_data
+        )
         resumed_from = start_step
-        batch_gen.set_state(rng["batch"])
-        ranks = rng["ranks"]
-        if len(ranks) == ctx.world_size:
-            restore_rng_state(ranks[ctx.rank], {"loss": loss_gen}, cuda_device=device)
-            loss_acc.fill_(extra["log_loss_sums"][ctx.rank])
-            if stream is not None and extra.get("data_stream"):
-                stream.load_state_dict(extra["data_stream"][ctx.rank])
-            elif (stream is not None) != bool(extra.get("data_stream")) and ctx.is_main:
-                warnings.warn(
-                    f"resuming {ckpt_dir} with another data loader (streaming vs in memory): the batches "
-                    "start afresh, the run will differ from an uninterrupted one",
-                    stacklevel=3,
-                )
-        else:
-            # Per-rank streams cannot be mapped onto a different number of ranks;
-            # continue with fresh, seed- and step-derived streams (not bit-exact).
-            warnings.warn(
-                f"resuming a {len(ranks)}-process checkpoint with {ctx.world_size} processes: "
-                "per-rank RNG streams are re-seeded, the run is not bitwise reproducible",
-                stacklevel=3,
-            )
-            torch.manual_seed(_derive_seed(config.seed, "global", ctx.rank, start_step))
-            loss_gen.manual_seed(_derive_seed(config.seed, "loss", ctx.rank, start_step))
-            loss_acc.fill_(sum(extra["log_loss_sums"]) / ctx.world_size)
-        loss_count = int(extra["log_loss_count"])
-        elapsed_before = float(extra["elapsed_s"])
-        saved_cfg = extra.get("train_config", {})
-        changed = [k for k in _TRAJECTORY_FIELDS if k in saved_cfg and saved_cfg[k] != getattr(config, k)]
-        if extra.get("n_data", n_data) != n_data:
-            changed.append(f"dataset size {extra['n_data']} -> {n_data}")
-        if changed and ctx.is_main:
-            warnings.warn(
-                f"resuming {ckpt_dir} with changed settings {changed}: the run will differ "
-                "from an uninterrupted one",
-                stacklevel=3,
-            )
     else:
         torch.manual_seed(_derive_seed(config.seed, "global", ctx.rank))
 
-    log_file: IO[str] | None = None
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resumed_from is None and ckpt_dir.exists():
-            # A stale checkpoint from a discarded run must not be resumed later.
-            shutil.rmtree(ckpt_dir)
-        _truncate_log(log_path, start_step)
-        save_json(out_dir / TRAIN_CONFIG_FILE, config.to_dict())
-        log_file = open(log_path, "a", encoding="utf-8")
+    log_file = _open_log(out_dir, config, ctx, resumed=resumed_from is not None, start_step=start_step)
     barrier(ctx)
 
     def save_checkpoint(step: int, elapsed: float) -> None:
@@ -476,13 +555,7 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            if stream is not None:  # this rank's rows of the step, from its own units
-                xb, eb = stream.next_batch()
-                xb, eb = xb.to(device, non_blocking=True), eb.to(device, non_blocking=True)
-            else:
-                idx = rank_slice(torch.randint(n_data, (config.batch_size,), generator=batch_gen), ctx)
-                xb = x0[idx.to(x0.device)].to(device, non_blocking=True)
-                eb = emb[idx.to(emb.device)].to(device, non_blocking=True)
+            xb, eb = _next_batch(x0, emb, stream, config.batch_size, batch_gen, ctx)
 
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss = method.loss(xb, eb, loss_gen, net=model)
@@ -506,11 +579,7 @@ def _train(
             ckpt_now = k % config.checkpoint_every == 0 or k == total
             if not (log_now or ckpt_now):
                 continue
-            if bool(nonfinite.item()):
-                raise FloatingPointError(
-                    f"non-finite gradient norm at a step in ({last_checked}, {k}]; "
-                    f"the last checkpoint in {ckpt_dir} predates it"
-                )
+            _check_finite(nonfinite, last_checked, k, ckpt_dir)
             last_checked = k
             now = time.perf_counter()
             if log_now:
@@ -524,9 +593,7 @@ def _train(
                     "steps_per_s": (k - step_last) / max(now - t_last, 1e-9),
                 }
                 final_loss = mean_loss
-                if log_file is not None:
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
+                _write_log(log_file, record)
                 pbar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lr:.3g}")
                 loss_acc.zero_()
                 loss_count = 0
@@ -545,8 +612,7 @@ def _train(
         save_weights(model_path, ema.shadow, metadata=metadata)
     barrier(ctx)
     if final_loss is None:  # nothing left to train: report the last logged value
-        records = read_log(log_path)
-        final_loss = records[-1]["loss"] if records else None
+        final_loss = _last_logged_loss(log_path)
     return TrainResult(
         out_dir=out_dir,
         model_path=model_path,

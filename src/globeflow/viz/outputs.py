@@ -488,6 +488,7 @@ def write_answer_files(
     link_base: str | os.PathLike | None = None,
     trajectories: Sequence[np.ndarray | None] | None = None,
     width_px: int = 1400,
+    progress: bool = False,
 ) -> list[Any]:
     """Maps, GeoJSON and KML of ``answers`` (one per record): draws ``map_dir``/<slug>.png for
     each (recording its path in ``record["map"]``, relative to ``link_base`` when given) and
@@ -495,14 +496,18 @@ def write_answer_files(
     each answer (None when nothing asked). Per answer, optionally: ``log_prob_fns``, the
     model's exact log-density (exact maps instead of the samples' kernel estimate);
     ``trajectories`` (T + 1, N, 2), denoising paths drawn on the map (both from
-    :func:`globeflow.answers.answer_map_inputs`); ``width_px``: the world panel's width."""
+    :func:`globeflow.answers.answer_map_inputs`); ``width_px``: the world panel's width;
+    ``progress``: a tqdm bar of the maps on stderr."""
+    from tqdm.auto import tqdm
+
     from globeflow.describe import map_annotations
     from globeflow.viz.answer_maps import answer_map, plot_answer_map
 
     if map_dir is None and geojson is None and kml is None:
         return [None] * len(answers)
     maps, taken = [], set()
-    for i, (record, ans) in enumerate(zip(records, answers)):
+    bar = tqdm(zip(records, answers), total=len(answers), desc="maps", unit="map", disable=not progress)
+    for i, (record, ans) in enumerate(bar):
         amap = answer_map(ans, log_prob_fn=None if log_prob_fns is None else log_prob_fns[i])
         maps.append(amap)
         if map_dir is not None:
