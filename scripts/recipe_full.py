@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,7 +140,8 @@ def one(name: str, args: argparse.Namespace) -> dict:
     res_path = args.work / "results" / f"{name}.json"
     if res_path.is_file():
         return json.loads(res_path.read_text())
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
     gf = [sys.executable, "-m", "globeflow"]
     log = open(args.work / "logs" / f"{name}.log", "a")
     res: dict = {"name": name, "world": w, "flags": flags, "device": args.device}
@@ -212,6 +214,7 @@ def main() -> None:
         prepare_world(args.worlds, args.work, w, args.train_rows)
     print(f"worlds ready in {time.time() - start:.0f} s", flush=True)
     summary: dict = {}
+    lock = threading.Lock()
 
     def job(name: str) -> None:
         if time.time() - start > args.deadline:
@@ -225,10 +228,11 @@ def main() -> None:
         except Exception as exc:  # one failed run must not stop the others
             summary[name] = {"error": repr(exc)[:2000]}
             print(f"{name}: FAILED {exc!r}"[:500], flush=True)
-        for path in filter(None, [args.work / "results.json", args.summary]):
-            tmp = Path(str(path) + ".tmp")
-            tmp.write_text(json.dumps(summary, indent=1, default=str))
-            os.replace(tmp, path)
+        with lock:  # one writer at a time
+            for path in filter(None, [args.work / "results.json", args.summary]):
+                tmp = Path(str(path) + ".tmp")
+                tmp.write_text(json.dumps(summary, indent=1, default=str))
+                os.replace(tmp, path)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(job, names))

@@ -56,7 +56,7 @@ class Diffusion(GenerativeMethod):
 
         def f(x: Tensor, s: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
             lam = lam_min + s.to(torch.float64) * (lam_max - lam_min)
-            kappa = torch.sigmoid(2.0 * lam).reshape(1).to(x.dtype)
+            kappa = torch.sigmoid(2.0 * lam).reshape(1).to(device=x.device, dtype=x.dtype)
             root = kappa.sqrt()
             eps, jvp = field_jvp(x, probes, kappa)
             v = root * eps - kappa * x

@@ -41,7 +41,7 @@ class FlowMatching(GenerativeMethod):
 
     def _divergence_field(self, field_jvp) -> DivergenceField:
         def f(x: Tensor, s: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
-            kappa = s.reshape(1).to(x.dtype)  # integrated in κ, as for RFM (see rfm.py)
+            kappa = s.reshape(1).to(device=x.device, dtype=x.dtype)  # integrated in κ, as for RFM (see rfm.py)
             psi, jvp = field_jvp(x, probes, kappa)
             return psi, (probes * jvp).sum(dim=(-1, -2))
 

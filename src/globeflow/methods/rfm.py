@@ -51,7 +51,7 @@ class RiemannianFlowMatching(GenerativeMethod):
             # Integrated in κ itself (s = κ), not in the schedule's t: the network sees κ through
             # sinusoids of 1000κ, so the field wiggles at a constant rate in κ and a uniform κ grid
             # resolves it evenly (measured: 10× smaller error than uniform t at equal cost).
-            kappa = s.reshape(1).to(x.dtype)
+            kappa = s.reshape(1).to(device=x.device, dtype=x.dtype)
             psi, jvp = field_jvp(x, probes, kappa)
             radial = (x * psi).sum(dim=-1)
             v = psi - radial.unsqueeze(-1) * x
