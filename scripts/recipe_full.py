@@ -14,6 +14,7 @@ NLL to within the solver's error), the GeoScore / Bayes of MBR with 64 samples a
 sample at ω = 2 (the paper's estimate).
 
     python scripts/recipe_full.py --worlds WORLDS --work W --device cuda --jobs 8 --deadline 420
+    python scripts/recipe_full.py --worlds WORLDS --work docs/recipe_results/full --report   # the table
 
 ``WORLDS/<w>/world.json`` (``globeflow synthetic``'s, with ``bayes_1000.json`` = the Bayes
 estimate's GeoScore on the first 1000 test rows); the 200 000 training and 2 000 test rows are
@@ -183,6 +184,33 @@ def one(name: str, args: argparse.Namespace) -> dict:
     return res
 
 
+def report(results: Path) -> str:
+    """The Markdown table of every run in ``results`` (``W/results`` or docs/recipe_results/full)."""
+    head = (
+        "| run | world | GeoScore/Bayes: default estimate (MBR-32, ω=0) | MBR-64 | 1 sample ω=0 | 1 sample ω=2 | "
+        "NLL gap RK4-32 | RK4-128 | HPD 50/90/95 % calibrated | uncalibrated | 90 % area, median (10⁶ km²) cal. / uncal. |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = []
+    for name in RUNS:
+        p = results / f"{name}.json"
+        if not p.is_file():
+            continue
+        r = json.loads(p.read_text())
+        e, x = r["evaluate"], r["extras"]
+
+        def cov(suffix: str) -> str:
+            return "/".join(f"{100 * e[f'hpd{q}_coverage{suffix}']:.1f}" for q in (50, 90, 95))
+
+        rows.append(
+            f"| {name} | {r['world']} | {r['geoscore_ratio_default']:.3f} | {x['mbr64_g0']:.3f} | {x['sample_g0']:.3f} | "
+            f"{x['sample_g2']:.3f} | {x['nll_gap_rk4_32']:.3f} | {x['nll_gap_rk4_128']:.3f} | {cov('')} | "
+            f"{cov('_uncalibrated')} | {e['hpd90_area_km2_median'] / 1e6:.1f} / "
+            f"{e['hpd90_area_km2_median_uncalibrated'] / 1e6:.1f} |"
+        )
+    return "\n".join([head, *rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worlds", type=Path, required=True)
@@ -198,7 +226,12 @@ def main() -> None:
     ap.add_argument("--summary", type=Path, default=None, help="also write the summary here (e.g. $OUT)")
     ap.add_argument("--eval-rows", type=int, default=1000, help="rows of the extra metrics (dry runs: fewer)")
     ap.add_argument("--extras", default=None, help=argparse.SUPPRESS)  # internal: one run's extra metrics
+    ap.add_argument("--report", action="store_true", help="print the table of WORK/results (or --work itself) and stop")
     args = ap.parse_args()
+    if args.report:
+        res = args.work / "results" if (args.work / "results").is_dir() else args.work
+        print(report(res))
+        return
     if args.extras:
         name = args.extras
         w = RUNS[name][0]
