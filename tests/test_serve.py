@@ -279,6 +279,10 @@ def test_locate_embedding_and_overlay(client, text_locator):
         ({"text": "a", "samples": 3}, 422, "samples"),
         ({"text": "a", "colour": "red"}, 422, "colour"),
         ([1, 2], 422, "body"),
+        ({"text": "x" * 250_000}, 413, "body"),
+        ({"embeddings": []}, 422, "embeddings"),
+        ({"embeddings": [0.0, 1.0]}, 422, "embeddings"),
+        ({"text": "a", "seed": "1"}, 422, "seed"),
     ],
 )
 def test_bad_json_requests_get_4xx_naming_the_field(client, body, status, field):
