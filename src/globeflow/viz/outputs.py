@@ -176,6 +176,62 @@ def _kml_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _kml_estimate(folder: ET.Element, record: dict[str, Any]) -> None:
+    """The estimate's Placemark: its place, the words in the description and as ExtendedData."""
+    pm = ET.SubElement(folder, "Placemark")
+    props = _summary_properties(record)
+    near = f" ({props['place_phrase']})" if props["place_phrase"] else ""
+    ET.SubElement(pm, "name").text = f"estimate: {_label(record)}{near}"
+    countries = record.get("countries") or []
+    desc = [record["sentence"]] if record.get("sentence") else []
+    desc.append("P(country): " + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:3]))
+    if props["localizability_category"]:
+        desc.append(f"how sure: {props['localizability_category']} ({props['localizability_meaning']})")
+    desc.append("regions: " + (record.get("calibration") or "uncalibrated (the model's own levels)"))
+    desc += [f"warning: {w['message']}" for w in props["warnings"]]
+    ET.SubElement(pm, "description").text = "\n".join(desc)
+    # The same words as the GeoJSON properties, for GIS tools that read KML fields.
+    data = ET.SubElement(pm, "ExtendedData")
+    for key in ("place", "sentence", "localizability_category", "regions_calibrated", "top_country_probability"):
+        ET.SubElement(ET.SubElement(data, "Data", name=key), "value").text = _kml_value(props[key])
+    ET.SubElement(ET.SubElement(data, "Data", name="warnings"), "value").text = " | ".join(
+        f"{w['code']}: {w['message']}" for w in props["warnings"]
+    )
+    ET.SubElement(
+        ET.SubElement(pm, "Point"), "coordinates"
+    ).text = f"{record['longitude']:.6f},{record['latitude']:.6f}"
+
+
+def _kml_modes(folder: ET.Element, record: dict[str, Any]) -> None:
+    """One Placemark per mode, named by its place and mass."""
+    for rank, m in enumerate(record.get("modes") or [], start=1):
+        pm = ET.SubElement(folder, "Placemark")
+        where = f"{m['place']} " if m.get("place") else ""
+        ET.SubElement(pm, "name").text = f"mode {rank}: {where}({100 * m['mass']:.0f}%)"
+        ET.SubElement(
+            pm, "description"
+        ).text = f"{m.get('place_phrase') or 'this place'}: {100 * m['mass']:.1f}% of the probability"
+        ET.SubElement(ET.SubElement(pm, "Point"), "coordinates").text = f"{m['longitude']:.6f},{m['latitude']:.6f}"
+
+
+def _kml_regions(folder: ET.Element, record: dict[str, Any], amap: Any) -> None:
+    """One Placemark per credible region (widest first): Polygons with outer and inner boundaries."""
+    for level in sorted(amap.thresholds, reverse=True):
+        polys = region_polygons(amap, level)
+        if not polys:
+            continue
+        pm = ET.SubElement(folder, "Placemark")
+        calibrated = " (calibrated)" if record.get("regions_calibrated") else ""
+        ET.SubElement(pm, "name").text = f"{100 * level:g}% region{calibrated}"
+        ET.SubElement(pm, "styleUrl").text = f"#hpd{round(100 * level)}"
+        multi = ET.SubElement(pm, "MultiGeometry")
+        for poly in polys:
+            polygon = ET.SubElement(multi, "Polygon")
+            for k, ring in enumerate(poly):
+                boundary = ET.SubElement(polygon, "outerBoundaryIs" if k == 0 else "innerBoundaryIs")
+                ET.SubElement(ET.SubElement(boundary, "LinearRing"), "coordinates").text = _coords(ring)
+
+
 def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: Sequence[Any | None]) -> Path:
     """KML 2.2 document: one Folder per record with Placemarks for the estimate, the modes and
     the 50/90% regions (Polygons, outer and inner boundaries), for Google Earth and GIS tools."""
@@ -190,52 +246,10 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
     for record, amap in zip(records, maps):
         folder = ET.SubElement(doc, "Folder")
         ET.SubElement(folder, "name").text = _label(record)
-        pm = ET.SubElement(folder, "Placemark")
-        props = _summary_properties(record)
-        near = f" ({props['place_phrase']})" if props["place_phrase"] else ""
-        ET.SubElement(pm, "name").text = f"estimate: {_label(record)}{near}"
-        countries = record.get("countries") or []
-        desc = [record["sentence"]] if record.get("sentence") else []
-        desc.append("P(country): " + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:3]))
-        if props["localizability_category"]:
-            desc.append(f"how sure: {props['localizability_category']} ({props['localizability_meaning']})")
-        desc.append("regions: " + (record.get("calibration") or "uncalibrated (the model's own levels)"))
-        desc += [f"warning: {w['message']}" for w in props["warnings"]]
-        ET.SubElement(pm, "description").text = "\n".join(desc)
-        # The same words as the GeoJSON properties, for GIS tools that read KML fields.
-        data = ET.SubElement(pm, "ExtendedData")
-        for key in ("place", "sentence", "localizability_category", "regions_calibrated", "top_country_probability"):
-            ET.SubElement(ET.SubElement(data, "Data", name=key), "value").text = _kml_value(props[key])
-        ET.SubElement(ET.SubElement(data, "Data", name="warnings"), "value").text = " | ".join(
-            f"{w['code']}: {w['message']}" for w in props["warnings"]
-        )
-        ET.SubElement(
-            ET.SubElement(pm, "Point"), "coordinates"
-        ).text = f"{record['longitude']:.6f},{record['latitude']:.6f}"
-        for rank, m in enumerate(record.get("modes") or [], start=1):
-            pm = ET.SubElement(folder, "Placemark")
-            where = f"{m['place']} " if m.get("place") else ""
-            ET.SubElement(pm, "name").text = f"mode {rank}: {where}({100 * m['mass']:.0f}%)"
-            ET.SubElement(
-                pm, "description"
-            ).text = f"{m.get('place_phrase') or 'this place'}: {100 * m['mass']:.1f}% of the probability"
-            ET.SubElement(ET.SubElement(pm, "Point"), "coordinates").text = f"{m['longitude']:.6f},{m['latitude']:.6f}"
-        if amap is None:
-            continue
-        for level in sorted(amap.thresholds, reverse=True):
-            polys = region_polygons(amap, level)
-            if not polys:
-                continue
-            pm = ET.SubElement(folder, "Placemark")
-            calibrated = " (calibrated)" if record.get("regions_calibrated") else ""
-            ET.SubElement(pm, "name").text = f"{100 * level:g}% region{calibrated}"
-            ET.SubElement(pm, "styleUrl").text = f"#hpd{round(100 * level)}"
-            multi = ET.SubElement(pm, "MultiGeometry")
-            for poly in polys:
-                polygon = ET.SubElement(multi, "Polygon")
-                for k, ring in enumerate(poly):
-                    boundary = ET.SubElement(polygon, "outerBoundaryIs" if k == 0 else "innerBoundaryIs")
-                    ET.SubElement(ET.SubElement(boundary, "LinearRing"), "coordinates").text = _coords(ring)
+        _kml_estimate(folder, record)
+        _kml_modes(folder, record)
+        if amap is not None:
+            _kml_regions(folder, record, amap)
     ET.indent(root)
     for el in root.iter():  # a control character in a query would make the KML not well-formed
         if el.text:
