@@ -401,6 +401,53 @@ def _summary_table(records: Sequence[dict[str, Any]]) -> str:
     return f'<table class="summary"><tr>{head}</tr>{"".join(body)}</table>'
 
 
+def _record_facts(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of one answer's facts table."""
+    from globeflow.describe import format_area
+
+    sure = r.get("localizability_category")
+    bits = r.get("localizability_bits")
+    summary = [
+        ("most likely", _place_phrase(r)),
+        ("estimate (lat, lon)", f"{r['latitude']:.4f}, {r['longitude']:.4f}"),
+        ("how sure", f"{sure}: {r.get('localizability_meaning', '')}" if sure else "–"),
+        ("localizability", "–" if bits is None else f"{bits:.1f} bits"),
+        ("50% region", "–" if r.get("hpd50_area_km2") is None else format_area(r["hpd50_area_km2"])),
+        ("90% region", "–" if r.get("hpd90_area_km2") is None else format_area(r["hpd90_area_km2"])),
+        ("regions", "conformally calibrated" if r.get("regions_calibrated") else "model levels (uncalibrated)"),
+    ]
+    if r.get("true_latitude") is not None:
+        summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))
+    return summary
+
+
+def _record_section(k: int, r: dict[str, Any]) -> list[str]:
+    """The HTML parts of answer ``k``: heading, sentence, warnings, facts, modes, P(country), map."""
+    parts = [f'<h2 id="answer-{k}">{html.escape(_label(r))}</h2>']
+    if r.get("sentence"):
+        parts.append(f'<p class="sentence">{html.escape(r["sentence"])}</p>')
+    warn = _warning_messages(r)
+    if warn:
+        parts.append('<ul class="warnings">' + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>")
+    parts.append(_table(["", "value"], _record_facts(r)))
+    modes = [
+        (
+            j,
+            m.get("place_phrase") or m.get("place") or "",
+            f"{m['latitude']:.3f}, {m['longitude']:.3f}",
+            f"{100 * m['mass']:.1f}%",
+        )
+        for j, m in enumerate(r.get("modes") or [], start=1)
+    ]
+    parts.append(_table(["place", "near", "lat, lon", "probability"], modes))
+    countries = [(c["name"], c["code"], f"{100 * c['probability']:.1f}%") for c in r.get("countries") or []]
+    parts.append(_table(["country", "code", "probability"], countries))
+    if r.get("map"):
+        src = html.escape(Path(r["map"]).as_posix(), quote=True)
+        parts.append(f'<p><img src="{src}" alt="density map: {html.escape(_label(r), quote=True)}"></p>')
+    return parts
+
+
 def write_html_report(
     path: str | os.PathLike,
     records: Sequence[dict[str, Any]],
@@ -417,7 +464,7 @@ def write_html_report(
     their places and P(country) tables, and its map (``record["map"]``, a path relative to the
     page); then ``metrics`` as a table with labels in words
     (:func:`globeflow.describe.metric_rows`)."""
-    from globeflow.describe import format_area, metric_rows
+    from globeflow.describe import metric_rows
 
     parts = [
         "<!DOCTYPE html>",
@@ -430,41 +477,7 @@ def write_html_report(
     if records:
         parts.append(_summary_table(records))
     for k, r in enumerate(records):
-        parts.append(f'<h2 id="answer-{k}">{html.escape(_label(r))}</h2>')
-        if r.get("sentence"):
-            parts.append(f'<p class="sentence">{html.escape(r["sentence"])}</p>')
-        warn = _warning_messages(r)
-        if warn:
-            parts.append('<ul class="warnings">' + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>")
-        sure = r.get("localizability_category")
-        bits = r.get("localizability_bits")
-        summary = [
-            ("most likely", _place_phrase(r)),
-            ("estimate (lat, lon)", f"{r['latitude']:.4f}, {r['longitude']:.4f}"),
-            ("how sure", f"{sure}: {r.get('localizability_meaning', '')}" if sure else "–"),
-            ("localizability", "–" if bits is None else f"{bits:.1f} bits"),
-            ("50% region", "–" if r.get("hpd50_area_km2") is None else format_area(r["hpd50_area_km2"])),
-            ("90% region", "–" if r.get("hpd90_area_km2") is None else format_area(r["hpd90_area_km2"])),
-            ("regions", "conformally calibrated" if r.get("regions_calibrated") else "model levels (uncalibrated)"),
-        ]
-        if r.get("true_latitude") is not None:
-            summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))
-        parts.append(_table(["", "value"], summary))
-        modes = [
-            (
-                k,
-                m.get("place_phrase") or m.get("place") or "",
-                f"{m['latitude']:.3f}, {m['longitude']:.3f}",
-                f"{100 * m['mass']:.1f}%",
-            )
-            for k, m in enumerate(r.get("modes") or [], start=1)
-        ]
-        parts.append(_table(["place", "near", "lat, lon", "probability"], modes))
-        countries = [(c["name"], c["code"], f"{100 * c['probability']:.1f}%") for c in r.get("countries") or []]
-        parts.append(_table(["country", "code", "probability"], countries))
-        if r.get("map"):
-            src = html.escape(Path(r["map"]).as_posix(), quote=True)
-            parts.append(f'<p><img src="{src}" alt="density map: {html.escape(_label(r), quote=True)}"></p>')
+        parts += _record_section(k, r)
     if metrics:
         parts.append("<h2>Held-out evaluation</h2>")
         if metrics_note:
