@@ -116,6 +116,23 @@ def _error(resp, status: int, field: str) -> str:
     return err["message"]
 
 
+def test_locator_names_its_model_and_checks_the_encoder(text_locator):
+    """A shipped model by name, a built method (its own name; no offline encoder of its
+    dimension: embeddings only), and an encoder of the wrong dimension, named."""
+    from globeflow.methods import build_method
+    from globeflow.pretrained import default_model_dir
+
+    by_name = Locator("geonames-text", num_samples=8)
+    assert by_name.name == "geonames-text" and by_name.model_ref == str(default_model_dir("geonames-text"))
+    assert by_name.encoder.name == text_locator.encoder.name and by_name.input_kind == "text"
+    method = build_method({"method": "rfm", "net": {"cond_dim": 32, "dim": 32, "depth": 1, "expansion": 2}})
+    bare = Locator(method=method)
+    assert bare.name == method.name and bare.encoder is None and bare.input_kind is None
+    assert bare.info()["input"] == "embedding" and Locator(method=method, name="mine").name == "mine"
+    with pytest.raises(ValueError, match=r"encoder: minilm gives 384-d embeddings but the model expects 32-d"):
+        Locator(method=method, encoder="minilm")
+
+
 # ------------------------------------------------------------------------------ describe (library)
 def test_area_comparison_reads_as_a_multiple_of_a_known_area():
     import re
@@ -262,6 +279,10 @@ def test_locate_embedding_and_overlay(client, text_locator):
         ({"text": "a", "samples": 3}, 422, "samples"),
         ({"text": "a", "colour": "red"}, 422, "colour"),
         ([1, 2], 422, "body"),
+        ({"text": "x" * 250_000}, 413, "body"),
+        ({"embeddings": []}, 422, "embeddings"),
+        ({"embeddings": [0.0, 1.0]}, 422, "embeddings"),
+        ({"text": "a", "seed": "1"}, 422, "seed"),
     ],
 )
 def test_bad_json_requests_get_4xx_naming_the_field(client, body, status, field):

@@ -237,3 +237,40 @@ def test_a_rows_estimate_does_not_depend_on_the_files_row_groups(run, tmp_path):
     pa_, pb = (pq.read_table(tmp_path / f"p-{s}.parquet") for s in ("a", "b"))
     np.testing.assert_array_equal(pa_["pred_latitude"].to_numpy(), pb["pred_latitude"].to_numpy())
     np.testing.assert_array_equal(pa_["pred_longitude"].to_numpy(), pb["pred_longitude"].to_numpy())
+
+
+def test_streaming_merge_keeps_ids_no_longer_listed_once_and_last(tmp_path, monkeypatch):
+    """Ids of the existing output that the input no longer lists keep their rows, once, after
+    the listed ones, also when a kill left their parts beside the output."""
+    from globeflow import embed
+
+    monkeypatch.setattr(embed, "_MERGE_ROWS", 3)
+    items = [embed.EmbedItem(id=f"p{i}", path=Path(f"p{i}.jpg"), extra={}) for i in range(10)]
+    parts = tmp_path / "e.parquet.parts"
+
+    def part(path: Path, ids: list[int]) -> None:
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ids, 4).astype(np.float32)), 4)
+        n = len(ids)
+        pq.write_table(
+            pa.table(
+                {"id": [f"p{i}" for i in ids], "embedding": emb, "latitude": np.zeros(n), "longitude": np.zeros(n)}
+            ),
+            path,
+        )
+
+    out = tmp_path / "e.parquet"
+    parts.mkdir()
+    part(parts / "rank0-000000.parquet", [0, 2, 4, 6, 8])
+    part(parts / "rank1-000000.parquet", [1, 3, 5, 7, 9])
+    assert embed._merge(out, parts, items, {"name": "fake"}) == 10
+    parts.mkdir()  # a kill left rank1's part; the input now lists p0..p4 and a new p10
+    part(parts / "rank1-000000.parquet", [1, 3, 5, 7, 9])
+    part(parts / "rank0-000001.parquet", [10])
+    items = [embed.EmbedItem(id=f"p{i}", path=Path(f"p{i}.jpg"), extra={}) for i in [0, 1, 2, 3, 4, 10]]
+    assert embed._merge(out, parts, items, {"name": "fake"}) == 11
+    t = pq.read_table(out)
+    assert t.column("id").to_pylist() == [f"p{i}" for i in [0, 1, 2, 3, 4, 10, 5, 6, 7, 8, 9]]
+    assert t.column("location_source").to_pylist() == [""] * 11  # a column the parts lack: filled
+    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(emb[:, 0], [0, 1, 2, 3, 4, 10, 5, 6, 7, 8, 9])
+    assert not parts.exists()

@@ -552,3 +552,37 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path):
     run = tmp_path / "run"
     assert [rec["step"] for rec in read_log(run / "train_log.jsonl")] == [2, 4, 6]  # rank 0 only: no duplicates
     assert (run / "model.safetensors").is_file() and (run / "checkpoint" / "state.json").is_file()
+
+
+def test_training_state_record_errors_name_the_file_and_the_problem(tmp_path):
+    """Each way a state.json can be wrong gives its own message naming the file."""
+    model, ema, opt, _ = _trained_objects()
+    ck = tmp_path / "ck"
+    save_training_state(ck, model=model, ema=ema, optimizer=opt, step=3, rng={}, extra={})
+    path = ck / "state.json"
+    good = json.loads(path.read_text())
+
+    def fails(edit, error=CheckpointError, match=str(path), **objects) -> None:
+        rec = json.loads(json.dumps(good))
+        edit(rec)
+        path.write_text(json.dumps(rec))
+        args = {"ema": ema, "optimizer": opt, **objects}
+        with pytest.raises(error, match=match):
+            load_training_state(ck, model, args["ema"], args["optimizer"])
+
+    fails(lambda r: r.update(format="other"), match="not a globeflow training-state file")
+    fails(lambda r: r.update(version=99), match="unsupported training-state version 99")
+    fails(lambda r: r.pop("sha256"), match="malformed training-state record")
+    fails(lambda r: r.update(weights_file=3), match="weights_file is int")
+    fails(lambda r: r.update(step="x"), match="malformed")
+    fails(lambda r: r.update(weights_file="../state.safetensors"), match="points outside")
+    fails(lambda r: r.update(weights_file="state-gone.safetensors"), CheckpointNotFoundError, "missing tensor file")
+    fails(lambda r: r.update(ema=None), match="no EMA state")
+    fails(lambda r: r.update(optimizer=None), match="no optimizer state")
+    fails(lambda r: r["optimizer"].update({"class": "SGD"}), match="checkpoint optimizer is SGD")
+    other_opt = build_optimizer("lamb", nn.Linear(3, 2), lr=1e-2)  # same class, other parameters
+    fails(lambda r: None, match="optimizer state does not match the optimizer", optimizer=other_opt)
+    # without EMA / optimizer objects their sections are not read
+    path.write_text(json.dumps({**good, "ema": None, "optimizer": None}))
+    step, rng, extra = load_training_state(ck, model, None, None)
+    assert (step, rng, extra) == (3, {}, {})

@@ -348,8 +348,128 @@ def _wait_for_ranks(parts: Path, world_size: int, timeout: float) -> None:
 
 
 _GPS = {"gps_latitude": "latitude", "gps_longitude": "longitude"}
+_GPS_BACK = {v: k for k, v in _GPS.items()}
 #: Rows per batch read from the existing output while merging.
 _MERGE_ROWS = 16_384
+
+
+def _merge_schema(runs: list[list[Path]]) -> tuple[pa.Schema, bool]:
+    """The merged output's schema, and whether every photo is located (otherwise what is
+    known goes under names train does not read: ``gps_latitude`` / ``gps_longitude``)."""
+    schema = pa.unify_schemas(
+        [
+            pa.schema([f.with_name(_GPS.get(f.name, f.name)) for f in pq.read_schema(p).remove_metadata()])
+            for run in runs
+            for p in run
+        ],
+        promote_options="default",
+    )
+    if "location_source" not in schema.names:
+        schema = schema.append(pa.field("location_source", pa.string()))
+    located = all(
+        np.isfinite(pq.read_table(p, columns=[c]).column(0).to_numpy(zero_copy_only=False)).all()
+        for run in runs
+        for p in run
+        for c in pq.read_schema(p).names
+        if c in ("latitude", "gps_latitude")
+    )
+    if not located:
+        schema = pa.schema([f.with_name(_GPS_BACK.get(f.name, f.name)) for f in schema])
+    return schema, located
+
+
+def _conform(table: pa.Table, schema: pa.Schema, located: bool) -> pa.Table:
+    """``table`` with the merged output's column names, order and types (missing columns:
+    ``location_source`` empty, others null)."""
+    table = table.rename_columns([_GPS.get(c, c) for c in table.column_names])
+    if not located:
+        table = table.rename_columns([_GPS_BACK.get(c, c) for c in table.column_names])
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            cols.append(table.column(f.name).cast(f.type))
+        elif f.name == "location_source":
+            cols.append(pa.array([""] * table.num_rows, pa.string()))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.table(cols, schema=schema)
+
+
+class _IdRanks:
+    """id -> merge rank: the input position of a listed id; ids no longer listed keep their
+    place, last, in the order they are first met."""
+
+    def __init__(self, items: Sequence[EmbedItem]) -> None:
+        self.order = {it.id: i for i, it in enumerate(items)}
+        self.unlisted: dict[str, int] = {}
+
+    def __call__(self, i: str) -> int:
+        if i in self.order:
+            return self.order[i]
+        return self.unlisted.setdefault(i, len(self.order) + len(self.unlisted))
+
+
+def _run_batches(run: list[Path], schema: pa.Schema, located: bool, rank_of: _IdRanks) -> Iterator[tuple]:
+    """(conformed table, int64 ranks of its ids) per batch of one sorted run."""
+    for p in run:
+        pf = pq.ParquetFile(p, page_checksum_verification=True)
+        for b in pf.iter_batches(batch_size=_MERGE_ROWS):
+            table = _conform(pa.Table.from_batches([b]), schema, located)
+            ids = table.column("id").to_pylist()
+            yield table, np.asarray([rank_of(i) for i in ids], dtype=np.int64)
+        pf.close()
+
+
+def _merged_batches(iters: list[Iterator[tuple] | None]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """The k-way merge: (rows, their ranks) of every run up to the smallest buffered rank, in
+    run order (not yet sorted), until every run is spent. Memory: one batch per run."""
+    heads: list = [None] * len(iters)
+    while True:
+        for j, it in enumerate(iters):
+            while it is not None and (heads[j] is None or heads[j][0].num_rows == 0):
+                heads[j] = next(it, None)
+                if heads[j] is None:
+                    iters[j] = it = None
+        live = [h for h in heads if h is not None and h[0].num_rows]
+        if not live:
+            return
+        cutoff = min(int(r[-1]) for _, r in live)  # every row up to it is buffered
+        out_tables, out_ranks = [], []
+        for j, h in enumerate(heads):
+            if h is None or not h[0].num_rows:
+                continue
+            table, r = h
+            k = int(np.searchsorted(r, cutoff, side="right")) if np.all(r[:-1] <= r[1:]) else len(r)
+            out_tables.append(table.slice(0, k))
+            out_ranks.append(r[:k])
+            heads[j] = (table.slice(k), r[k:])
+        yield pa.concat_tables(out_tables), np.concatenate(out_ranks)
+
+
+def _first_copies(ranks: np.ndarray, written: np.ndarray, written_unlisted: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(stable sort of ``ranks``, mask over the sorted rows of the ids to write): each id
+    once, the earliest run's copy; ``written`` / ``written_unlisted`` are updated."""
+    sort = np.argsort(ranks, kind="stable")  # stable: of equal ids, the earliest run's first
+    ranks = ranks[sort]
+    keep = np.ones(len(ranks), dtype=bool)
+    keep[1:] = ranks[1:] != ranks[:-1]  # a repeated id within this batch
+    listed = ranks < len(written)
+    keep[listed] &= ~written[ranks[listed]]  # an id written by an earlier batch
+    for i in np.flatnonzero(keep & ~listed):
+        if int(ranks[i]) in written_unlisted:
+            keep[i] = False
+        written_unlisted.add(int(ranks[i]))
+    written[ranks[keep & listed]] = True
+    return sort, keep
+
+
+def _remove_parts(part_files: list[Path], parts: Path) -> None:
+    for p in [*part_files, *parts.glob("*.json"), *parts.glob("*.jsonl")]:
+        p.unlink()
+    try:
+        parts.rmdir()
+    except OSError:
+        pass
 
 
 def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -> int:
@@ -367,115 +487,30 @@ def _merge(out: Path, parts: Path, items: Sequence[EmbedItem], settings: dict) -
     runs = [old] + list(by_rank.values()) if old else list(by_rank.values())
     if not runs:
         return 0
-    schema = pa.unify_schemas(
-        [
-            pa.schema([f.with_name(_GPS.get(f.name, f.name)) for f in pq.read_schema(p).remove_metadata()])
-            for run in runs
-            for p in run
-        ],
-        promote_options="default",
-    )
-    if "location_source" not in schema.names:
-        schema = schema.append(pa.field("location_source", pa.string()))
-    # Every photo located? Otherwise what is known goes under names train does not read.
-    located = all(
-        np.isfinite(pq.read_table(p, columns=[c]).column(0).to_numpy(zero_copy_only=False)).all()
-        for run in runs
-        for p in run
-        for c in pq.read_schema(p).names
-        if c in ("latitude", "gps_latitude")
-    )
-    if not located:
-        schema = pa.schema([f.with_name({v: k for k, v in _GPS.items()}.get(f.name, f.name)) for f in schema])
-    order = {it.id: i for i, it in enumerate(items)}
-    unlisted: dict[str, int] = {}  # ids no longer listed keep their place, last
-
-    def rank_of(i: str) -> int:
-        if i in order:
-            return order[i]
-        return unlisted.setdefault(i, len(order) + len(unlisted))
-
-    def conform(table: pa.Table) -> pa.Table:
-        table = table.rename_columns([_GPS.get(c, c) for c in table.column_names])
-        if not located:
-            table = table.rename_columns([{v: k for k, v in _GPS.items()}.get(c, c) for c in table.column_names])
-        cols = []
-        for f in schema:
-            if f.name in table.column_names:
-                cols.append(table.column(f.name).cast(f.type))
-            elif f.name == "location_source":
-                cols.append(pa.array([""] * table.num_rows, pa.string()))
-            else:
-                cols.append(pa.nulls(table.num_rows, f.type))
-        return pa.table(cols, schema=schema)
-
-    def batches(run: list[Path]):
-        for p in run:
-            pf = pq.ParquetFile(p, page_checksum_verification=True)
-            for b in pf.iter_batches(batch_size=_MERGE_ROWS):
-                table = conform(pa.Table.from_batches([b]))
-                ids = table.column("id").to_pylist()
-                yield table, np.asarray([rank_of(i) for i in ids], dtype=np.int64)
-            pf.close()
-
-    iters = [batches(run) for run in runs]
-    heads: list = [None] * len(iters)
+    schema, located = _merge_schema(runs)
+    rank_of = _IdRanks(items)
+    iters: list[Iterator[tuple] | None] = [_run_batches(run, schema, located, rank_of) for run in runs]
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     rows = 0
     # A run killed after writing ``out`` but before removing its parts finds those rows twice
     # (in ``out`` and in the parts): each id is written once (the copy of the earliest run, the
-    # existing output first), so a rerun is idempotent. Every id has one rank (see ``rank_of``),
+    # existing output first), so a rerun is idempotent. Every id has one rank (see ``_IdRanks``),
     # so "written" is a bitmap over the listed ids (1 byte per input item) plus a set for the
     # few ids no longer listed: memory stays independent of the embeddings' size.
-    written = np.zeros(len(order), dtype=bool)
+    written = np.zeros(len(rank_of.order), dtype=bool)
     written_unlisted: set[int] = set()
     try:
         with pq.ParquetWriter(
             tmp, schema.with_metadata({METADATA_KEY: json.dumps(settings)}), write_page_checksum=True
         ) as writer:
-            while True:
-                for j, it in enumerate(iters):
-                    while it is not None and (heads[j] is None or heads[j][0].num_rows == 0):
-                        heads[j] = next(it, None)
-                        if heads[j] is None:
-                            iters[j] = it = None
-                live = [h for h in heads if h is not None and h[0].num_rows]
-                if not live:
-                    break
-                cutoff = min(int(r[-1]) for _, r in live)  # every row up to it is buffered
-                out_tables, out_ranks = [], []
-                for j, h in enumerate(heads):
-                    if h is None or not h[0].num_rows:
-                        continue
-                    table, r = h
-                    k = int(np.searchsorted(r, cutoff, side="right")) if np.all(r[:-1] <= r[1:]) else len(r)
-                    out_tables.append(table.slice(0, k))
-                    out_ranks.append(r[:k])
-                    heads[j] = (table.slice(k), r[k:])
-                merged = pa.concat_tables(out_tables)
-                ranks = np.concatenate(out_ranks)
-                sort = np.argsort(ranks, kind="stable")  # stable: of equal ids, the earliest run's first
-                ranks = ranks[sort]
-                keep = np.ones(len(ranks), dtype=bool)
-                keep[1:] = ranks[1:] != ranks[:-1]  # a repeated id within this batch
-                listed = ranks < len(order)
-                keep[listed] &= ~written[ranks[listed]]  # an id written by an earlier batch
-                for i in np.flatnonzero(keep & ~listed):
-                    if int(ranks[i]) in written_unlisted:
-                        keep[i] = False
-                    written_unlisted.add(int(ranks[i]))
-                written[ranks[keep & listed]] = True
+            for merged, ranks in _merged_batches(iters):
+                sort, keep = _first_copies(ranks, written, written_unlisted)
                 writer.write_table(merged.take(pa.array(sort[keep])))
                 rows += int(keep.sum())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    for p in [*part_files, *parts.glob("*.json"), *parts.glob("*.jsonl")]:
-        p.unlink()
-    try:
-        parts.rmdir()
-    except OSError:
-        pass
+    _remove_parts(part_files, parts)
     return rows
 
 

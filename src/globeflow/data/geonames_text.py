@@ -59,7 +59,7 @@ import os
 import sys
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -416,6 +416,109 @@ def _allocate(
     return [i for i, k in zip(members, n) for _ in range(int(k))]
 
 
+_Row = tuple[str, str, int, str]
+
+
+def _templates(p: Place, name: str) -> dict[str, str]:
+    """level -> text of the place-level templates of ``p`` with ``name`` as the name."""
+    out = {"name": name}
+    if p.admin1:
+        out["name_admin1"] = f"{name}, {p.admin1}"
+        if p.country:
+            out["name_admin1_country"] = f"{name}, {p.admin1}, {p.country}"
+    if p.country:
+        out["name_country"] = f"{name}, {p.country}"
+    return out
+
+
+def _exact_texts(p: Place) -> Iterator[tuple[str, str]]:
+    """(level, text) of every exact text of ``p``: its templates, then its regions."""
+    yield from _templates(p, p.name).items()
+    if p.admin1:
+        yield "admin1", p.admin1
+        if p.country:
+            yield "admin1_country", f"{p.admin1}, {p.country}"
+    if p.country:
+        yield "country", p.country
+
+
+def _variant_texts(
+    p: Place, population: float, alternates: Sequence[str], config: GeonamesTextV2Config
+) -> Iterator[tuple[str, str, str]]:
+    """(text, level, variant) of the augmented texts of ``p``, in the builder's order (the
+    first variant to produce a text names it)."""
+    tpl = _templates(p, p.name)
+    place_levels = sorted(lv for lv in tpl if lv != "name")
+    pick = place_levels[int(_unit_hash(f"{p.key}|tpl", config.salt) * len(place_levels))] if place_levels else None
+    aug = set(config.augment)
+    if "lower" in aug:
+        yield from ((text.lower(), level, "lower") for level, text in tpl.items())
+    if "ascii" in aug:
+        yield from ((_ascii(text), level, "ascii") for level, text in tpl.items())
+    names: list[tuple[str, str]] = []
+    if "typo" in aug and sum(ch.isalpha() for ch in p.name) >= config.typo_min_len:
+        names.append((typo(p.name, config.typo_seed), "typo"))
+    if "alt" in aug and population >= config.alt_min_population:
+        alts = sorted({a for a in alternates if _latin_alternate(a, p.name)})
+        alts = sorted(alts, key=lambda a: _unit_hash(f"{p.key}|{a}", config.salt))[: config.max_alternates]
+        names += [(a, "alt") for a in alts]
+    for name, variant in names:
+        yield name, "name", variant
+        if pick is not None:
+            yield _templates(p, name)[pick], pick, variant
+
+
+def _text_groups(
+    places: Sequence[Place], population: np.ndarray, alternates: Sequence[Sequence[str]], config: GeonamesTextV2Config
+) -> tuple[dict[str, dict[str, list[int]]], dict[str, str]]:
+    """text -> level -> member place indices, and text -> variant (``exact`` or the first
+    augmentation that produced it). A variant the encoder sees as an exact text is dropped."""
+    key_of = _part_key if config.uncased else (lambda t: t)
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    variant_of: dict[str, str] = {}
+    for i, p in enumerate(places):
+        for level, text in _exact_texts(p):
+            groups[text][level].append(i)
+            variant_of[text] = "exact"
+    exact_keys = {key_of(t) for t in groups}
+
+    extra: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, p in enumerate(places):
+        for text, level, variant in _variant_texts(p, population[i], alternates[i], config):
+            if key_of(text) in exact_keys or not text.strip():
+                continue  # the encoder sees an exact text: nothing new
+            extra[text][level].append(i)
+            variant_of.setdefault(text, variant)
+    for text, by_level in extra.items():
+        for level, members in by_level.items():
+            groups[text][level].extend(members)
+    return groups, variant_of
+
+
+def _row_split(
+    level: str, members: list[int], is_test: list[bool], u: float, config: GeonamesTextV2Config
+) -> Iterator[tuple[str, list[int]]]:
+    """(split, members) to allocate rows for, of one (text, level) group; ``u`` is the text's
+    hash. Splits: ``train``, ``test`` and ``test_only`` (dropped when also a train text)."""
+    tr = [i for i in members if not is_test[i]]
+    te = [i for i in members if is_test[i]]
+    if level in _REGION_LEVELS:
+        if tr:
+            yield "train", tr
+        if te:
+            yield "test", te
+    elif level == "name":
+        if tr:
+            if len(set(tr)) > 1 or u < config.keep_single_name:
+                yield "train", tr
+        elif len(set(te)) > 1 or u < config.keep_single_name:
+            yield "test_only", te
+    else:
+        held = bool(te)
+        if u < config.keep.get(level, 1.0) or (held and level == "name_admin1_country"):
+            yield ("test_only" if held else "train"), members
+
+
 def build_rows_v2(
     places: Sequence[Place], population: np.ndarray, alternates: Sequence[Sequence[str]], config: GeonamesTextV2Config
 ) -> dict[str, list[tuple[str, str, int, str]]]:
@@ -430,114 +533,28 @@ def build_rows_v2(
     is_test = [_unit_hash(p.key, salt) < config.test_fraction for p in places]
     pop = np.maximum(np.asarray(population, np.float64), config.pop_floor)
     w_place, w_region = pop**config.gamma, pop**config.gamma_region
-    key_of = _part_key if config.uncased else (lambda t: t)
-
-    # text -> level -> (members, variant)
-    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    variant_of: dict[str, str] = {}
-
-    def templates(i: int, name: str) -> dict[str, str]:
-        p = places[i]
-        out = {"name": name}
-        if p.admin1:
-            out["name_admin1"] = f"{name}, {p.admin1}"
-            if p.country:
-                out["name_admin1_country"] = f"{name}, {p.admin1}, {p.country}"
-        if p.country:
-            out["name_country"] = f"{name}, {p.country}"
-        return out
-
-    for i, p in enumerate(places):
-        for level, text in templates(i, p.name).items():
-            groups[text][level].append(i)
-            variant_of[text] = "exact"
-        if p.admin1:
-            groups[p.admin1]["admin1"].append(i)
-            variant_of[p.admin1] = "exact"
-            if p.country:
-                groups[f"{p.admin1}, {p.country}"]["admin1_country"].append(i)
-                variant_of[f"{p.admin1}, {p.country}"] = "exact"
-        if p.country:
-            groups[p.country]["country"].append(i)
-            variant_of[p.country] = "exact"
-    exact_keys = {key_of(t) for t in groups}
-
-    extra: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-
-    def add_variant(text: str, level: str, i: int, variant: str) -> None:
-        if key_of(text) in exact_keys or not text.strip():
-            return  # the encoder sees an exact text: nothing new
-        extra[text][level].append(i)
-        variant_of.setdefault(text, variant)
-
-    aug = set(config.augment)
-    for i, p in enumerate(places):
-        tpl = templates(i, p.name)
-        place_levels = sorted(lv for lv in tpl if lv != "name")
-        pick = place_levels[int(_unit_hash(f"{p.key}|tpl", salt) * len(place_levels))] if place_levels else None
-        if "lower" in aug:
-            for level, text in tpl.items():
-                add_variant(text.lower(), level, i, "lower")
-        if "ascii" in aug:
-            for level, text in tpl.items():
-                add_variant(_ascii(text), level, i, "ascii")
-        if "typo" in aug and sum(ch.isalpha() for ch in p.name) >= config.typo_min_len:
-            slip = typo(p.name, config.typo_seed)
-            add_variant(slip, "name", i, "typo")
-            if pick is not None:
-                add_variant(templates(i, slip)[pick], pick, i, "typo")
-        if "alt" in aug and population[i] >= config.alt_min_population:
-            alts = sorted({a for a in alternates[i] if _latin_alternate(a, p.name)})
-            alts = sorted(alts, key=lambda a: _unit_hash(f"{p.key}|{a}", salt))[: config.max_alternates]
-            for a in alts:
-                add_variant(a, "name", i, "alt")
-                if pick is not None:
-                    add_variant(templates(i, a)[pick], pick, i, "alt")
-    for text, by_level in extra.items():
-        for level, members in by_level.items():
-            groups[text][level].extend(members)
+    groups, variant_of = _text_groups(places, population, alternates, config)
 
     caps = {"name": config.name_cap, "admin1": config.admin1_cap, "admin1_country": config.admin1_cap}
     caps.update({"country": config.country_cap, **dict.fromkeys(_PLACE_LEVELS, config.place_cap)})
-    train: list[tuple[str, str, int, str]] = []
-    test: list[tuple[str, str, int, str]] = []
-    test_only: list[tuple[str, str, int, str]] = []
-
-    def rows(text: str, level: str, members: list[int]) -> list[tuple[str, str, int, str]]:
-        members = sorted(set(members))
-        w = w_region if level in _REGION_LEVELS else w_place
-        budget = min(caps[level], config.rows_per_place * len(members))
-        return [(text, level, i, variant_of[text]) for i in _allocate(members, w, budget, text, places, salt)]
-
+    split: dict[str, list[_Row]] = {"train": [], "test": [], "test_only": []}
     for text, by_level in groups.items():
         u = _unit_hash(text, salt)
-        for level, members in by_level.items():
-            tr = [i for i in members if not is_test[i]]
-            te = [i for i in members if is_test[i]]
-            if level in _REGION_LEVELS:
-                train += rows(text, level, tr) if tr else []
-                test += rows(text, level, te) if te else []
-            elif level == "name":
-                if tr:
-                    if len(set(tr)) > 1 or u < config.keep_single_name:
-                        train += rows(text, level, tr)
-                elif len(set(te)) > 1 or u < config.keep_single_name:
-                    test_only += rows(text, level, te)
-            else:
-                held = bool(te)
-                if not (u < config.keep.get(level, 1.0) or (held and level == "name_admin1_country")):
-                    continue
-                if held:
-                    test_only += rows(text, level, members)
-                else:
-                    train += rows(text, level, members)
-    train_texts = {t for t, _, _, _ in train}
-    test += [r for r in test_only if r[0] not in train_texts]
+        for level, level_members in by_level.items():
+            for name, members in _row_split(level, level_members, is_test, u, config):
+                members = sorted(set(members))
+                w = w_region if level in _REGION_LEVELS else w_place
+                budget = min(caps[level], config.rows_per_place * len(members))
+                split[name] += [
+                    (text, level, i, variant_of[text]) for i in _allocate(members, w, budget, text, places, salt)
+                ]
+    train_texts = {t for t, _, _, _ in split["train"]}
+    test = split["test"] + [r for r in split["test_only"] if r[0] not in train_texts]
 
-    def order(rs: list[tuple[str, str, int, str]]) -> list[tuple[str, str, int, str]]:
+    def order(rs: list[_Row]) -> list[_Row]:
         return sorted(rs, key=lambda r: (r[0], r[1], places[r[2]].key, r[3]))
 
-    return {"train": order(train), "test": order(test)}
+    return {"train": order(split["train"]), "test": order(test)}
 
 
 def _part_key(text: str) -> str:

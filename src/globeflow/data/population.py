@@ -189,19 +189,27 @@ class LookupBaseline:
         parts = [s for s in parts if s]
         if not parts:
             return None
-        name = parts[0]
-        named = self._name.get(name, [])
         if len(parts) == 1:
-            if named:
-                return self._best(named, "name")
-            if name in self._admin1:
-                return self._best(self._admin1[name], "admin1")
-            cc = self._cc(name)
-            return self._best(self._country.get(cc, []), "country") if cc else None
-        last = parts[-1]
-        cc = self._cc(last)
+            return self._lookup_one(parts[0])
+        return self._lookup_parts(parts)
+
+    def _lookup_one(self, name: str) -> LookupAnswer | None:
+        """A one-part query: a place name, else an admin1, else a country."""
+        named = self._name.get(name, [])
+        if named:
+            return self._best(named, "name")
+        if name in self._admin1:
+            return self._best(self._admin1[name], "admin1")
+        cc = self._cc(name)
+        return self._best(self._country.get(cc, []), "country") if cc else None
+
+    def _lookup_parts(self, parts: list[str]) -> LookupAnswer | None:
+        """A query of several parts: "Name, Admin1..., Country" (the country optional), else
+        "Admin1, Country"."""
+        name = parts[0]
+        cc = self._cc(parts[-1])
         middle = parts[1:-1] if cc else parts[1:]
-        pool = named
+        pool = self._name.get(name, [])
         if cc:
             pool = [i for i in pool if self.places[i].cc == cc]
         for admin in middle:

@@ -31,7 +31,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from globeflow.serve.locator import InputError, Locator
+from globeflow.serve.locator import InputError, Limits, Locator
 
 __all__ = ["create_app"]
 
@@ -286,16 +286,22 @@ def _options(body: dict[str, Any], locator: Locator) -> dict[str, Any]:
     return opts
 
 
-async def _parse_json(request: Request, locator: Locator):
+_INPUT_KEYS = ("text", "texts", "embedding", "embeddings")
+
+
+async def _read_body(request: Request, lim_bytes: int) -> bytes:
     # Read at most the upload limit, also when no Content-Length was sent (chunked bodies).
-    lim_bytes = locator.limits.max_upload_bytes
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > lim_bytes:
             raise InputError("body", f"larger than {lim_bytes:,} bytes", 413)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _json_request(raw: bytes) -> tuple[dict[str, Any], str]:
+    """The request object and its one input key; :class:`InputError` naming the field."""
     if not raw:
         raise InputError("body", 'empty request; send JSON like {"text": "Canton, Ohio"} or a multipart photo', 400)
     try:
@@ -304,30 +310,30 @@ async def _parse_json(request: Request, locator: Locator):
         raise InputError("body", f"not valid JSON ({err})", 400) from None
     if not isinstance(body, dict):
         raise InputError("body", "expected a JSON object", 422)
-    keys = [k for k in ("text", "texts", "embedding", "embeddings") if k in body]
+    keys = [k for k in _INPUT_KEYS if k in body]
     if len(keys) != 1:
         raise InputError("body", "give exactly one of text, texts, embedding, embeddings", 422)
-    unknown = set(body) - {"text", "texts", "embedding", "embeddings", "samples", "seed", "overlay"}
+    unknown = set(body) - {*_INPUT_KEYS, "samples", "seed", "overlay"}
     if unknown:
         raise InputError(sorted(unknown)[0], "unknown field", 422)
+    return body, keys[0]
+
+
+def _checked_texts(texts: Any, key: str, lim: Limits) -> list[str]:
+    if not isinstance(texts, list) or not texts:
+        raise InputError(key, "expected a non-empty list of strings", 422)
+    if len(texts) > lim.max_batch:
+        raise InputError(key, f"{len(texts)} texts; at most {lim.max_batch} per request", 413)
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise InputError(key, "expected non-empty strings", 422)
+        if len(t) > lim.max_text_chars:
+            raise InputError(key, f"a text of {len(t)} characters; at most {lim.max_text_chars}", 413)
+    return texts
+
+
+def _checked_embeddings(value: Any, key: str, locator: Locator) -> np.ndarray:
     lim = locator.limits
-    key = keys[0]
-    opts = _options(body, locator)
-    if key in ("text", "texts"):
-        texts = [body["text"]] if key == "text" else body["texts"]
-        if not isinstance(texts, list) or not texts:
-            raise InputError(key, "expected a non-empty list of strings", 422)
-        if len(texts) > lim.max_batch:
-            raise InputError(key, f"{len(texts)} texts; at most {lim.max_batch} per request", 413)
-        for t in texts:
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(key, "expected non-empty strings", 422)
-            if len(t) > lim.max_text_chars:
-                raise InputError(key, f"a text of {len(t)} characters; at most {lim.max_text_chars}", 413)
-        if locator.input_kind != "text":
-            locator.embed_texts([])  # raises the InputError that says what the model takes
-        return (lambda: locator.embed_texts(texts)), [{"query": t} for t in texts], opts
-    value = body[key]
     if key == "embeddings":
         if not isinstance(value, list) or not value:
             raise InputError(key, "expected a non-empty list of embeddings", 422)
@@ -336,6 +342,19 @@ async def _parse_json(request: Request, locator: Locator):
     emb = locator.check_embeddings(value, key)
     if key == "embeddings" and emb.shape[0] != len(value):
         raise InputError(key, "expected a list of embeddings", 422)
+    return emb
+
+
+async def _parse_json(request: Request, locator: Locator):
+    raw = await _read_body(request, locator.limits.max_upload_bytes)
+    body, key = _json_request(raw)
+    opts = _options(body, locator)
+    if key in ("text", "texts"):
+        texts = _checked_texts([body["text"]] if key == "text" else body["texts"], key, locator.limits)
+        if locator.input_kind != "text":
+            locator.embed_texts([])  # raises the InputError that says what the model takes
+        return (lambda: locator.embed_texts(texts)), [{"query": t} for t in texts], opts
+    emb = _checked_embeddings(body[key], key, locator)
     return (lambda: emb), [{"embedding_index": i} for i in range(emb.shape[0])], opts
 
 

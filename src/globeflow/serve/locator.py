@@ -70,6 +70,47 @@ def _model_encoder_name(model_ref: str | None, method: Any) -> str | None:
     return None
 
 
+def _load_model(model: str | None, name: str | None, device: str) -> tuple[Any, str, str | None]:
+    """``(method, model reference, display name)`` of ``model``: a run directory, ``hf:`` id,
+    a shipped model by name (``globeflow models``), or ``None`` for the default model."""
+    from globeflow.api import load
+    from globeflow.pretrained import DEFAULT_MODEL, default_model_dir
+
+    if model is None:
+        model = str(default_model_dir())
+        name = name or DEFAULT_MODEL
+    elif not Path(model).exists() and not model.startswith("hf:"):
+        from globeflow.pretrained import _ROOT
+
+        if (_ROOT / model / "config.json").is_file():  # a shipped model by name (globeflow models)
+            name = name or model
+            model = str(default_model_dir(model))
+    return load(model, device=device), model, name
+
+
+def _pick_encoder(
+    encoder: Any, encoder_path: str | None, model: str | None, method: Any, embedding_dim: int, device: str
+) -> Any:
+    """The encoder instance: ``encoder`` (an instance or registry name), else the model's own,
+    else the offline encoder of ``embedding_dim`` (``None``: the model takes embeddings).
+    ``ValueError`` when its dimension is not the model's."""
+    from globeflow.encoders import ENCODERS, Encoder, get_encoder
+
+    if isinstance(encoder, Encoder):
+        out = encoder
+    else:
+        enc_name = encoder or _model_encoder_name(model, method)
+        if enc_name is None:  # nothing recorded: the offline encoder of that dimension, if any
+            enc_name = next((n for n, s in ENCODERS.items() if s.offline and s.dim == embedding_dim), None)
+        out = None if enc_name is None else get_encoder(enc_name, source=encoder_path, device=device)
+    if out is not None and out.dim != embedding_dim:
+        raise ValueError(
+            f"encoder: {out.name} gives {out.dim}-d embeddings but the model expects "
+            f"{embedding_dim}-d; run `globeflow models` to see which encoder each model takes"
+        )
+    return out
+
+
 def _colormap() -> np.ndarray:
     """256 RGB colours (uint8): matplotlib's ``magma_r`` (the PNG maps' scale) from its pale
     end to deep purple, without the black end (the map beneath must stay readable)."""
@@ -161,23 +202,9 @@ class Locator:
         name: str | None = None,
         cache_size: int = 64,
     ) -> None:
-        from globeflow.api import load
-        from globeflow.encoders import ENCODERS, Encoder, get_encoder
-
         self.limits = limits or Limits()
         if method is None:
-            from globeflow.pretrained import DEFAULT_MODEL, default_model_dir
-
-            if model is None:
-                model = str(default_model_dir())
-                name = name or DEFAULT_MODEL
-            elif not Path(model).exists() and not model.startswith("hf:"):
-                from globeflow.pretrained import _ROOT
-
-                if (_ROOT / model / "config.json").is_file():  # a shipped model by name (globeflow models)
-                    name = name or model
-                    model = str(default_model_dir(model))
-            method = load(model, device=device)
+            method, model, name = _load_model(model, name, device)
         self.method = method
         self.model_ref = model
         self.name = name or (Path(model).name if model and not model.startswith("hf:") else model) or method.name
@@ -185,18 +212,7 @@ class Locator:
         self.num_samples = int(num_samples)
         self.density_steps = int(density_steps)
         self.seed = int(seed)
-        if isinstance(encoder, Encoder):
-            self.encoder = encoder
-        else:
-            enc_name = encoder or _model_encoder_name(model, method)
-            if enc_name is None:  # nothing recorded: the offline encoder of that dimension, if any
-                enc_name = next((n for n, s in ENCODERS.items() if s.offline and s.dim == self.embedding_dim), None)
-            self.encoder = None if enc_name is None else get_encoder(enc_name, source=encoder_path, device=device)
-        if self.encoder is not None and self.encoder.dim != self.embedding_dim:
-            raise ValueError(
-                f"encoder: {self.encoder.name} gives {self.encoder.dim}-d embeddings but the model expects "
-                f"{self.embedding_dim}-d; run `globeflow models` to see which encoder each model takes"
-            )
+        self.encoder = _pick_encoder(encoder, encoder_path, model, method, self.embedding_dim, device)
         self.input_kind = None if self.encoder is None else self.encoder.kind
         self._novelty = self._load_novelty(model)
         self._cache: OrderedDict[str, tuple[list[dict], list[Any]]] = OrderedDict()

@@ -238,23 +238,9 @@ def save_training_state(
     return json_path
 
 
-def load_training_state(
-    directory: str | os.PathLike[str],
-    model: nn.Module,
-    ema: EMA | None,
-    optimizer: torch.optim.Optimizer | None,
-) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """Restore ``model``/``ema``/``optimizer`` in place from :func:`save_training_state`.
-
-    Returns:
-        ``(step, rng, extra)`` with tensors decoded back to tensors.
-
-    Raises:
-        CheckpointNotFoundError: no committed checkpoint in ``directory``.
-        CheckpointError: corrupt/inconsistent files, or a checkpoint that does not
-            match the model/optimizer; messages name the offending file.
-    """
-    directory = Path(directory)
+def _read_state_record(directory: Path) -> tuple[dict[str, Any], Path, Path, int]:
+    """``(record, state.json path, tensor file path, step)`` of the committed checkpoint in
+    ``directory``, its tensor file checked (inside ``directory``, present, checksum)."""
     json_path = directory / _STATE_JSON
     if not json_path.is_file():
         raise CheckpointNotFoundError(f"no training checkpoint in {directory} (missing {json_path})")
@@ -281,14 +267,57 @@ def load_training_state(
         raise CheckpointNotFoundError(f"{json_path} refers to missing tensor file {weights_path}")
     if _sha256(weights_path) != expected_sha:
         raise CheckpointError(f"checksum mismatch for {weights_path}: the file is corrupt or was modified")
+    return rec, json_path, weights_path, step
+
+
+def _section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, meta: dict[str, Any] | None, tensors: dict[str, Tensor], json_path: Path
+) -> None:
+    """Restore ``optimizer`` from the record's ``optimizer`` entry and the ``optim/`` tensors."""
+    if meta is None:
+        raise CheckpointError(f"{json_path}: checkpoint has no optimizer state")
+    if meta["class"] != type(optimizer).__name__:
+        raise CheckpointError(
+            f"{json_path}: checkpoint optimizer is {meta['class']}, training uses {type(optimizer).__name__}"
+        )
+    state: dict[int, dict[str, Any]] = {int(i): {} for i in meta["indices"]}
+    for idx, vals in _decode(meta["state"]).items():
+        state[int(idx)].update(vals)
+    for key, val in _section(tensors, "optim/").items():
+        idx, name = key.split("/", 1)
+        state[int(idx)][name] = val
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": _decode(meta["param_groups"])})
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{json_path}: optimizer state does not match the optimizer: {e}") from e
+
+
+def load_training_state(
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    ema: EMA | None,
+    optimizer: torch.optim.Optimizer | None,
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Restore ``model``/``ema``/``optimizer`` in place from :func:`save_training_state`.
+
+    Returns:
+        ``(step, rng, extra)`` with tensors decoded back to tensors.
+
+    Raises:
+        CheckpointNotFoundError: no committed checkpoint in ``directory``.
+        CheckpointError: corrupt/inconsistent files, or a checkpoint that does not
+            match the model/optimizer; messages name the offending file.
+    """
+    rec, json_path, weights_path, step = _read_state_record(Path(directory))
     tensors = io.load_weights(weights_path)
 
-    def section(prefix: str) -> dict[str, Tensor]:
-        n = len(prefix)
-        return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
-
     try:
-        unwrap_model(model).load_state_dict(section("model/"), strict=True)
+        unwrap_model(model).load_state_dict(_section(tensors, "model/"), strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{weights_path}: model weights do not match the model: {e}") from e
 
@@ -296,27 +325,11 @@ def load_training_state(
         if rec.get("ema") is None:
             raise CheckpointError(f"{json_path}: checkpoint has no EMA state")
         try:
-            ema.load_state_dict({**rec["ema"], "shadow": section("ema/")})
+            ema.load_state_dict({**rec["ema"], "shadow": _section(tensors, "ema/")})
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{weights_path}: EMA weights do not match the model: {e}") from e
 
     if optimizer is not None:
-        meta = rec.get("optimizer")
-        if meta is None:
-            raise CheckpointError(f"{json_path}: checkpoint has no optimizer state")
-        if meta["class"] != type(optimizer).__name__:
-            raise CheckpointError(
-                f"{json_path}: checkpoint optimizer is {meta['class']}, training uses {type(optimizer).__name__}"
-            )
-        state: dict[int, dict[str, Any]] = {int(i): {} for i in meta["indices"]}
-        for idx, vals in _decode(meta["state"]).items():
-            state[int(idx)].update(vals)
-        for key, val in section("optim/").items():
-            idx, name = key.split("/", 1)
-            state[int(idx)][name] = val
-        try:
-            optimizer.load_state_dict({"state": state, "param_groups": _decode(meta["param_groups"])})
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{json_path}: optimizer state does not match the optimizer: {e}") from e
+        _load_optimizer_state(optimizer, rec.get("optimizer"), tensors, json_path)
 
     return step, _decode(rec["rng"]), _decode(rec["extra"])

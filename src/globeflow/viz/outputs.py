@@ -176,6 +176,62 @@ def _kml_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _kml_estimate(folder: ET.Element, record: dict[str, Any]) -> None:
+    """The estimate's Placemark: its place, the words in the description and as ExtendedData."""
+    pm = ET.SubElement(folder, "Placemark")
+    props = _summary_properties(record)
+    near = f" ({props['place_phrase']})" if props["place_phrase"] else ""
+    ET.SubElement(pm, "name").text = f"estimate: {_label(record)}{near}"
+    countries = record.get("countries") or []
+    desc = [record["sentence"]] if record.get("sentence") else []
+    desc.append("P(country): " + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:3]))
+    if props["localizability_category"]:
+        desc.append(f"how sure: {props['localizability_category']} ({props['localizability_meaning']})")
+    desc.append("regions: " + (record.get("calibration") or "uncalibrated (the model's own levels)"))
+    desc += [f"warning: {w['message']}" for w in props["warnings"]]
+    ET.SubElement(pm, "description").text = "\n".join(desc)
+    # The same words as the GeoJSON properties, for GIS tools that read KML fields.
+    data = ET.SubElement(pm, "ExtendedData")
+    for key in ("place", "sentence", "localizability_category", "regions_calibrated", "top_country_probability"):
+        ET.SubElement(ET.SubElement(data, "Data", name=key), "value").text = _kml_value(props[key])
+    ET.SubElement(ET.SubElement(data, "Data", name="warnings"), "value").text = " | ".join(
+        f"{w['code']}: {w['message']}" for w in props["warnings"]
+    )
+    ET.SubElement(
+        ET.SubElement(pm, "Point"), "coordinates"
+    ).text = f"{record['longitude']:.6f},{record['latitude']:.6f}"
+
+
+def _kml_modes(folder: ET.Element, record: dict[str, Any]) -> None:
+    """One Placemark per mode, named by its place and mass."""
+    for rank, m in enumerate(record.get("modes") or [], start=1):
+        pm = ET.SubElement(folder, "Placemark")
+        where = f"{m['place']} " if m.get("place") else ""
+        ET.SubElement(pm, "name").text = f"mode {rank}: {where}({100 * m['mass']:.0f}%)"
+        ET.SubElement(
+            pm, "description"
+        ).text = f"{m.get('place_phrase') or 'this place'}: {100 * m['mass']:.1f}% of the probability"
+        ET.SubElement(ET.SubElement(pm, "Point"), "coordinates").text = f"{m['longitude']:.6f},{m['latitude']:.6f}"
+
+
+def _kml_regions(folder: ET.Element, record: dict[str, Any], amap: Any) -> None:
+    """One Placemark per credible region (widest first): Polygons with outer and inner boundaries."""
+    for level in sorted(amap.thresholds, reverse=True):
+        polys = region_polygons(amap, level)
+        if not polys:
+            continue
+        pm = ET.SubElement(folder, "Placemark")
+        calibrated = " (calibrated)" if record.get("regions_calibrated") else ""
+        ET.SubElement(pm, "name").text = f"{100 * level:g}% region{calibrated}"
+        ET.SubElement(pm, "styleUrl").text = f"#hpd{round(100 * level)}"
+        multi = ET.SubElement(pm, "MultiGeometry")
+        for poly in polys:
+            polygon = ET.SubElement(multi, "Polygon")
+            for k, ring in enumerate(poly):
+                boundary = ET.SubElement(polygon, "outerBoundaryIs" if k == 0 else "innerBoundaryIs")
+                ET.SubElement(ET.SubElement(boundary, "LinearRing"), "coordinates").text = _coords(ring)
+
+
 def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: Sequence[Any | None]) -> Path:
     """KML 2.2 document: one Folder per record with Placemarks for the estimate, the modes and
     the 50/90% regions (Polygons, outer and inner boundaries), for Google Earth and GIS tools."""
@@ -190,52 +246,10 @@ def write_kml(path: str | os.PathLike, records: Sequence[dict[str, Any]], maps: 
     for record, amap in zip(records, maps):
         folder = ET.SubElement(doc, "Folder")
         ET.SubElement(folder, "name").text = _label(record)
-        pm = ET.SubElement(folder, "Placemark")
-        props = _summary_properties(record)
-        near = f" ({props['place_phrase']})" if props["place_phrase"] else ""
-        ET.SubElement(pm, "name").text = f"estimate: {_label(record)}{near}"
-        countries = record.get("countries") or []
-        desc = [record["sentence"]] if record.get("sentence") else []
-        desc.append("P(country): " + ", ".join(f"{c['name']} {100 * c['probability']:.0f}%" for c in countries[:3]))
-        if props["localizability_category"]:
-            desc.append(f"how sure: {props['localizability_category']} ({props['localizability_meaning']})")
-        desc.append("regions: " + (record.get("calibration") or "uncalibrated (the model's own levels)"))
-        desc += [f"warning: {w['message']}" for w in props["warnings"]]
-        ET.SubElement(pm, "description").text = "\n".join(desc)
-        # The same words as the GeoJSON properties, for GIS tools that read KML fields.
-        data = ET.SubElement(pm, "ExtendedData")
-        for key in ("place", "sentence", "localizability_category", "regions_calibrated", "top_country_probability"):
-            ET.SubElement(ET.SubElement(data, "Data", name=key), "value").text = _kml_value(props[key])
-        ET.SubElement(ET.SubElement(data, "Data", name="warnings"), "value").text = " | ".join(
-            f"{w['code']}: {w['message']}" for w in props["warnings"]
-        )
-        ET.SubElement(
-            ET.SubElement(pm, "Point"), "coordinates"
-        ).text = f"{record['longitude']:.6f},{record['latitude']:.6f}"
-        for rank, m in enumerate(record.get("modes") or [], start=1):
-            pm = ET.SubElement(folder, "Placemark")
-            where = f"{m['place']} " if m.get("place") else ""
-            ET.SubElement(pm, "name").text = f"mode {rank}: {where}({100 * m['mass']:.0f}%)"
-            ET.SubElement(
-                pm, "description"
-            ).text = f"{m.get('place_phrase') or 'this place'}: {100 * m['mass']:.1f}% of the probability"
-            ET.SubElement(ET.SubElement(pm, "Point"), "coordinates").text = f"{m['longitude']:.6f},{m['latitude']:.6f}"
-        if amap is None:
-            continue
-        for level in sorted(amap.thresholds, reverse=True):
-            polys = region_polygons(amap, level)
-            if not polys:
-                continue
-            pm = ET.SubElement(folder, "Placemark")
-            calibrated = " (calibrated)" if record.get("regions_calibrated") else ""
-            ET.SubElement(pm, "name").text = f"{100 * level:g}% region{calibrated}"
-            ET.SubElement(pm, "styleUrl").text = f"#hpd{round(100 * level)}"
-            multi = ET.SubElement(pm, "MultiGeometry")
-            for poly in polys:
-                polygon = ET.SubElement(multi, "Polygon")
-                for k, ring in enumerate(poly):
-                    boundary = ET.SubElement(polygon, "outerBoundaryIs" if k == 0 else "innerBoundaryIs")
-                    ET.SubElement(ET.SubElement(boundary, "LinearRing"), "coordinates").text = _coords(ring)
+        _kml_estimate(folder, record)
+        _kml_modes(folder, record)
+        if amap is not None:
+            _kml_regions(folder, record, amap)
     ET.indent(root)
     for el in root.iter():  # a control character in a query would make the KML not well-formed
         if el.text:
@@ -387,6 +401,53 @@ def _summary_table(records: Sequence[dict[str, Any]]) -> str:
     return f'<table class="summary"><tr>{head}</tr>{"".join(body)}</table>'
 
 
+def _record_facts(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of one answer's facts table."""
+    from globeflow.describe import format_area
+
+    sure = r.get("localizability_category")
+    bits = r.get("localizability_bits")
+    summary = [
+        ("most likely", _place_phrase(r)),
+        ("estimate (lat, lon)", f"{r['latitude']:.4f}, {r['longitude']:.4f}"),
+        ("how sure", f"{sure}: {r.get('localizability_meaning', '')}" if sure else "–"),
+        ("localizability", "–" if bits is None else f"{bits:.1f} bits"),
+        ("50% region", "–" if r.get("hpd50_area_km2") is None else format_area(r["hpd50_area_km2"])),
+        ("90% region", "–" if r.get("hpd90_area_km2") is None else format_area(r["hpd90_area_km2"])),
+        ("regions", "conformally calibrated" if r.get("regions_calibrated") else "model levels (uncalibrated)"),
+    ]
+    if r.get("true_latitude") is not None:
+        summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))
+    return summary
+
+
+def _record_section(k: int, r: dict[str, Any]) -> list[str]:
+    """The HTML parts of answer ``k``: heading, sentence, warnings, facts, modes, P(country), map."""
+    parts = [f'<h2 id="answer-{k}">{html.escape(_label(r))}</h2>']
+    if r.get("sentence"):
+        parts.append(f'<p class="sentence">{html.escape(r["sentence"])}</p>')
+    warn = _warning_messages(r)
+    if warn:
+        parts.append('<ul class="warnings">' + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>")
+    parts.append(_table(["", "value"], _record_facts(r)))
+    modes = [
+        (
+            j,
+            m.get("place_phrase") or m.get("place") or "",
+            f"{m['latitude']:.3f}, {m['longitude']:.3f}",
+            f"{100 * m['mass']:.1f}%",
+        )
+        for j, m in enumerate(r.get("modes") or [], start=1)
+    ]
+    parts.append(_table(["place", "near", "lat, lon", "probability"], modes))
+    countries = [(c["name"], c["code"], f"{100 * c['probability']:.1f}%") for c in r.get("countries") or []]
+    parts.append(_table(["country", "code", "probability"], countries))
+    if r.get("map"):
+        src = html.escape(Path(r["map"]).as_posix(), quote=True)
+        parts.append(f'<p><img src="{src}" alt="density map: {html.escape(_label(r), quote=True)}"></p>')
+    return parts
+
+
 def write_html_report(
     path: str | os.PathLike,
     records: Sequence[dict[str, Any]],
@@ -403,7 +464,7 @@ def write_html_report(
     their places and P(country) tables, and its map (``record["map"]``, a path relative to the
     page); then ``metrics`` as a table with labels in words
     (:func:`globeflow.describe.metric_rows`)."""
-    from globeflow.describe import format_area, metric_rows
+    from globeflow.describe import metric_rows
 
     parts = [
         "<!DOCTYPE html>",
@@ -416,41 +477,7 @@ def write_html_report(
     if records:
         parts.append(_summary_table(records))
     for k, r in enumerate(records):
-        parts.append(f'<h2 id="answer-{k}">{html.escape(_label(r))}</h2>')
-        if r.get("sentence"):
-            parts.append(f'<p class="sentence">{html.escape(r["sentence"])}</p>')
-        warn = _warning_messages(r)
-        if warn:
-            parts.append('<ul class="warnings">' + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>")
-        sure = r.get("localizability_category")
-        bits = r.get("localizability_bits")
-        summary = [
-            ("most likely", _place_phrase(r)),
-            ("estimate (lat, lon)", f"{r['latitude']:.4f}, {r['longitude']:.4f}"),
-            ("how sure", f"{sure}: {r.get('localizability_meaning', '')}" if sure else "–"),
-            ("localizability", "–" if bits is None else f"{bits:.1f} bits"),
-            ("50% region", "–" if r.get("hpd50_area_km2") is None else format_area(r["hpd50_area_km2"])),
-            ("90% region", "–" if r.get("hpd90_area_km2") is None else format_area(r["hpd90_area_km2"])),
-            ("regions", "conformally calibrated" if r.get("regions_calibrated") else "model levels (uncalibrated)"),
-        ]
-        if r.get("true_latitude") is not None:
-            summary.append(("true location", f"{r['true_latitude']:.4f}, {r['true_longitude']:.4f}"))
-        parts.append(_table(["", "value"], summary))
-        modes = [
-            (
-                k,
-                m.get("place_phrase") or m.get("place") or "",
-                f"{m['latitude']:.3f}, {m['longitude']:.3f}",
-                f"{100 * m['mass']:.1f}%",
-            )
-            for k, m in enumerate(r.get("modes") or [], start=1)
-        ]
-        parts.append(_table(["place", "near", "lat, lon", "probability"], modes))
-        countries = [(c["name"], c["code"], f"{100 * c['probability']:.1f}%") for c in r.get("countries") or []]
-        parts.append(_table(["country", "code", "probability"], countries))
-        if r.get("map"):
-            src = html.escape(Path(r["map"]).as_posix(), quote=True)
-            parts.append(f'<p><img src="{src}" alt="density map: {html.escape(_label(r), quote=True)}"></p>')
+        parts += _record_section(k, r)
     if metrics:
         parts.append("<h2>Held-out evaluation</h2>")
         if metrics_note:
