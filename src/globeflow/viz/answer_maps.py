@@ -250,10 +250,12 @@ def _draw_zoom(
     )
     admin1 = tuple(getattr(words, "admin1", ()))
     if admin1:
-        # State/province lines under the country borders: thin, grey, dashed.
+        # State/province lines under the country borders: thinner, dashed, light grey over a
+        # faint dark halo (readable over pale and saturated colours alike).
+        ax.add_collection(LineCollection(admin1, colors="#202020", linewidths=1.1, alpha=0.3, zorder=2.9))
         ax.add_collection(
-            LineCollection(admin1, colors="#5a5f66", linewidths=0.6, linestyles=(0, (4, 2)), alpha=0.8,
-                           zorder=2.9, label="admin-1 boundaries")
+            LineCollection(admin1, colors="#e6e6e6", linewidths=0.6, linestyles=(0, (4, 2)), zorder=2.95,
+                           label="admin-1 boundaries")
         )  # fmt: skip
     rings = load_basemap()
     lines = [r + np.array([shift, 0.0]) for shift in (-360.0, 0.0, 360.0) for r in rings]
