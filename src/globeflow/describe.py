@@ -629,7 +629,8 @@ class MapAnnotations:
     cities: tuple[tuple[float, float, str], ...]
     scale_km: float | None
     credit: str
-    admin1: tuple[np.ndarray, ...] = ()
+    # Arrays: left out of ==, which would otherwise compare them elementwise and raise.
+    admin1: tuple[np.ndarray, ...] = dataclasses.field(default=(), compare=False)
 
 
 def nice_length_km(span_km: float, fraction: float = 0.3) -> float:
