@@ -204,6 +204,12 @@ def test_health_models_and_offline_docs(client):
         assert client.get(url).status_code == 200
     base = client.get("/v1/basemap.geojson").json()
     assert len([f for f in base["features"] if f["properties"]["kind"] == "country"]) == 177
+    # State/province lines: gzipped for a browser, plain otherwise, the same GeoJSON either way.
+    zipped = client.get("/v1/admin1.geojson", headers={"Accept-Encoding": "gzip"})
+    plain = client.get("/v1/admin1.geojson", headers={"Accept-Encoding": "identity"})
+    assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert zipped.json() == plain.json() and plain.json()["features"][0]["properties"]["kind"] == "admin1"
+    assert int(zipped.headers["content-length"]) < 0.4 * len(plain.content)
 
 
 def test_locate_text_has_the_predict_fields_places_and_sentence(client):
@@ -436,12 +442,15 @@ class _Watch:
     def __init__(self, page, base: str) -> None:
         self.errors: list[str] = []
         self.external: list[str] = []
+        self.local: list[str] = []  # paths asked of this server, in order
         host = urlparse(base).netloc
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
 
         def route(r):
             u = urlparse(r.request.url)
+            if u.netloc == host:
+                self.local.append(u.path)
             if u.scheme in ("data", "blob") or u.netloc == host:
                 return r.continue_()
             self.external.append(r.request.url)
@@ -464,6 +473,16 @@ def test_page_runs_a_query_from_the_link_and_draws_regions_and_modes(browser, te
         assert page.locator("#countries tbody tr").count() >= 1
         assert page.locator(".leaflet-image-layer").count() >= 1  # the density overlay
         assert page.locator("path.leaflet-interactive").count() > 100  # the basemap's countries
+        # State/province lines: fetched from this server (once) when zoomed in to 4, hidden below.
+        page.evaluate("map.setView([40, -86], 5)")
+        page.wait_for_selector("path.admin1", state="attached", timeout=30_000)
+        assert page.locator("path.admin1").count() == 1
+        assert [p for p in watch.local if p.endswith("/admin1.geojson")] == ["/v1/admin1.geojson"]
+        page.evaluate("map.setZoom(3)")
+        page.wait_for_selector("path.admin1", state="detached", timeout=10_000)
+        page.evaluate("map.setZoom(6)")
+        page.wait_for_selector("path.admin1", state="attached", timeout=10_000)
+        assert sum(p.endswith("/admin1.geojson") for p in watch.local) == 1
         assert page.get_attribute("#dl-kml", "href").endswith(".kml")
         # A text model says so, and which models take photos and how to get one.
         assert "reads text, not photos" in page.locator("#photo-note").inner_text()
@@ -489,6 +508,9 @@ def test_page_sends_a_dropped_photo_through_the_encoder(browser, photo, tmp_path
         watch = _Watch(page, base)
         page.goto(base + "/")
         page.wait_for_selector("#drop:not([hidden])")
+        # At world scale the state/province lines are not fetched.
+        assert page.evaluate("map.getZoom()") < 4 and "/v1/basemap.geojson" in watch.local
+        assert not any(p.endswith("/admin1.geojson") for p in watch.local)
         before = len(calls)
         page.set_input_files("#file", str(path))
         page.wait_for_selector("body[data-state=done]", timeout=120_000)

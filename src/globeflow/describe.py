@@ -620,13 +620,17 @@ class MapAnnotations:
     marks mean, which density is drawn, and whether the regions are calibrated;
     ``cities``: ((latitude, longitude, name), …) to label in the zoom panel, most populous
     first; ``scale_km``: length of the zoom panel's scale bar (None without a zoom);
-    ``credit``: the data sources drawn (borders, places)."""
+    ``credit``: the data sources drawn (borders, places); ``admin1``: the state/province
+    boundary lines (each (K, 2) longitude, latitude) that meet the zoom panel
+    (:func:`globeflow.basemap.admin1_lines_within`; empty without a zoom)."""
 
     legend: str
     scale: str
     cities: tuple[tuple[float, float, str], ...]
     scale_km: float | None
     credit: str
+    # Arrays: left out of ==, which would otherwise compare them elementwise and raise.
+    admin1: tuple[np.ndarray, ...] = dataclasses.field(default=(), compare=False)
 
 
 def nice_length_km(span_km: float, fraction: float = 0.3) -> float:
@@ -711,20 +715,29 @@ def map_annotations(
     ("samples": kernel estimate of the model's samples; "exact": the model's density), city
     labels and a scale bar for the zoom panel (``zoom_extent`` = (lat0, lat1, lon0, lon1) or None).
 
-    Natural Earth admin-1 (state/province) lines are not shipped with globeflow (only 1:110m
-    countries, ``globeflow/viz/data``): the zoom panel shows country borders and labelled towns."""
+    The zoom panel shows Natural Earth 1:110m country borders, 1:10m state/province (admin-1)
+    lines and labelled towns (all shipped in ``globeflow/viz/data``)."""
     density = "kernel estimate from the model's samples" if kind == "samples" else "the model's exact density"
     legend = "relative likelihood: times more likely than the world average"
     scale = f"×1 = as likely as anywhere on Earth on average; marks: where the 90% and 50% regions begin\n{density}"
     if calibrated:
         scale += "; regions conformally calibrated"
     cities: tuple[tuple[float, float, str], ...] = ()
+    admin1: tuple[np.ndarray, ...] = ()
     scale_km = None
     _, _, _, _, source = _city_table()
     if zoom_extent is not None:
+        from globeflow.basemap import admin1_lines_within
+
         lat0, lat1, lon0, lon1 = zoom_extent
         cities = nearby_cities(lat0, lat1, lon0, lon1)
+        admin1 = admin1_lines_within(lat0, lat1, lon0, lon1)
         width_km = math.radians(lon1 - lon0) * math.cos(math.radians(0.5 * (lat0 + lat1))) * EARTH_RADIUS_KM
         scale_km = nice_length_km(width_km)
-    credit = f"Natural Earth 1:110m country borders (no admin-1 lines shipped) · places: {source}"
-    return MapAnnotations(legend, scale, cities, scale_km, credit)
+    borders = "Natural Earth 1:110m country borders"
+    if zoom_extent is not None:
+        from globeflow.basemap import ADMIN1_CREDIT
+
+        borders += f", {ADMIN1_CREDIT}"
+    credit = f"{borders} · places: {source}"
+    return MapAnnotations(legend, scale, cities, scale_km, credit, admin1)

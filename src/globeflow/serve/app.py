@@ -3,7 +3,8 @@
 Routes: ``GET /`` the page (``?q=QUERY`` runs that query on load), ``POST /v1/locate`` (JSON
 ``{"text"}``, ``{"texts"}``, ``{"embedding"}``, ``{"embeddings"}`` or a multipart ``photo``),
 ``GET /v1/answers/{id}.geojson|.kml`` (downloads of a recent answer), ``GET /v1/models``,
-``GET /v1/basemap.geojson``, ``GET /health``, ``GET /docs`` (Swagger UI, vendored) and
+``GET /v1/basemap.geojson``, ``GET /v1/admin1.geojson`` (state/province lines, fetched by the
+page when zoomed in), ``GET /health``, ``GET /docs`` (Swagger UI, vendored) and
 ``GET /openapi.json``. Nothing is fetched from outside: Leaflet and Swagger UI ship in
 ``static/vendor`` and the basemap is Natural Earth data inside the package.
 
@@ -88,6 +89,16 @@ class _Worker:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _admin1_gzip() -> bytes:
+    """:func:`globeflow.basemap.admin1_geojson`, gzipped once per process."""
+    import gzip
+
+    from globeflow.basemap import admin1_geojson
+
+    return gzip.compress(admin1_geojson().encode(), compresslevel=6, mtime=0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -220,6 +231,17 @@ def create_app(locator: Locator) -> FastAPI:
         return Response(
             basemap_geojson(), media_type="application/geo+json", headers={"Cache-Control": "max-age=86400"}
         )
+
+    @app.get("/v1/admin1.geojson", include_in_schema=False)
+    def admin1(request: Request) -> Response:
+        # ~1.8 MB of JSON, ~0.45 MB gzipped: sent compressed to any client that accepts it.
+        headers = {"Cache-Control": "max-age=86400", "Vary": "Accept-Encoding"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            return Response(_admin1_gzip(), media_type="application/geo+json", headers=headers)
+        from globeflow.basemap import admin1_geojson
+
+        return Response(admin1_geojson(), media_type="application/geo+json", headers=headers)
 
     @app.get("/v1/answers/{answer_id}.{fmt}", summary="Download a recent answer as GeoJSON or KML")
     def download(answer_id: str, fmt: str) -> Response:

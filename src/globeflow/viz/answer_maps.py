@@ -226,8 +226,9 @@ def _draw_zoom(
     words: Any,
     font: float,
 ):
-    """The zoom panel: density, country borders, the 50/90% contours, samples, estimate and
-    truth, ``words.cities`` labelled, degree ticks and a ``words.scale_km`` scale bar."""
+    """The zoom panel: density, country borders, ``words.admin1`` state/province lines, the
+    50/90% contours, samples, estimate and truth, ``words.cities`` labelled, degree ticks and
+    a ``words.scale_km`` scale bar."""
     from matplotlib.collections import LineCollection
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -247,6 +248,15 @@ def _draw_zoom(
         zorder=2,
         aspect="auto",
     )
+    admin1 = tuple(getattr(words, "admin1", ()))
+    if admin1:
+        # State/province lines under the country borders: thinner, dashed, light grey over a
+        # faint dark halo (readable over pale and saturated colours alike).
+        ax.add_collection(LineCollection(admin1, colors="#202020", linewidths=1.1, alpha=0.3, zorder=2.9))
+        ax.add_collection(
+            LineCollection(admin1, colors="#e6e6e6", linewidths=0.6, linestyles=(0, (4, 2)), zorder=2.95,
+                           label="admin-1 boundaries")
+        )  # fmt: skip
     rings = load_basemap()
     lines = [r + np.array([shift, 0.0]) for shift in (-360.0, 0.0, 360.0) for r in rings]
     # Borders in white over a dark halo: readable over both pale and saturated colours.

@@ -1,5 +1,6 @@
 // globeflow serve: the page. Parses input, calls POST /v1/locate, draws the answer. No network
-// access beyond this server: Leaflet is vendored and the basemap comes from /v1/basemap.geojson.
+// access beyond this server: Leaflet is vendored and the basemap comes from /v1/basemap.geojson
+// (countries) and, once the map is zoomed in to ADMIN1_ZOOM, /v1/admin1.geojson (states/provinces).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,10 +9,11 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&
 
 const map = L.map("map", { minZoom: 2, maxZoom: 13, zoomSnap: 0.5, worldCopyJump: false, attributionControl: true });
 map.attributionControl.setPrefix(false);
-map.attributionControl.addAttribution("Borders: Natural Earth · Places: GeoNames");
+map.attributionControl.addAttribution("Borders, states/provinces: Natural Earth · Places: GeoNames");
 L.control.scale({ position: "bottomright" }).addTo(map);
 map.setView([25, 5], 2);
 map.createPane("basemap").style.zIndex = 250;
+map.createPane("admin1").style.zIndex = 260;
 map.createPane("density").style.zIndex = 410;
 map.createPane("labels").style.zIndex = 430;
 map.createPane("regions").style.zIndex = 420;
@@ -46,6 +48,35 @@ function labelsByZoom() {
 }
 map.on("zoomend", labelsByZoom);
 labelsByZoom();
+
+// State/province lines: ~0.5 MB, so fetched only the first time the map is zoomed in this far,
+// and shown only while it is (at world scale they would hide the countries).
+const ADMIN1_ZOOM = 4;
+let admin1Layer = null;
+let admin1Loading = false;
+function admin1ByZoom() {
+  const on = map.getZoom() >= ADMIN1_ZOOM;
+  if (admin1Layer) {
+    if (on && !map.hasLayer(admin1Layer)) admin1Layer.addTo(map);
+    if (!on && map.hasLayer(admin1Layer)) map.removeLayer(admin1Layer);
+    return;
+  }
+  if (!on || admin1Loading) return;
+  admin1Loading = true;
+  fetch("/v1/admin1.geojson")
+    .then((r) => r.json())
+    .then((fc) => {
+      admin1Layer = L.geoJSON(fc, {
+        pane: "admin1",
+        interactive: false,
+        style: { className: "admin1", color: "#7d848c", weight: 0.7, opacity: 0.9, dashArray: "4 3", interactive: false },
+      });
+      admin1ByZoom();
+    })
+    .finally(() => { admin1Loading = false; });
+}
+map.on("zoomend", admin1ByZoom);
+admin1ByZoom();
 
 function setStatus(text, busy) {
   $("status").textContent = text || "";
