@@ -168,7 +168,10 @@ def demo_answers(opts: DemoOptions) -> int:
             f"regions: {metrics.get('regions', 'uncalibrated')})."
         )
         print(f"\nheld-out ({note})")
-        print(format_metrics(metrics, title=Path(model_ref).name))
+        # In words, as the report shows them (the paper-style table is `globeflow evaluate`'s).
+        from globeflow.describe import metric_rows
+
+        print("\n".join(f"  {label}: {value}" for label, value in metric_rows(metrics)))
     else:
         print(f"\nno held-out file at {heldout}: skipped the held-out evaluation")
     write_html_report(
