@@ -144,9 +144,11 @@ class MiniLMParts(TextEncoder):
 
     def __init__(self, *, whole: bool = False, base: TextEncoder | None = None, path=None, device: str = "cpu"):
         if base is None:
-            from globeflow.encoders.offline import MiniLM
+            # The process's one minilm (globeflow.encoders.shared_encoder): the familiarity
+            # check of an answer (globeflow.novelty) uses the same model, loaded once.
+            from globeflow.encoders import shared_encoder
 
-            base = MiniLM(path=path, device=device)
+            base = shared_encoder("minilm", path, device)
         self.base = base
         self.model = base.model
         self.whole = bool(whole)
