@@ -181,7 +181,7 @@ def main() -> int:
         if src.get("test_rows"):
             sel = np.asarray(src["test_rows"], dtype=int)
     dm = density_metrics(loc.method, held.embeddings[sel], np.stack([held.latitude[sel], held.longitude[sel]], 1),
-                         num_samples=32)  # fmt: skip
+                         num_samples=32, steps=16, precision="bfloat16", truth_steps=64)  # evaluate's defaults  # fmt: skip
     res["heldout_regions"] = {k: dm[k] for k in dm if k.startswith("hpd") or k == "regions"} | {"rows": len(sel)}
     print(json.dumps(res["heldout_regions"]), flush=True)
     res["seconds"] = time.perf_counter() - t0

@@ -168,9 +168,10 @@ def test_shipped_model_loads():
     except FileNotFoundError:
         pytest.skip("the geonames-text model is not shipped in this checkout")
     model = load(path)
-    assert model.name == "rfm" and model.embedding_dim == 384
-    assert _model_encoder_name(path) == "minilm"
-    held = read_dataset(heldout_path(), expected_dim=384)
+    # The shipped model is geonames-text v2: minilm-parts (name | admin1 | country + flags).
+    assert model.name == "rfm" and model.embedding_dim == 3 * 384 + 3
+    assert _model_encoder_name(path) == "minilm-parts"
+    held = read_dataset(heldout_path(), expected_dim=3 * 384 + 3)
     assert len(held) > 1000 and set(held.extra["level"]) == set(LEVELS)
 
 
