@@ -502,5 +502,5 @@ def heldout_metrics(
     options = {"guidance": None, "sample_steps": None, "seed": seed}
     metrics = evaluate_run(model, path, options, density=density, prdc=False, rows=rows, progress=progress)
     # The demo's table shows the point metrics it explains and the calibration of its regions.
-    dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples", "hpd95_coverage")
+    dropped = ("acc_city", "admin_truth", "log_prob_mean", "density_space", "density_samples")
     return {k: v for k, v in metrics.items() if k not in dropped}
