@@ -1,8 +1,8 @@
 """``globeflow predict`` and ``globeflow density`` as library pipelines, with their terminal text.
 
 - :func:`predict_answers`: texts or photos → embeddings → :class:`~globeflow.answers.Answer`
-  records (the rows of predict's JSONL/CSV), with maps, GeoJSON and KML on request;
-  :func:`answer_notes` are the lines predict shows on stderr for one answered record.
+  records (the rows of predict's JSONL/CSV), with maps, GeoJSON and KML on request; each
+  answer in words (:func:`globeflow.describe.format_answer_text`) goes to its ``report``.
 - :func:`density_row_report`: the density map, credible regions and localizability of one
   row of a file (through :func:`globeflow.viz.report.density_report`, like every density map);
   :func:`format_density_summary` is its terminal text.
@@ -22,7 +22,6 @@ from typing import Any
 __all__ = [
     "ANSWER_SAMPLES",
     "PredictedAnswers",
-    "answer_notes",
     "density_row_report",
     "format_density_summary",
     "predict_answers",
@@ -44,13 +43,6 @@ class PredictedAnswers:
     model: str
     encoder: str | None
     answers: list[Any] = field(default_factory=list)
-
-
-def answer_notes(record: dict[str, Any]) -> list[str]:
-    """The lines ``globeflow predict`` writes to stderr for one answered ``record`` (its
-    warnings: unfamiliar text, estimate at sea), each labelled with the query or photo."""
-    label = record.get("query") or record.get("image")
-    return [f"warning: {label}: {line}" for line in record.get("warnings") or ()]
 
 
 def predict_answers(
