@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import unicodedata
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the lookup baseline beside this script
+from lookup_baseline import _typo_query, score as lookup_score  # noqa: E402
 
 KNOWN_POINTS = {  # query -> (lat, lon) of the intended place (GeoNames)
     "Reykjavik": (64.13548, -21.89541),
@@ -97,13 +99,6 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
-def _typo(query: str) -> str:
-    from globeflow.data.geonames_text import typo
-
-    name, *rest = query.split(",")
-    return ",".join([typo(name, 0), *rest])
-
-
 def _single_place_rows(data, level: str, rows: int, seed: int = 0) -> np.ndarray:
     """Indices of ``rows`` rows of ``level`` whose text names one place, exact variant."""
     q = np.asarray(data.extra["query"], dtype=object)
@@ -162,11 +157,10 @@ def main() -> int:
     queries = [str(test.extra["query"][i]) for i in rows]
     truth = np.stack([test.latitude[rows], test.longitude[rows]], 1)
     lookup = default_lookup()
-    from scripts_lookup import score as lookup_score  # noqa: E402  (scripts/lookup_baseline.py)
 
     res["heldout"] = {}
     for name, qs in {"as typed": queries, "lower case": [q.lower() for q in queries],
-                     "ascii-folded": [_fold(q) for q in queries], "one typo": [_typo(q) for q in queries]}.items():  # fmt: skip
+                     "ascii-folded": [_fold(q) for q in queries], "one typo": [_typo_query(q, 0) for q in queries]}.items():  # fmt: skip
         res["heldout"][name] = {"model": score_model(loc, qs, truth, gaz), "lookup": lookup_score(lookup, qs, truth, gaz)}
         print(name, json.dumps(res["heldout"][name]), flush=True)
 
@@ -191,8 +185,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import importlib
-
-    sys.modules["scripts_lookup"] = importlib.import_module("lookup_baseline")
     raise SystemExit(main())

@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from globeflow.io import save_json  # noqa: E402  (atomic writes; light: no torch import)
+
 BASE = ["--method", "rfm", "--width", "256", "--depth", "6", "--batch-size", "512", "--seed", "0"]
 FULL = ["--train-steps", "4000"]
 LONG = ["--train-steps", "16000"]
@@ -144,17 +146,18 @@ def one(name: str, args: argparse.Namespace) -> dict:
     path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
     gf = [sys.executable, "-m", "globeflow"]
-    log = open(args.work / "logs" / f"{name}.log", "a")
     res: dict = {"name": name, "world": w, "flags": flags, "device": args.device}
 
     def call(cmd: list[str]) -> None:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.stop_at - time.time())
+        with open(args.work / "logs" / f"{name}.log", "a") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            timeout = args.stop_at - time.time()
+            subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
 
     t0 = time.time()
     if not (run / "model.safetensors").is_file():
-        steps = [x for x in flags]
+        steps = list(flags)
         if args.steps_scale != 1.0:  # dry runs only
             i = steps.index("--train-steps")
             steps[i + 1] = str(max(2, int(int(steps[i + 1]) * args.steps_scale)))
@@ -180,7 +183,7 @@ def one(name: str, args: argparse.Namespace) -> dict:
     b = res["extras"]["bayes_geoscore"]  # on the first 1000 rows: evaluate's rows
     res["geoscore_ratio_default"] = res["evaluate"].get("geoscore", float("nan")) / b
     res["eval_seconds"] = time.time() - t1
-    res_path.write_text(json.dumps(res, indent=1))
+    save_json(res_path, res)
     return res
 
 
@@ -236,7 +239,7 @@ def main() -> None:
         name = args.extras
         w = RUNS[name][0]
         res = extras(args.work / "runs" / name, args.work / "worlds" / w, args.worlds, w, args.device, args.eval_rows)
-        (args.work / "results" / f"{name}.extras.json").write_text(json.dumps(res, indent=1))
+        save_json(args.work / "results" / f"{name}.extras.json", res)
         return
     start = time.time()
     args.stop_at = start + args.stop
@@ -261,11 +264,9 @@ def main() -> None:
         except Exception as exc:  # one failed run must not stop the others
             summary[name] = {"error": repr(exc)[:2000]}
             print(f"{name}: FAILED {exc!r}"[:500], flush=True)
-        with lock:  # one writer at a time
+        with lock:  # one writer at a time: the summary is a dict the threads share
             for path in filter(None, [args.work / "results.json", args.summary]):
-                tmp = Path(str(path) + ".tmp")
-                tmp.write_text(json.dumps(summary, indent=1, default=str))
-                os.replace(tmp, path)
+                save_json(path, summary)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(job, names))

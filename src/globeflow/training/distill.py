@@ -211,8 +211,9 @@ def distill(
     special = _sampler_pairs(k, cfg.steps)
     b = cfg.batch_size
 
-    def draw(*args, **kwargs) -> Tensor:  # on the CPU generator (device-independent), then moved
-        return args[0](*args[1:], generator=gen, **kwargs).to(dev)
+    def draw(fn: Callable[..., Tensor], *args: object) -> Tensor:
+        """``fn(*args)`` on the CPU generator (the same draws on any device), moved to ``dev``."""
+        return fn(*args, generator=gen).to(dev)
 
     start, running = time.perf_counter(), 0.0
     for step in range(cfg.train_steps):
