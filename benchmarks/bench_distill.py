@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--hpd-ref-samples", type=int, default=256, help="teacher samples per row for τ_α")
     p.add_argument("--density-steps", type=int, default=32, help="RK4 steps of the teacher's log p")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the samplers run (cpu, cuda)")
     p.add_argument("--json", default=None)
     p.add_argument(
         "--teacher-cache",
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    teacher, fast = load(args.teacher), load(args.fast)
+    teacher, fast = load(args.teacher, device=args.device), load(args.fast, device=args.device)
     d = read_dataset(args.data, require_coords=True)
     emb = d.embeddings[: args.rows]
     truth = np.stack([d.latitude, d.longitude], axis=1)[: args.rows]

@@ -86,3 +86,20 @@ def test_100k_lookups_are_fast():
     start = time.perf_counter()
     gaz.keys(pts)
     assert time.perf_counter() - start < 5.0
+
+
+def test_nearest_brute_force_equals_the_kd_tree():
+    # Small queries compare every pair (no scipy import); large ones use the tree: same places.
+    from globeflow.metrics.admin import Gazetteer
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    lat, lon = np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)
+    names = np.array([f"p{i}" for i in range(n)], dtype=object)
+    g = Gazetteer(lat, lon, names, names, names, names)
+    q = np.stack([np.degrees(np.arcsin(rng.uniform(-1, 1, 300))), rng.uniform(-180, 180, 300)], axis=1)
+    brute = g.nearest(q)
+    assert g._tree is None  # the small query did not build the tree
+    g.BRUTE_FORCE_PAIRS = 0
+    np.testing.assert_array_equal(g.nearest(q), brute)
+    assert g._tree is not None

@@ -100,8 +100,12 @@ def test_sample_defaults_decided_by_the_library_are_the_ones_the_help_states():
     from globeflow.demo import DEMO_SAMPLES, QUICK_DEMO_SAMPLES
     from globeflow.predict import ANSWER_SAMPLES
 
+    from globeflow import answers
+
     assert f"default {DEMO_SAMPLES}, quick {QUICK_DEMO_SAMPLES}" in _option_help("demo", "--samples")
     assert f"default {ANSWER_SAMPLES}" in _option_help("predict", "--samples")
+    # predict repeats the library's number (answers imports torch, the CLI's help must not).
+    assert ANSWER_SAMPLES == answers.ANSWER_SAMPLES
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "distill", "embed", "predict", "evaluate", "compare", "density"])

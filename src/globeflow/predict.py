@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 
-#: Samples per answer of ``globeflow predict --text/IMAGE`` (``--samples``).
-ANSWER_SAMPLES = 512
+#: Samples per answer of ``globeflow predict --text/IMAGE`` (``--samples``): the library's
+#: :data:`globeflow.answers.ANSWER_SAMPLES`, repeated here because that module imports torch
+#: and the CLI's ``--help`` must not (a test keeps the two equal).
+ANSWER_SAMPLES = 256
 
 
 @dataclass

