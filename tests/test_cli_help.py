@@ -184,3 +184,31 @@ def test_readme_methods_tables_list_every_method_of_the_registry():
     names = _readme_methods()
     assert len(names) == len(set(names)), f"a method listed twice: {names}"
     assert sorted(names) == sorted({*METHOD_CLASSES, *DISTILLED_CLASSES})
+
+
+def test_free_cpu_threads_leave_busy_cores_alone(monkeypatch):
+    from globeflow import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    for load, want in ((0.0, 4), (1.2, 3), (2.6, 1), (9.0, 1)):
+        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert cli.free_cpu_threads() == want
+
+
+def test_threads_follow_omp_num_threads_when_set(monkeypatch):
+    import torch
+
+    from globeflow import cli
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(2)
+        cli._pick_threads()
+        assert torch.get_num_threads() == 2  # the user's setting is left alone
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(cli, "free_cpu_threads", lambda: 1)
+        cli._pick_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

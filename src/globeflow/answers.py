@@ -354,8 +354,8 @@ def answer(
     solve's block MLPs in ``"bfloat16"`` or ``"float32"``; ``"auto"`` picks bfloat16 where the
     device multiplies it natively (:func:`native_bfloat16`: ~1.8x faster on an AMX CPU). On the
     shipped model log p moves by a median 0.001 nats (mean 0.003), the samples by a median
-    0.6 km, region areas by < 1% and P(country) not at all (docs/benchmarks.md). ``progress``: a tqdm bar of the sampling (the
-    likelihood solve's steps) on stderr.
+    0.6 km, region areas by < 1% and P(country) not at all (docs/benchmarks.md).
+    ``progress``: a tqdm bar of the sampling (the likelihood solve's steps) on stderr.
     """
     from globeflow.methods.base import as_embedding
 

@@ -30,6 +30,7 @@ arguments before it loads a model. Library code raises ``ValueError`` / ``DataEr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from globeflow.cli import data, evaluate, predict, serve, train
@@ -80,6 +81,29 @@ def _check_device(name: str) -> None:
         raise CLIError(f"--device {name}: MPS is not available on this machine")
 
 
+def free_cpu_threads() -> int:
+    """CPU threads for torch when ``OMP_NUM_THREADS`` is unset: the cores not already busy
+    (CPU count minus the 1-minute load average, at least 1). OpenMP threads that share a core
+    with other work wait on each other at every barrier: on a 2-core machine under load, two
+    threads were 2x slower than one (docs/benchmarks.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available (some containers, Windows)
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _pick_threads() -> None:
+    """Torch's CPU threads: ``OMP_NUM_THREADS`` when set (torch reads it), else
+    :func:`free_cpu_threads`."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    torch.set_num_threads(free_cpu_threads())
+
+
 def _explain(err: BaseException) -> str:
     """One line for a failure the library did not phrase itself (no traceback)."""
     text = str(err) or type(err).__name__
@@ -109,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         CHECKS.get(args.command, lambda _: None)(args)
         if hasattr(args, "device"):
             _check_device(args.device)
+            _pick_threads()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -59,16 +59,25 @@ def knn_radii(xyz: np.ndarray, k: int = PRDC_K, tree=None) -> np.ndarray:
     from scipy.spatial import cKDTree
 
     tree = tree or cKDTree(xyz)
-    # k + 1 neighbours: the point itself comes back at distance 0 (or a duplicate does,
-    # which is then a genuine neighbour at distance 0 either way).
-    _, idx = tree.query(xyz, k=k + 1)
-    d = np.stack([_chord(xyz, xyz[idx[:, j]]) for j in range(k + 1)], axis=1)
-    return np.sort(d, axis=1)[:, k]
+    out = np.empty(xyz.shape[0], np.float64)
+    # In chunks: the (n, k + 1) neighbour arrays of the whole set would cost ~100 B a point.
+    for s in range(0, xyz.shape[0], _CHUNK):
+        c = xyz[s : s + _CHUNK]
+        # k + 1 neighbours: the point itself comes back at distance 0 (or a duplicate does,
+        # which is then a genuine neighbour at distance 0 either way).
+        _, idx = tree.query(c, k=k + 1)
+        d = np.stack([_chord(c, xyz[idx[:, j]]) for j in range(k + 1)], axis=1)
+        out[s : s + len(c)] = np.sort(d, axis=1)[:, k]
+    return out
 
 
-def _incidences(centres: np.ndarray, radii: np.ndarray, tree, points: np.ndarray):
-    """All pairs (i, j) with chord(centres[i], points[j]) < radii[i]: two int64 arrays."""
-    out_i, out_j = [], []
+def _incidences(centres: np.ndarray, radii: np.ndarray, tree, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pairs (i, j) with chord(centres[i], points[j]) < radii[i], reduced as they are found
+    (memory: one chunk of pairs, not all of them): which centres hold at least one point (bool
+    (N,)), which points lie in at least one ball (bool (M,)), and the number of pairs."""
+    ball_hit = np.zeros(centres.shape[0], bool)
+    point_in = np.zeros(points.shape[0], bool)
+    pairs = 0
     for s in range(0, centres.shape[0], _CHUNK):
         c, r = centres[s : s + _CHUNK], radii[s : s + _CHUNK]
         lists = tree.query_ball_point(c, r * (1.0 + 1e-9) + 1e-15, return_sorted=False)
@@ -78,11 +87,10 @@ def _incidences(centres: np.ndarray, radii: np.ndarray, tree, points: np.ndarray
         i = np.repeat(np.arange(s, s + len(lists), dtype=np.int64), lengths)
         j = np.fromiter((p for v in lists for p in v), dtype=np.int64, count=int(lengths.sum()))
         keep = _chord(centres[i], points[j]) < radii[i]
-        out_i.append(i[keep])
-        out_j.append(j[keep])
-    if not out_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_i), np.concatenate(out_j)
+        ball_hit[i[keep]] = True
+        point_in[j[keep]] = True
+        pairs += int(keep.sum())
+    return ball_hit, point_in, pairs
 
 
 def prdc(real_xyz: np.ndarray, fake_xyz: np.ndarray, k: int = PRDC_K) -> dict[str, float]:
@@ -90,6 +98,7 @@ def prdc(real_xyz: np.ndarray, fake_xyz: np.ndarray, k: int = PRDC_K) -> dict[st
 
     real_xyz: (N, 3) unit vectors X (true locations); fake_xyz: (M, 3) unit vectors Y (model
     samples); both need more than k points. Returns the four metrics and ``n_real``, ``n_fake``.
+    Memory: the two point sets, their k-d trees and a few bytes a point (radii, flags).
     """
     from scipy.spatial import cKDTree
 
@@ -104,19 +113,13 @@ def prdc(real_xyz: np.ndarray, fake_xyz: np.ndarray, k: int = PRDC_K) -> dict[st
     r_x = knn_radii(x, k, tree_x)
     r_y = knn_radii(y, k, tree_y)
     # Balls of X against the fakes: precision (C), density (E), coverage (F).
-    bx, yin = _incidences(x, r_x, tree_y, y)
-    in_real_manifold = np.zeros(y.shape[0], bool)
-    in_real_manifold[yin] = True
-    covered = np.zeros(x.shape[0], bool)
-    covered[bx] = True
+    covered, in_real_manifold, pairs = _incidences(x, r_x, tree_y, y)
     # Balls of Y against the reals: recall (D).
-    _, xin = _incidences(y, r_y, tree_x, x)
-    in_fake_manifold = np.zeros(x.shape[0], bool)
-    in_fake_manifold[xin] = True
+    _, in_fake_manifold, _ = _incidences(y, r_y, tree_x, x)
     return {
         "precision": float(in_real_manifold.mean()),
         "recall": float(in_fake_manifold.mean()),
-        "density": float(bx.shape[0] / (k * y.shape[0])),
+        "density": float(pairs / (k * y.shape[0])),
         "coverage": float(covered.mean()),
         "n_real": int(x.shape[0]),
         "n_fake": int(y.shape[0]),

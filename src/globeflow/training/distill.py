@@ -93,7 +93,7 @@ class DistillConfig:
         On CUDA: 131,072 embeddings × 8 trajectories, 12,000 steps of 4096, EMA 0.9995 (~3 min
         alone on one H200; on a held-out known-truth world: 2-jump GeoScore 0.997 × the teacher's
         16-step one, docs/benchmarks.md). Elsewhere the CPU defaults of the fields (4096 × 4,
-        2500 steps of 256: ~5 min on two cores, GeoScore 0.89 ×): the student's quality grows
+        2500 steps of 256: 5-8 min on two cores, GeoScore 0.89 ×): the student's quality grows
         with the number of trajectories, which a CPU cannot afford.
         """
         base = dict(GPU_DISTILL) if torch.device(device).type == "cuda" else {}
@@ -267,7 +267,9 @@ def distill(
         sched.step()
         if ema is not None:
             decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.lerp_(p, 1.0 - decay)
         running += float(loss.detach())
         if log and ((step + 1) % 100 == 0 or step + 1 == cfg.train_steps):
             log({"step": step + 1, "loss": running / 100.0, "elapsed_s": time.perf_counter() - start})
