@@ -212,3 +212,23 @@ def test_threads_follow_omp_num_threads_when_set(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_streaming_commands_bound_the_heap_and_text_queries_do_not(monkeypatch):
+    import platform
+    import subprocess
+    import sys
+
+    from globeflow import cli
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        # In a child: the setting lasts for the process.
+        out = subprocess.run([sys.executable, "-c", "from globeflow.cli import bound_heap; print(bound_heap())"],
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "True"
+    calls = []
+    monkeypatch.setattr(cli, "bound_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "evaluate": lambda a: 0, "predict": lambda a: 0})
+    assert cli.main(["evaluate", "--model", "m", "--data", "d.parquet", "--out", "e.json"]) == 0 and calls == [1]
+    assert cli.main(["predict", "--text", "Paris"]) == 0 and calls == [1]  # no --data: untouched
+    assert cli.main(["predict", "--model", "m", "--data", "d.parquet", "--out", "o.parquet"]) == 0 and calls == [1, 1]

@@ -52,6 +52,32 @@ def test_forward_with_jvp_matches_autograd():
     torch.testing.assert_close(jvp, ref, rtol=1e-10, atol=1e-10)
 
 
+def test_bfloat16_jvp_follows_weight_updates():
+    # The bfloat16 weight casts are cached between calls: an in-place update (a training step)
+    # must invalidate them, so the bfloat16 pass keeps tracking the float32 one.
+    torch.manual_seed(0)
+    net = AdaLNMLP(AdaLNMLPConfig(cond_dim=5, dim=32, depth=2))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, tangents = torch.randn(2, 7, 3), torch.randn(2, 7, 2, 3)
+    mods, head = net.modulations(net.embed_condition(torch.randn(2, 5)), torch.rand(2))
+
+    def both():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net.forward_with_jvp(x, tangents, mods, head)
+        return low, net.forward_with_jvp(x, tangents, mods, head)
+
+    (lo, lj), (fo, fj) = both()
+    torch.testing.assert_close(lo, fo, rtol=0.05, atol=0.05)
+    with torch.no_grad():
+        for block in net.blocks:
+            block.mlp[0].weight.mul_(-1.0)  # in place: same storage, new version
+    (lo2, lj2), (fo2, fj2) = both()
+    assert (fo2 - fo).abs().max() > 0.1  # the update matters...
+    torch.testing.assert_close(lo2, fo2, rtol=0.05, atol=0.05)  # ...and bfloat16 saw it
+    torch.testing.assert_close(lj2, fj2, rtol=0.05, atol=0.1)
+
+
 @pytest.mark.parametrize("solver", ["rk4", "dopri5"])
 def test_zero_field_gives_uniform_density(solver):
     m = _method("rfm")

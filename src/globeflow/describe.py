@@ -238,7 +238,7 @@ def nearest_places(latlon: np.ndarray, *, gazetteer: Any = None) -> list[Place]:
     dist = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
     out = []
     for i, d in zip(idx, dist):
-        name, _admin2, admin1, cc = str(g.city[i]).split("|")
+        name, admin1, cc = g.place(i)
         out.append(Place(name, admin1, cc, country_name(cc), float(d)))
     return out
 
@@ -665,7 +665,7 @@ def _city_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
 
         g = load_gazetteer()
         ll = np.asarray(xyz_to_latlon(g.xyz), np.float64)
-        name = np.array([str(c).split("|")[0] for c in g.city], dtype=object)
+        name = np.asarray(g.name, dtype=object)
         return ll[:, 0], ll[:, 1], name, np.full(len(name), -1, np.int64), "GeoNames cities1000"
 
 

@@ -94,6 +94,27 @@ def free_cpu_threads() -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
+#: Commands that stream rows through bounded buffers; ``predict`` only with ``--data``.
+_STREAMING = ("train", "evaluate", "embed", "pack")
+
+
+def bound_heap() -> bool:
+    """Serve every allocation of 1 MiB or more by its own mmap (glibc ``mallopt``), so that
+    freed chunk buffers go back to the OS at once. glibc's default raises this threshold
+    as large blocks are freed, up to 32 MiB; the chunk-sized arrays of a stream then come from
+    the heap and fragment it, and the peak RSS of ``predict --data`` crept up with the rows
+    (1.14 GB at 1 M rows, 1.38 GB at 5 M). Returns whether it applied (glibc only)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, 1 << 20))
+
+
 def _pick_threads() -> None:
     """Torch's CPU threads: ``OMP_NUM_THREADS`` when set (torch reads it), else
     :func:`free_cpu_threads`."""
@@ -134,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "device"):
             _check_device(args.device)
             _pick_threads()
+        if args.command in _STREAMING or (args.command == "predict" and getattr(args, "data", None)):
+            bound_heap()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

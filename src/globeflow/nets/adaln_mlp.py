@@ -157,6 +157,19 @@ class _Block(nn.Module):
         return self.mlp(x)
 
 
+def _low_weight(layer: nn.Linear, low: torch.dtype) -> Tensor:
+    """``layer.weight`` in ``low``, cast once and kept until the weight changes (its version
+    counter moves): a likelihood solve multiplies by the same weights ~30 times, and the casts
+    took ~10% of an answer on a CPU."""
+    w = layer.weight
+    key = (low, w.device, w.data_ptr(), w._version)
+    cached = getattr(layer, "_globeflow_low_weight", None)
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().to(low))
+        layer._globeflow_low_weight = cached  # not a parameter nor a buffer: never saved
+    return cached[1]
+
+
 def _linear_primal_bias(z: Tensor, layer: nn.Linear, low: torch.dtype | None = None) -> Tensor:
     """``layer`` on a (…, 1 + K, n) primal+tangents stack: the bias goes to the primal row only.
 
@@ -164,7 +177,7 @@ def _linear_primal_bias(z: Tensor, layer: nn.Linear, low: torch.dtype | None = N
     if low is None:
         out = F.linear(z, layer.weight)
     else:
-        out = F.linear(z.to(low), layer.weight.to(low)).to(z.dtype)
+        out = F.linear(z.to(low), _low_weight(layer, low)).to(z.dtype)
     out[..., 0, :] += layer.bias
     return out
 
