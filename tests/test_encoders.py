@@ -323,6 +323,10 @@ def test_plain_bert_rejects_foreign_weights_and_configs(tmp_path: Path) -> None:
     (d / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="safetensors"):
         load_bert(d)
+    save_file({"something.else": torch.zeros(2)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text('{"model_type": "bert", "vocab_size": 3}')
+    with pytest.raises(ValueError, match="missing"):
+        load_bert(d)
 
 
 def test_minilm_equals_its_transformers_reference() -> None:

@@ -11,6 +11,7 @@ positions, exact GELU, no pooler): equal to float rounding, checked by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -45,6 +46,9 @@ class BertConfig:
         if raw.get("hidden_act", "gelu") != "gelu" or raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{path}: only BERT with exact GELU and absolute positions is supported")
         names = cls.__dataclass_fields__
+        missing = [k for k, f in names.items() if f.default is dataclasses.MISSING and k not in raw]
+        if missing:
+            raise ValueError(f"{path}: not a BERT config, missing {missing}")
         return cls(**{k: raw[k] for k in names if k in raw})
 
 
