@@ -86,13 +86,43 @@ def print_answer(record: dict) -> None:
     print("\n" + format_answer_text(record))
 
 
+def _heldout_section(model: object, model_ref: str | Path, opts: DemoOptions, out: Path) -> tuple[dict | None, str]:
+    """The model's metrics on its held-out queries, printed in words and saved as
+    ``heldout_metrics.json``; (None, "") when the model ships no held-out file."""
+    from globeflow.io import save_json
+
+    quick = opts.quick
+    heldout = Path(model_ref) / HELDOUT_FILE
+    if not heldout.is_file():
+        print(f"\nno held-out file at {heldout}: skipped the held-out evaluation")
+        return None, ""
+    rows = opts.heldout_rows if opts.heldout_rows is not None else (50 if quick else 500)
+    density_rows = opts.density_rows if opts.density_rows is not None else (10 if quick else 50)
+    metrics = heldout_metrics(
+        model, heldout, rows=rows, density_rows=density_rows, seed=opts.seed, density_steps=opts.density_steps,
+        progress=opts.progress,
+    )  # fmt: skip
+    save_json(out / "heldout_metrics.json", metrics)
+    note = (
+        f"First {metrics['n']} held-out queries of {heldout.name}: point estimates {metrics['strategy']} "
+        f"at guidance {metrics['guidance']:g} (16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
+        f"(32 samples, {opts.density_steps} RK4 steps; a calibrated model has the truth inside its 90% region about 90% of the time; "
+        f"regions: {metrics.get('regions', 'uncalibrated')})."
+    )
+    print(f"\nheld-out ({note})")
+    # In words, as the report shows them (the paper-style table is `globeflow evaluate`'s).
+    from globeflow.describe import metric_rows
+
+    print("\n".join(f"  {label}: {value}" for label, value in metric_rows(metrics)))
+    return metrics, note
+
+
 def demo_answers(opts: DemoOptions) -> int:
     """Queries (or photos) → answers printed, maps, answers.jsonl/.geojson, report.html,
     then the model's metrics on its held-out queries."""
     from globeflow.answers import answer, answer_map_inputs
     from globeflow.api import load
     from globeflow.embed import encode_inputs
-    from globeflow.io import save_json
     from globeflow.pretrained import model_or_default
     from globeflow.viz.outputs import write_answer_files, write_answers_jsonl, write_html_report
 
@@ -151,29 +181,7 @@ def demo_answers(opts: DemoOptions) -> int:
     print(
         f"\n{len(records)} answers in {answer_seconds:.1f} s ({answers[0].num_samples} samples each), maps in {map_seconds:.1f} s"
     )
-    metrics, note = None, ""
-    heldout = Path(model_ref) / HELDOUT_FILE
-    if heldout.is_file():
-        rows = opts.heldout_rows if opts.heldout_rows is not None else (50 if quick else 500)
-        density_rows = opts.density_rows if opts.density_rows is not None else (10 if quick else 50)
-        metrics = heldout_metrics(
-            model, heldout, rows=rows, density_rows=density_rows, seed=opts.seed, density_steps=opts.density_steps,
-            progress=opts.progress,
-        )  # fmt: skip
-        save_json(out / "heldout_metrics.json", metrics)
-        note = (
-            f"First {metrics['n']} held-out queries of {heldout.name}: point estimates {metrics['strategy']} "
-            f"at guidance {metrics['guidance']:g} (16 steps); NLL, localizability and HPD coverage on the first {metrics.get('n_density', 0)} "
-            f"(32 samples, {opts.density_steps} RK4 steps; a calibrated model has the truth inside its 90% region about 90% of the time; "
-            f"regions: {metrics.get('regions', 'uncalibrated')})."
-        )
-        print(f"\nheld-out ({note})")
-        # In words, as the report shows them (the paper-style table is `globeflow evaluate`'s).
-        from globeflow.describe import metric_rows
-
-        print("\n".join(f"  {label}: {value}" for label, value in metric_rows(metrics)))
-    else:
-        print(f"\nno held-out file at {heldout}: skipped the held-out evaluation")
+    metrics, note = _heldout_section(model, model_ref, opts, out)
     write_html_report(
         out / "report.html",
         records,
