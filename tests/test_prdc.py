@@ -83,3 +83,17 @@ def test_bad_input():
         prdc(x, np.vstack([x, x]))
     with pytest.raises(ValueError, match="fake"):
         prdc(np.vstack([x, -x]), 2 * np.vstack([x, -x]))
+
+
+def test_prdc_leaves_the_callers_points_alone_and_latlon_agrees():
+    # prdc_latlon normalises its own arrays in place; prdc must not touch the caller's.
+    from globeflow.geometry.coords import latlon_to_xyz
+    from globeflow.metrics import prdc, prdc_latlon
+
+    rng = np.random.default_rng(5)
+    ll = [np.stack([rng.uniform(-80, 80, n), rng.uniform(-180, 180, n)], 1) for n in (300, 200)]
+    x, y = (np.asarray(latlon_to_xyz(a[:, 0], a[:, 1])) * (1 + 1e-8) for a in ll)  # nearly unit
+    x0, y0 = x.copy(), y.copy()
+    assert prdc(x, y) == prdc_latlon(*ll)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)

@@ -42,7 +42,9 @@ def _chord(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])
 
 
-def _unit(xyz: np.ndarray, field: str) -> np.ndarray:
+def _unit(xyz: np.ndarray, field: str, *, owned: bool = False) -> np.ndarray:
+    """``xyz`` checked and renormalised; ``owned``: the caller's array may be divided in place
+    (no second copy of a whole point set, 24 B a point)."""
     a = np.ascontiguousarray(xyz, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != 3:
         raise ValueError(f"{field}: expected (N, 3) unit vectors, got shape {a.shape}")
@@ -51,6 +53,9 @@ def _unit(xyz: np.ndarray, field: str) -> np.ndarray:
     norm = np.linalg.norm(a, axis=1)
     if np.abs(norm - 1.0).max(initial=0.0) > 1e-6:
         raise ValueError(f"{field}: rows must be unit vectors (max |‖x‖ − 1| = {np.abs(norm - 1).max():.3g})")
+    if owned or a is not xyz:
+        a /= norm[:, None]
+        return a
     return a / norm[:, None]
 
 
@@ -100,10 +105,13 @@ def prdc(real_xyz: np.ndarray, fake_xyz: np.ndarray, k: int = PRDC_K) -> dict[st
     samples); both need more than k points. Returns the four metrics and ``n_real``, ``n_fake``.
     Memory: the two point sets, their k-d trees and a few bytes a point (radii, flags).
     """
+    return _prdc(_unit(real_xyz, "real"), _unit(fake_xyz, "fake"), k)
+
+
+def _prdc(x: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:
+    """:func:`prdc` of checked unit vectors."""
     from scipy.spatial import cKDTree
 
-    x = _unit(real_xyz, "real")
-    y = _unit(fake_xyz, "fake")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}")
     for name, z in (("real", x), ("fake", y)):
@@ -133,5 +141,5 @@ def prdc_latlon(real_latlon: np.ndarray, fake_latlon: np.ndarray, k: int = PRDC_
         a = np.asarray(a, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != 2:
             raise ValueError(f"{name}: expected (N, 2) latitude/longitude in degrees, got shape {a.shape}")
-        out.append(np.asarray(latlon_to_xyz(a[:, 0], a[:, 1])))
-    return prdc(out[0], out[1], k)
+        out.append(_unit(np.asarray(latlon_to_xyz(a[:, 0], a[:, 1])), name, owned=True))
+    return _prdc(out[0], out[1], k)
