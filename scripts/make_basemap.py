@@ -13,42 +13,18 @@ Usage: python scripts/make_basemap.py [--wheel PATH_TO_WHEEL]
 from __future__ import annotations
 
 import argparse
-import io
-import itertools
 import struct
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from _shapefile import fetch_wheel, read_shapes, write_npz
 
 WHEEL = "geopandas==0.14.4"
 MEMBER = "geopandas/datasets/naturalearth_lowres/naturalearth_lowres"
 OUT = Path(__file__).resolve().parents[1] / "src/globeflow/viz/data/ne_110m_countries.npz"
 SCALE = 100  # stored units per degree
-
-
-def read_polygons(shp: bytes) -> list[list[np.ndarray]]:
-    """Rings (K, 2) of (lon, lat) of every polygon record of a shapefile (type 5)."""
-    out = []
-    pos = 100  # fixed-size file header
-    while pos < len(shp):
-        _, length = struct.unpack(">ii", shp[pos : pos + 8])
-        body = shp[pos + 8 : pos + 8 + 2 * length]
-        pos += 8 + 2 * length
-        (shape_type,) = struct.unpack("<i", body[:4])
-        if shape_type == 0:
-            out.append([])
-            continue
-        if shape_type != 5:
-            raise ValueError(f"unexpected shape type {shape_type} (want 5, polygon)")
-        n_parts, n_points = struct.unpack("<ii", body[36:44])
-        parts = list(struct.unpack(f"<{n_parts}i", body[44 : 44 + 4 * n_parts])) + [n_points]
-        pts = np.frombuffer(body, "<f8", 2 * n_points, 44 + 4 * n_parts).reshape(-1, 2)
-        out.append([pts[a:b] for a, b in itertools.pairwise(parts)])
-    return out
 
 
 def read_names(dbf: bytes, field: str = "name") -> list[str]:
@@ -75,17 +51,11 @@ def main() -> None:
     parser.add_argument("--wheel", type=Path, help="an already downloaded geopandas 0.14.4 wheel")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = args.wheel
-        if wheel is None:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d", tmp],
-                check=True,
-            )
-            wheel = next(Path(tmp).glob("geopandas-*.whl"))
+        wheel = fetch_wheel(WHEEL, "geopandas-*.whl", tmp, args.wheel)
         with zipfile.ZipFile(wheel) as z:
             shp = z.read(MEMBER + ".shp")
             dbf = z.read(MEMBER + ".dbf")
-    polygons = read_polygons(shp)
+    polygons = read_shapes(shp, 5)
     names = read_names(dbf)
     rings, owner = [], []
     for i, polygon in enumerate(polygons):
@@ -93,18 +63,15 @@ def main() -> None:
             rings.append(np.round(ring * SCALE).astype(np.int16))
             owner.append(i)
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in rings])]).astype(np.int32)
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
+    size = write_npz(
+        OUT,
         lonlat=np.concatenate(rings),
         ring_offsets=offsets,
         ring_country=np.asarray(owner, dtype=np.int16),
         country_names=np.asarray(names),
         scale=np.asarray(SCALE, dtype=np.int16),
     )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_bytes(buf.getvalue())
-    print(f"{OUT}: {len(names)} countries, {len(rings)} rings, {offsets[-1]} points, {len(buf.getvalue())} bytes")
+    print(f"{OUT}: {len(names)} countries, {len(rings)} rings, {offsets[-1]} points, {size} bytes")
 
 
 if __name__ == "__main__":
