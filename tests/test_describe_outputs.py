@@ -94,6 +94,10 @@ def test_low_confidence_modes_and_unlike_training():
     (out,) = add_warnings([a], unlike_training=[True])
     assert [w.code for w in out.warnings] == ["low_confidence_modes", "unlike_training"]
     assert "30%" in out.warnings[0].message
+    # An input the model itself recognises (a grounded model's table found the text) is not
+    # "unlike the training data", and its text is not "unfamiliar".
+    (known,) = add_warnings([a], unlike_training=[True], known=[True])
+    assert [w.code for w in known.warnings] == ["low_confidence_modes"]
 
 
 def test_text_familiarity_uses_the_given_encoder():

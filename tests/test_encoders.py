@@ -35,6 +35,7 @@ def test_registry_names_dims_and_errors() -> None:
         "minilm": ("text", 384),
         "minilm-parts": ("text", 3 * 384 + 3),
         "minilm-parts-whole": ("text", 4 * 384 + 3),
+        "minilm-parts-grounded": ("text", 3 * 384 + 3 + 5 * 128),
     }
     assert ENCODERS["efficientnet-lite0"].offline and not ENCODERS["streetclip"].offline
     with pytest.raises(ValueError, match="unknown name 'resnet'.*efficientnet-lite0"):

@@ -156,7 +156,8 @@ def demo_answers(opts: DemoOptions) -> int:
     from globeflow.describe import explain_answers
 
     answers = explain_answers(
-        answers, records, texts=None if opts.image else queries, embeddings=emb, model_dir=model_ref, report=None
+        answers, records, texts=None if opts.image else queries, embeddings=emb, model_dir=model_ref, report=None,
+        method=model,
     )
     answer_seconds = time.perf_counter() - start
     for r in records:

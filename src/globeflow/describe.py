@@ -329,6 +329,7 @@ def answer_warnings(
     embed: Any = None,
     unlike_training: Sequence[bool] | None = None,
     gazetteer: Any = None,
+    known: Sequence[bool] | None = None,
 ) -> list[tuple[Any, ...]]:
     """The :class:`~globeflow.answers.AnswerWarning` of each answer (codes in :data:`WARNING_CODES`).
 
@@ -340,6 +341,10 @@ def answer_warnings(
       test of :func:`globeflow.novelty.text_familiarity` flags the text; ``embed``: minilm's
       ``encode_texts`` (default: the process-wide minilm the queries were embedded with);
     * ``unlike_training``: the caller's verdict (B,) bool, e.g. :class:`EmbeddingNovelty`.
+
+    ``known`` (B,) bool: inputs the model itself recognises (a grounded model's gazetteer found
+    the text, :meth:`~globeflow.methods.base.Method.novelty_view`) get neither
+    ``unfamiliar_text`` nor ``unlike_training``.
     """
     from globeflow.answers import AnswerWarning
     from globeflow.novelty import at_sea, text_familiarity
@@ -384,6 +389,8 @@ def answer_warnings(
         familiarity = text_familiarity(list(texts), embed)
         if familiarity is not None:
             flags, scores, nov = familiarity
+            if known is not None:
+                flags = np.asarray(flags, bool) & ~np.asarray(known, bool)
             for i in np.flatnonzero(flags):
                 out[i].append(
                     AnswerWarning(
@@ -394,7 +401,10 @@ def answer_warnings(
                     )
                 )
     if unlike_training is not None:
-        for i in np.flatnonzero(np.asarray(unlike_training, bool)):
+        unlike = np.asarray(unlike_training, bool)
+        if known is not None:
+            unlike = unlike & ~np.asarray(known, bool)
+        for i in np.flatnonzero(unlike):
             out[i].append(
                 AnswerWarning(
                     "unlike_training",
@@ -411,19 +421,22 @@ def add_warnings(answers: Sequence[Any], **options: Any) -> list[Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _reference_novelty(path: str, mtime: float, dim: int) -> EmbeddingNovelty | None:
+def _reference_novelty(path: str, mtime: float, dim: int, columns: int | None) -> EmbeddingNovelty | None:
     from globeflow.data import read_dataset
 
     try:
         data = read_dataset(path, require_coords=False, expected_dim=dim)
-        return EmbeddingNovelty(np.asarray(data.embeddings)[:2000])
+        return EmbeddingNovelty(np.asarray(data.embeddings)[:2000, :columns])
     except (ValueError, OSError, AttributeError):
         return None
 
 
-def reference_novelty(model_dir: str | os.PathLike | None, embedding_dim: int) -> EmbeddingNovelty | None:
+def reference_novelty(
+    model_dir: str | os.PathLike | None, embedding_dim: int, columns: int | None = None
+) -> EmbeddingNovelty | None:
     """:class:`EmbeddingNovelty` against the first 2,000 held-out embeddings a model directory
-    ships (``heldout.parquet``; loaded once per process), or None without one."""
+    ships (``heldout.parquet``; loaded once per process), or None without one; ``columns``:
+    their first ``columns`` features only (a method's :meth:`~globeflow.methods.base.Method.novelty_view`)."""
     from globeflow.pretrained import HELDOUT_FILE
 
     if model_dir is None or str(model_dir).startswith("hf:"):
@@ -431,7 +444,7 @@ def reference_novelty(model_dir: str | os.PathLike | None, embedding_dim: int) -
     path = Path(model_dir) / HELDOUT_FILE
     if not path.is_file():
         return None
-    return _reference_novelty(str(path.resolve()), path.stat().st_mtime, int(embedding_dim))
+    return _reference_novelty(str(path.resolve()), path.stat().st_mtime, int(embedding_dim), columns)
 
 
 # ----------------------------------------------------------------------------- records
@@ -461,12 +474,14 @@ def explain_answers(
     embed: Any = None,
     report: Any = None,
     gazetteer: Any = None,
+    method: Any = None,
 ) -> list[Any]:
     """Warnings, description and record of each answer, in one call for every front end.
 
     Adds :func:`answer_warnings` to ``answers`` (``texts``: the text queries, for the
     familiarity check; ``embeddings`` (B, D) with ``model_dir``: checked against the model's
-    held-out embeddings, :func:`reference_novelty`), updates each of ``records`` (one dict per
+    held-out embeddings, :func:`reference_novelty`, through ``method``'s
+    :meth:`~globeflow.methods.base.Method.novelty_view` when given), updates each of ``records`` (one dict per
     answer, e.g. ``{"query": ...}``) in place to its :func:`answer_record`, passes each
     record's :func:`format_answer_text` to ``report`` (e.g. ``print``) when given, and returns
     the answers with their warnings.
@@ -474,11 +489,16 @@ def explain_answers(
     answers = list(answers)
     if len(records) != len(answers):
         raise ValueError(f"records: expected one per answer ({len(answers)}), got {len(records)}")
-    unlike = None
-    if embeddings is not None and model_dir is not None:
-        ref = reference_novelty(model_dir, np.asarray(embeddings).shape[-1])
-        unlike = None if ref is None else ref.unlike(np.asarray(embeddings))
-    answers = add_warnings(answers, texts=texts, embed=embed, unlike_training=unlike, gazetteer=gazetteer)
+    unlike = known = None
+    if embeddings is not None:
+        emb = np.asarray(embeddings)
+        feats, known = method.novelty_view(emb) if method is not None else (emb, None)
+        recognised = known is not None and bool(np.all(known))  # nothing left to check
+        ref = None if model_dir is None or recognised else reference_novelty(model_dir, emb.shape[-1], feats.shape[-1])
+        unlike = None if ref is None else ref.unlike(feats)
+    answers = add_warnings(
+        answers, texts=texts, embed=embed, unlike_training=unlike, gazetteer=gazetteer, known=known
+    )
     for rec, ans, d in zip(records, answers, describe(answers, gazetteer=gazetteer)):
         full = answer_record(ans, d, rec)
         rec.clear()

@@ -100,7 +100,8 @@ def model_info(path: str | os.PathLike, *, source: str = "local", ref: str | Non
         model = cfg["model"]
         enc = cfg.get("encoder") if isinstance(cfg.get("encoder"), dict) else {}
         net = model.get("net") if isinstance(model.get("net"), dict) else {}
-        dim = net.get("cond_dim", (cfg.get("data") or {}).get("embedding_dim"))
+        # A wrapping method (grounded) states its own input size; a network its condition's.
+        dim = model.get("embedding_dim", net.get("cond_dim", (cfg.get("data") or {}).get("embedding_dim")))
         name = enc.get("name") or (model.get("plonk") or {}).get("encoder")
         kind = enc.get("kind") or _encoder_kind(name)
         note = "" if name else "no encoder recorded: give embeddings (predict --data, or the API's embedding)"

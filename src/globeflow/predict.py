@@ -119,6 +119,7 @@ def predict_answers(
             embeddings=emb,
             model_dir=model_ref,
             report=report,
+            method=method,
         )
         answered = [records[j] for j in good]
         truths = [(r["exif_latitude"], r["exif_longitude"]) if "exif_latitude" in r else None for r in answered]

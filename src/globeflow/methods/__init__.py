@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from globeflow.methods.diffusion import Diffusion
     from globeflow.methods.flow import FlowMatching
     from globeflow.methods.flowmap import FlowMapRFM
+    from globeflow.methods.grounded import GroundedMethod
     from globeflow.methods.locdiffusion import LocDiffusion
     from globeflow.methods.mvmf import MvMF
     from globeflow.methods.rfm import RiemannianFlowMatching
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_METHODS",
     "BASELINE_METHODS",
+    "COMPOSED_CLASSES",
     "DISTILLED_CLASSES",
     "DISTILLED_METHODS",
     "GENERATIVE_METHODS",
@@ -36,6 +38,7 @@ __all__ = [
     "FlowMapRFM",
     "FlowMatching",
     "GenerativeMethod",
+    "GroundedMethod",
     "LocDiffusion",
     "Method",
     "ModuleMethod",
@@ -68,6 +71,9 @@ METHOD_CLASSES: dict[str, str] = {
 #: Methods made from a trained one by ``globeflow distill`` -> ``module:Class`` (not in
 #: METHOD_CLASSES: they cannot be trained from scratch).
 DISTILLED_CLASSES: dict[str, str] = {"rfm_flowmap": "globeflow.methods.flowmap:FlowMapRFM"}
+#: Methods that wrap a trained one (its config under ``inner``) -> ``module:Class``: the
+#: gazetteer-grounded mixture of the shipped text model (:mod:`globeflow.methods.grounded`).
+COMPOSED_CLASSES: dict[str, str] = {"grounded": "globeflow.methods.grounded:GroundedMethod"}
 #: The names of :data:`METHOD_CLASSES` (the CLI's ``--method`` choices).
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_CLASSES)
 
@@ -79,7 +85,10 @@ _LAZY = {
     "as_embedding": "globeflow.methods.base",
     "as_latlon": "globeflow.methods.base",
     "ModuleMethod": "globeflow.methods.base",
-    **{ref.split(":")[1]: ref.split(":")[0] for ref in (*METHOD_CLASSES.values(), *DISTILLED_CLASSES.values())},
+    **{
+        ref.split(":")[1]: ref.split(":")[0]
+        for ref in (*METHOD_CLASSES.values(), *DISTILLED_CLASSES.values(), *COMPOSED_CLASSES.values())
+    },
 }
 
 
@@ -179,6 +188,8 @@ def build_method(config: dict) -> Method:
     name = config["method"]
     if name in DISTILLED_CLASSES:
         return method_class_ref(DISTILLED_CLASSES[name]).from_config(config)
+    if name in COMPOSED_CLASSES:
+        return method_class_ref(COMPOSED_CLASSES[name]).from_config(config)
     if name not in METHOD_CLASSES:
         raise ValueError(f"model config: unknown method {name!r}; known: {sorted(METHOD_CLASSES)}")
     if config.get("convention") == "plonk":

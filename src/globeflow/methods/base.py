@@ -248,6 +248,12 @@ class Method(abc.ABC):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def novelty_view(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """What an answer's input-novelty check compares for ``emb`` (B, D): the features
+        (B, D') (the embedding itself by default) and which rows the method recognises as
+        known inputs (B,) bool, or None when it has no opinion."""
+        return np.asarray(emb), None
+
     def _check_likelihood(self) -> None:
         if self.density_space is None:
             raise NotImplementedError(f"method {self.name!r} has no likelihood (density_space is None)")

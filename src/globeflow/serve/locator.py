@@ -226,7 +226,8 @@ class Locator:
         """Held-out embeddings of the model (``heldout.parquet``), if it ships them."""
         from globeflow.describe import reference_novelty
 
-        return reference_novelty(model, self.embedding_dim)
+        probe = np.zeros((1, self.embedding_dim), np.float32)
+        return reference_novelty(model, self.embedding_dim, self.method.novelty_view(probe)[0].shape[-1])
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/models`` reports about the loaded model."""
@@ -311,7 +312,8 @@ class Locator:
             seed=self.seed if seed is None else int(seed),
             density_steps=self.density_steps,
         )
-        unlike = None if self._novelty is None else self._novelty.unlike(emb)
+        feats, known = self.method.novelty_view(emb)
+        unlike = None if self._novelty is None else self._novelty.unlike(feats)
         texts = [lab.get("query") for lab in labels]
         if not all(isinstance(t, str) for t in texts):
             texts = None
@@ -319,7 +321,7 @@ class Locator:
         # when it is minilm (no second model in memory), else the process-wide minilm.
         minilm = isinstance(self.encoder, TextEncoder) and self.encoder.name == "minilm"
         embed = self.encoder.encode_texts if minilm else None
-        answers = add_warnings(answers, texts=texts, embed=embed, unlike_training=unlike)
+        answers = add_warnings(answers, texts=texts, embed=embed, unlike_training=unlike, known=known)
         records = []
         for lab, ans, d in zip(labels, answers, describe(answers)):
             rec = answer_record(ans, d, lab)
