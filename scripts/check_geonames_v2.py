@@ -125,25 +125,13 @@ def score_model(loc, queries: list[str], truth: np.ndarray, gaz) -> dict:
             "acc_admin1": float(np.mean(same))}  # fmt: skip
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="run directory (default: the shipped model)")
-    ap.add_argument("--data", required=True, type=Path, help="dataset folder of build_geonames_text --version 2")
-    ap.add_argument("--rows", type=int, default=1000)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+def _point_checks(args, loc, gaz, res: dict) -> None:
+    """The known answers, the table's places and the held-out places (into ``res``)."""
     from globeflow.data import read_dataset
     from globeflow.data.population import default_lookup
-    from globeflow.metrics.admin import load_gazetteer
-    from globeflow.serve import Locator
 
-    t0 = time.perf_counter()
-    loc = Locator(args.model)
-    gaz = load_gazetteer()
-    res: dict = {"model": args.model or "shipped", "known": known_answers(loc, gaz)}
+    res["known"] = known_answers(loc, gaz)
     print(json.dumps(res["known"], indent=1), flush=True)
-
     train = read_dataset(args.data / "train.parquet")
     for level in ("name_admin1", "name_admin1_country"):
         rows = _single_place_rows(train, level, args.rows)
@@ -164,10 +152,45 @@ def main() -> int:
         res["heldout"][name] = {"model": score_model(loc, qs, truth, gaz), "lookup": lookup_score(lookup, qs, truth, gaz)}
         print(name, json.dumps(res["heldout"][name]), flush=True)
 
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="run directory (default: the shipped model)")
+    ap.add_argument("--data", required=True, type=Path, help="dataset folder of build_geonames_text --version 2")
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--regions-only", action="store_true", help="only the coverage of the calibrated regions")
+    ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--exclude-heldout", action="store_true",
+        help="a grounded model reads the queries against a table without the held-out places",
+    )  # fmt: skip
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from globeflow.data import read_dataset
+    from globeflow.metrics.admin import load_gazetteer
+    from globeflow.serve import Locator
+
+    t0 = time.perf_counter()
+    loc = Locator(args.model)
+    if args.exclude_heldout:
+        from dataclasses import replace
+
+        from globeflow.encoders.grounding import Grounder
+
+        g = loc.encoder.grounder  # AttributeError: not a grounded model's encoder
+        loc.encoder.grounder = Grounder(g.table, replace(g.config, exclude_heldout=True))
+    gaz = load_gazetteer()
+    res: dict = {"model": args.model or "shipped"}
+    if not args.regions_only:
+        _point_checks(args, loc, gaz, res)
+
     from globeflow.density.calibration import load_calibration
     from globeflow.metrics import density_metrics
 
-    held = read_dataset(args.data / "heldout.parquet")
+    # The model's own held-out rows when it ships them (a grounded model's embeddings carry the
+    # table's block), else the dataset's.
+    own = Path(args.model or "") / "heldout.parquet"
+    held = read_dataset(own if args.model and own.is_file() else args.data / "heldout.parquet")
     sel = np.arange(len(held))
     cal_path = Path(args.model or "") / "calibration.json"
     if args.model and cal_path.is_file():

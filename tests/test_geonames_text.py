@@ -168,10 +168,12 @@ def test_shipped_model_loads():
     except FileNotFoundError:
         pytest.skip("the geonames-text model is not shipped in this checkout")
     model = load(path)
-    # The shipped model is geonames-text v2: minilm-parts (name | admin1 | country + flags).
-    assert model.name == "rfm" and model.embedding_dim == 3 * 384 + 3
-    assert _model_encoder_name(path) == "minilm-parts"
-    held = read_dataset(heldout_path(), expected_dim=3 * 384 + 3)
+    # The shipped model is the geonames-text v2 network (minilm-parts: name | admin1 | country +
+    # flags) grounded in the GeoNames table (128 vMF slots appended to the embedding).
+    assert model.name == "grounded" and model.inner.name == "rfm" and model.inner.embedding_dim == 3 * 384 + 3
+    assert model.embedding_dim == 3 * 384 + 3 + 5 * 128
+    assert _model_encoder_name(path) == "minilm-parts-grounded"
+    held = read_dataset(heldout_path(), expected_dim=model.embedding_dim)
     assert len(held) > 1000 and set(held.extra["level"]) == set(LEVELS)
 
 

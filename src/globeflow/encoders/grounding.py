@@ -417,23 +417,35 @@ class Grounder:
                 self.admin2_by_name[a].append(i)
         self.admin1_cc = np.array([_cc_index(t.countries, c) for c in t.admin1_cc], np.int64)
         self._admin1_tokens = [_tokens(a) for a in t.admin1]
-        self._lengths: dict[int, tuple[np.ndarray, list[str]]] | None = None
+        self._lengths: dict[str, dict[int, tuple[np.ndarray, list[str]]]] = {}
+        self._country_keys: dict[str, str] | None = None
 
     # -- part matching ------------------------------------------------------------------
-    def _fuzzy(self, f: str) -> list[str]:
-        """Table names (folded) at one edit from ``f`` (not ``f`` itself)."""
+    def _fuzzy(self, f: str, vocabulary: str = "names") -> list[str]:
+        """Keys of a ``vocabulary`` ("names": places; "regions": admin1 names and aliases,
+        country names) at one edit from ``f`` (not ``f`` itself)."""
         if len(f) < self.config.typo_min_len or not f.isascii():
             return []
-        if self._lengths is None:
-            self._lengths = _length_groups(self._names.unique())
+        if vocabulary not in self._lengths:
+            words = self._names.unique() if vocabulary == "names" else sorted({*self.admin1_by_name, *self._countries()})
+            self._lengths[vocabulary] = _length_groups(words)
+        groups = self._lengths[vocabulary]
         q = np.frombuffer(f.encode("ascii"), np.uint8)
         out: list[str] = []
         for length in (len(q) - 1, len(q), len(q) + 1):
-            group = self._lengths.get(length)
+            group = groups.get(length)
             if group is not None:
                 mat, names = group
                 out += [names[i] for i in np.flatnonzero(_one_edit(mat, q))]
         return out
+
+    def _countries(self) -> dict[str, str]:
+        """Country spellings as keys (:func:`key`) -> ISO code (names, alpha-3, aliases)."""
+        if self._country_keys is None:
+            from globeflow.encoders.parts import _country_table
+
+            self._country_keys = {key(k): cc for k, cc in _country_table(True).items() if len(k) > 3}
+        return self._country_keys
 
     def _admin_scores(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         """(A,) admin1 likelihoods and (admin2 count,) admin2 likelihoods of one admin part."""
@@ -496,7 +508,7 @@ class Grounder:
                 mass = self.config.unknown_place * (0.01 if named_inside else 1.0)
                 out.append(self._region_points(members, np.full(members.size, 1.0), mass))
         if not middles:
-            out += self._named_regions(name, f, cc)
+            out += self._named_regions(name, f, cc, exact_place=any(v >= 1.0 for v in names.values()))
         return out
 
     def _parse(self, query: str) -> tuple[str, list[str], int | None] | None:
@@ -525,23 +537,34 @@ class Grounder:
             lik *= np.maximum(a1[t.admin1_index], a2[t.admin2_index])
         return lik
 
-    def _named_regions(self, name: str, f: str, cc: int | None) -> list[_Points]:
+    def _named_regions(self, name: str, f: str, cc: int | None, *, exact_place: bool) -> list[_Points]:
         """The name as a region: admin1 units of that name, and the country it names (within
-        the query's country, if one is given)."""
+        the query's country, if one is given); one edit away (× ``typo_match``, "Kenyq") when
+        neither a region nor a place has that very name."""
         from globeflow.encoders.parts import country_code_of
 
+        found = self._regions_named(f, country_code_of(name), cc)
+        if not found and not exact_place:
+            for near in self._fuzzy(f, "regions"):
+                found += [(mask, self.config.typo_match) for mask, _ in self._regions_named(near, None, cc)]
+        out = []
+        for mask, factor in found:
+            members = np.flatnonzero(mask & self.active)
+            if members.size:
+                pts = self._region_points(members, self.region_weight[members], None)
+                out.append(_Points(pts.idx, pts.weight * factor, pts.km))
+        return out
+
+    def _regions_named(self, f: str, code: str | None, cc: int | None) -> list[tuple[np.ndarray, float]]:
+        """(member mask, 1.0) of the admin1 units keyed ``f`` and of the country ``code`` (or the
+        country keyed ``f``), within country index ``cc`` when given."""
         t = self.table
         masks = [t.admin1_index == a for a in self.admin1_by_name.get(f, []) if cc is None or self.admin1_cc[a] == cc]
-        code = country_code_of(name)
+        code = code or self._countries().get(f) or self._countries().get(f.removeprefix("the "))  # "The Gambia"
         c = _cc_index(t.countries, code) if code else -1
         if c >= 0 and (cc is None or cc == c):
             masks.append(t.cc_index == c)
-        out = []
-        for mask in masks:
-            members = np.flatnonzero(mask & self.active)
-            if members.size:
-                out.append(self._region_points(members, self.region_weight[members], None))
-        return out
+        return [(m, 1.0) for m in masks]
 
     def _region_points(self, members: np.ndarray, shape: np.ndarray, mass: float | None) -> _Points:
         """A region hypothesis: ``members`` weighted ∝ ``shape``, total ``mass`` (None: the

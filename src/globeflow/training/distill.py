@@ -320,6 +320,11 @@ def distill_run(
     if (out / WEIGHTS_FILE).exists() or (out / CONFIG_FILE).exists():
         raise FileExistsError(f"out: {out} already holds a model; choose a new directory")
     teacher = load(model_dir)
+    if not isinstance(teacher, RiemannianFlowMatching):
+        raise ValueError(
+            f"model: {model_dir} is a {teacher.name!r} model; distill takes an rfm run "
+            "(a grounded model's flow is the run it was made from: scripts/make_grounded_model.py --inner)"
+        )
     config = load_json(model_dir / CONFIG_FILE)
     if data is None:
         data = (config.get("data") or {}).get("path")
