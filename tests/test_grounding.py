@@ -280,3 +280,14 @@ def test_shipped_model_answers_the_known_places():
     assert cc[2]["KE"] > 0.9
     feats, known = loc.method.novelty_view(loc.embed_texts(["Paris", "asdfgh"]))
     assert known.tolist() == [True, False] and feats.shape[1] == 1155
+
+
+def test_region_names_one_edit_away_and_a_leading_the():
+    g = Grounder(_table(), GroundingConfig(slots=32))
+    ll, w = _weights(g, "Kenyq")  # no place and no region has this name: Kenya, one edit away
+    assert len(w) == 2 and (np.abs(ll[:, 0]) < 5).all()
+    exact = g.hypotheses("Kenya")[-1].weight.sum()
+    assert sum(h.weight.sum() for h in g.hypotheses("Kenyq")) == pytest.approx(0.05 * exact)
+    ll, w = _weights(g, "the Kenya")
+    assert len(w) == 2 and (np.abs(ll[:, 0]) < 5).all()
+    assert len(g.hypotheses("Paris")) == 1  # a place name: no region one edit away

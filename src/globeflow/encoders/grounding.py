@@ -11,13 +11,14 @@ hypotheses**, each a set of weighted points on the sphere:
   part of the query given the place — name: 1 exact (case and accents folded), ``alt_match``
   for a GeoNames alternate name ("Wien", "Muenchen"), ``typo_match`` for one edit (delete,
   insert, substitute or swap two adjacent letters); admin part: 1 for the place's admin1
-  (by name, ISO 3166-2 code or ISO subdivision name: "IL", "Bayern"), ``admin_partial`` for a
+  (by name, ISO 3166-2 code or ISO subdivision name: "IL", "Hessen"), ``admin_partial`` for a
   partial match (its admin2, a word-containment such as "Auvergne-Rhone-Alpes" /
   "Rhone-Alpes"), ``admin_miss`` otherwise, ``admin_unknown`` for every place when the part
   names no unit of the table at all; country: 1 or ``country_miss``. Kernel:
   a vMF whose width grows with the place's size (``place_km`` · (pop / 1000)^¼).
-* **the query names a region** (a lone admin1 or country: "Illinois", "Kenya", "Georgia"):
-  prior (Σ_R pop / 1000)^γ, the region's places weighted ∝ pop^``gamma_region`` (the dataset's
+* **the query names a region** (a lone admin1 or country: "Illinois", "Kenya", "Georgia"; one
+  edit away, × ``typo_match``, when no place or region has the very name: "Kenyq"): prior
+  (Σ_R pop / 1000)^γ, the region's places weighted ∝ pop^``gamma_region`` (the dataset's
   region rule), with a kernel-density bandwidth from the region's spread.
 * **the query names a place the table does not have**, inside the region its other parts name
   ("Newtown, Illinois" with no Newtown in Illinois): weight ``unknown_place`` (×1/100 when a
@@ -68,6 +69,8 @@ __all__ = [
     "fold",
     "key",
     "load_place_table",
+    "read_place_table",
+    "save_place_table",
 ]
 
 PLACES_FILE = "geonames_places.npz"
@@ -726,10 +729,3 @@ class GroundedParts(TextEncoder):
             "table": PLACES_FILE,
             "layout": "concat(minilm-parts, slots x (x, y, z, log w, log kappa))",
         }
-
-
-def grounding_config_of(settings: dict | None) -> GroundingConfig:
-    """The :class:`GroundingConfig` an encoder's recorded settings name (defaults otherwise)."""
-    raw = (settings or {}).get("grounding") or {}
-    known = {k: v for k, v in raw.items() if k in GroundingConfig.__dataclass_fields__}
-    return GroundingConfig(**known)
