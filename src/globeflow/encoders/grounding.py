@@ -418,8 +418,9 @@ class Grounder:
         for i, a in enumerate(t.admin2):
             if a:
                 self.admin2_by_name[a].append(i)
-        self.admin1_cc = np.array([_cc_index(t.countries, c) for c in t.admin1_cc], np.int64)
-        self._admin1_tokens = [_tokens(a) for a in t.admin1]
+        where = {c: i for i, c in enumerate(t.countries.tolist())}
+        self.admin1_cc = np.array([where.get(c, -1) for c in t.admin1_cc.tolist()], np.int64)
+        self._admin1_tokens: list[frozenset[str]] | None = None  # built when an admin part is not exact
         self._lengths: dict[str, dict[int, tuple[np.ndarray, list[str]]]] = {}
         self._country_keys: dict[str, str] | None = None
 
@@ -461,6 +462,8 @@ class Grounder:
         else:
             tok = _tokens(f)
             if tok:
+                if self._admin1_tokens is None:
+                    self._admin1_tokens = [_tokens(a) for a in t.admin1]
                 partial = [i for i, at in enumerate(self._admin1_tokens) if at and (at <= tok or tok <= at)]
                 a1[partial] = np.maximum(a1[partial], cfg.admin_partial)
         a2 = np.zeros(len(t.admin2))
