@@ -347,7 +347,7 @@ def answer_warnings(
     ``unfamiliar_text`` nor ``unlike_training``.
     """
     from globeflow.answers import AnswerWarning
-    from globeflow.novelty import at_sea, text_familiarity
+    from globeflow.novelty import at_sea
 
     answers = list(answers)
     if not answers:
@@ -383,28 +383,14 @@ def answer_warnings(
                     f"({place.label}): the model is hedging between coasts; look at the other places.",
                 )
             )
+    recognised = np.zeros(len(answers), bool) if known is None else np.asarray(known, bool)
     if texts is not None and len(texts):
         if len(texts) != len(answers):
             raise ValueError(f"texts: expected one per answer ({len(answers)}), got {len(texts)}")
-        familiarity = text_familiarity(list(texts), embed)
-        if familiarity is not None:
-            flags, scores, nov = familiarity
-            if known is not None:
-                flags = np.asarray(flags, bool) & ~np.asarray(known, bool)
-            for i in np.flatnonzero(flags):
-                out[i].append(
-                    AnswerWarning(
-                        "unfamiliar_text",
-                        f"The text {texts[i]!r} is unlike the place names the model knows (spelling score "
-                        f"{scores['char'][i]:.2f}, usual ≥ {nov.char_threshold:.2f}; meaning score "
-                        f"{scores['semantic'][i]:.2f}, usual ≥ {nov.semantic_threshold:.2f}): the answer is a guess.",
-                    )
-                )
+        for i, w in _unfamiliar_text(list(texts), embed, skip=recognised):
+            out[i].append(w)
     if unlike_training is not None:
-        unlike = np.asarray(unlike_training, bool)
-        if known is not None:
-            unlike = unlike & ~np.asarray(known, bool)
-        for i in np.flatnonzero(unlike):
+        for i in np.flatnonzero(np.asarray(unlike_training, bool) & ~recognised):
             out[i].append(
                 AnswerWarning(
                     "unlike_training",
@@ -412,6 +398,30 @@ def answer_warnings(
                 )
             )
     return [tuple(w) for w in out]
+
+
+def _unfamiliar_text(texts: list[str], embed: Any, *, skip: np.ndarray) -> list[tuple[int, Any]]:
+    """(index, ``unfamiliar_text`` warning) of the texts either familiarity test flags, except
+    the ``skip`` ones (recognised by the model)."""
+    from globeflow.answers import AnswerWarning
+    from globeflow.novelty import text_familiarity
+
+    familiarity = text_familiarity(texts, embed)
+    if familiarity is None:
+        return []
+    flags, scores, nov = familiarity
+    return [
+        (
+            int(i),
+            AnswerWarning(
+                "unfamiliar_text",
+                f"The text {texts[i]!r} is unlike the place names the model knows (spelling score "
+                f"{scores['char'][i]:.2f}, usual ≥ {nov.char_threshold:.2f}; meaning score "
+                f"{scores['semantic'][i]:.2f}, usual ≥ {nov.semantic_threshold:.2f}): the answer is a guess.",
+            ),
+        )
+        for i in np.flatnonzero(np.asarray(flags, bool) & ~skip)
+    ]
 
 
 def add_warnings(answers: Sequence[Any], **options: Any) -> list[Any]:
