@@ -291,3 +291,9 @@ def test_region_names_one_edit_away_and_a_leading_the():
     ll, w = _weights(g, "the Kenya")
     assert len(w) == 2 and (np.abs(ll[:, 0]) < 5).all()
     assert len(g.hypotheses("Paris")) == 1  # a place name: no region one edit away
+
+
+def test_a_country_name_with_a_comma_is_one_part():
+    g = Grounder(_table(), GroundingConfig(slots=32))
+    assert g._parse("Korea, Republic of") == ("Korea, Republic of", [], None)  # ISO's own spelling
+    assert g._parse("Paris, France") == ("Paris", [], 1)

@@ -525,6 +525,8 @@ class Grounder:
         parts = [p.strip() for p in str(query).split(",") if p.strip()]
         if not parts:
             return None
+        if len(parts) > 1 and country_code_of(str(query)) is not None:  # "Palestine, State of"
+            return str(query).strip(), [], None
         cc = None
         if len(parts) >= 2 and country_code_of(parts[-1]) is not None:
             cc = _cc_index(self.table.countries, country_code_of(parts.pop()))
