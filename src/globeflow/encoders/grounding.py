@@ -46,7 +46,6 @@ import functools
 import math
 import os
 import re
-import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -56,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from globeflow.data.population import fold
 from globeflow.encoders.base import TextEncoder
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "GroundedParts",
     "PlaceTable",
     "build_place_table",
-    "fold",
     "key",
     "load_place_table",
     "read_place_table",
@@ -81,12 +80,6 @@ EMPTY_LOG_WEIGHT = -1000.0
 _EARTH_KM = 6371.0088
 
 
-def fold(text: str) -> str:
-    """ASCII-folded, lower-cased, whitespace-collapsed text ("São  Paulo" -> "sao paulo")."""
-    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
-    return " ".join(ascii_text.lower().split())
-
-
 _ABBREVIATIONS = {"st": "saint", "ste": "sainte", "mt": "mount", "ft": "fort"}
 
 
@@ -94,7 +87,7 @@ def key(text: str) -> str:
     """The form names are matched in: :func:`fold`, then periods and apostrophes dropped,
     hyphens and slashes as spaces, and "St"/"Ste"/"Mt"/"Ft" spelled out ("St. Louis",
     "Saint-Louis" and "saint louis" are one key)."""
-    t = re.sub(r"[.'`]", "", fold(text))
+    t = re.sub(r"[.'`]", "", fold(str(text)))
     words = re.sub(r"[-/]", " ", t).split()
     return " ".join(_ABBREVIATIONS.get(w, w) for w in words)
 
@@ -108,10 +101,10 @@ def _tokens(text: str) -> frozenset[str]:
 class PlaceTable:
     """The gazetteer the grounding reads (N places, A admin1 units, C countries).
 
-    ``name`` (N,) names as matched (:func:`key`); ``xyz`` (N, 3) float64 unit vectors; ``population`` (N,) int64
-    (-1 unknown); ``cc_index``/``admin1_index``/``admin2_index`` (N,) into ``countries`` (C,),
-    ``admin1`` (A,) folded admin1 names with their country ``admin1_cc`` (A,), ``admin2`` folded
-    admin2 names; ``heldout`` (N,) the geonames-text held-out places; alternate names as pairs
+    ``name`` (N,) names as matched (:func:`key`); ``xyz`` (N, 3) float64 unit vectors;
+    ``population`` (N,) int64 (-1 unknown); ``cc_index``/``admin1_index``/``admin2_index`` (N,)
+    into ``countries`` (C,) ISO codes, ``admin1`` (A,) admin1 keys with their country
+    ``admin1_cc`` (A,), ``admin2`` admin2 keys; ``heldout`` (N,) the geonames-text held-out places; alternate names as pairs
     ``alt_place`` (M,) / ``alt_name`` (M,); admin1 aliases ``alias_name`` / ``alias_admin1``.
     """
 
@@ -160,7 +153,8 @@ _STRING_FIELDS = ("name", "countries", "admin1", "admin1_cc", "admin2", "alt_nam
 
 
 def save_place_table(path: str | os.PathLike, table: PlaceTable) -> None:
-    """Write ``table`` as an npz (strings packed as UTF-8 bytes + offsets), atomically."""
+    """Write ``table`` as an npz, atomically: strings newline-joined as ASCII bytes, coordinates
+    as float32 latitude/longitude."""
     from globeflow.io import atomic_write
 
     out: dict[str, np.ndarray] = {}
@@ -173,6 +167,7 @@ def save_place_table(path: str | os.PathLike, table: PlaceTable) -> None:
             out["latlon"] = np.asarray(xyz_to_latlon(np.asarray(v, np.float64)), np.float32)
         else:
             out[k] = np.asarray(v)
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: savez would append ".npz" to a bare path
             np.savez_compressed(fh, **out)
@@ -229,12 +224,13 @@ def build_place_table(
     alternate names, :func:`globeflow.data.population.join_population`).
 
     Alternate names: Latin-script ones (the dataset's rule) of places with at least
-    ``alt_min_population`` inhabitants, at most ``max_alternates`` per place. Admin1 aliases:
-    each top-level ISO 3166-2 subdivision of a country is tied to the GeoNames admin1 of the
-    same folded name, else (when ``embed``, a texts -> unit vectors function, is given) to the
-    admin1 of that country whose embedding is closest, if its cosine is ≥ ``alias_min_cosine``
-    ("Bayern" -> "Bavaria"); the subdivision's name and its code suffix ("IL", "BY") become
-    aliases of that admin1.
+    ``alt_min_population`` inhabitants, at most ``max_alternates`` per place (chosen by hash:
+    GeoNames does not rank them), all of them from ``all_alternates_population`` up ("Wien",
+    "Muenchen", IATA codes such as "VIE"). Admin1 aliases: each top-level ISO 3166-2
+    subdivision of a country is tied to the GeoNames admin1 of the same key, else (when
+    ``embed``, a texts -> unit vectors function, is given) to the admin1 of that country whose
+    embedding is closest, if its cosine is ≥ ``alias_min_cosine`` ("Hessen" -> "Hesse");
+    the subdivision's name and its code suffix ("IL", "HE") become aliases of that admin1.
     """
     from globeflow.data.geonames_text import GeonamesTextV2Config, _unit_hash, load_places
     from globeflow.data.population import join_population
@@ -418,11 +414,15 @@ class Grounder:
         for i, a in enumerate(t.admin2):
             if a:
                 self.admin2_by_name[a].append(i)
-        where = {c: i for i, c in enumerate(t.countries.tolist())}
-        self.admin1_cc = np.array([where.get(c, -1) for c in t.admin1_cc.tolist()], np.int64)
+        self._country_index = {c: i for i, c in enumerate(t.countries.tolist())}
+        self.admin1_cc = np.array([self._cc(c) for c in t.admin1_cc.tolist()], np.int64)
         self._admin1_tokens: list[frozenset[str]] | None = None  # built when an admin part is not exact
         self._lengths: dict[str, dict[int, tuple[np.ndarray, list[str]]]] = {}
         self._country_keys: dict[str, str] | None = None
+
+    def _cc(self, code: str | None) -> int:
+        """Index of ISO code ``code`` in the table's countries, -1 if it has no place there."""
+        return -1 if code is None else self._country_index.get(code, -1)
 
     # -- part matching ------------------------------------------------------------------
     def _fuzzy(self, f: str, vocabulary: str = "names") -> list[str]:
@@ -527,9 +527,11 @@ class Grounder:
             return None
         if len(parts) > 1 and country_code_of(str(query)) is not None:  # "Palestine, State of"
             return str(query).strip(), [], None
+        code = country_code_of(parts[-1]) if len(parts) >= 2 else None
         cc = None
-        if len(parts) >= 2 and country_code_of(parts[-1]) is not None:
-            cc = _cc_index(self.table.countries, country_code_of(parts.pop()))
+        if code is not None:
+            parts.pop()
+            cc = self._cc(code)
             if cc < 0:
                 return None
         return parts[0], parts[1:], cc
@@ -569,7 +571,7 @@ class Grounder:
         t = self.table
         masks = [t.admin1_index == a for a in self.admin1_by_name.get(f, []) if cc is None or self.admin1_cc[a] == cc]
         code = code or self._countries().get(f) or self._countries().get(f.removeprefix("the "))  # "The Gambia"
-        c = _cc_index(t.countries, code) if code else -1
+        c = self._cc(code)
         if c >= 0 and (cc is None or cc == c):
             masks.append(t.cc_index == c)
         return [(m, 1.0) for m in masks]
@@ -606,13 +608,6 @@ class Grounder:
             out[b, : sel.size, 3] = np.log(sw)
             out[b, : sel.size, 4] = np.log(_kappa(skm))
         return out.reshape(len(queries), k * SLOT_FIELDS)
-
-
-def _cc_index(countries: np.ndarray, code: str | None) -> int:
-    if code is None:
-        return -1
-    hit = np.flatnonzero(countries == code)
-    return int(hit[0]) if hit.size else -1
 
 
 class _Sorted:

@@ -130,8 +130,9 @@ class GroundedMethod(Method, nn.Module):
         log_c = torch.log(kappa) - math.log(2.0 * math.pi) - torch.log(-torch.expm1(-2.0 * kappa))
         return log_c[:, None, :] + kappa[:, None, :] * (torch.einsum("bpi,bki->bpk", x, mu) - 1.0)
 
-    def _log_mixture(self, emb: Tensor, x: Tensor, log_p_inner: Tensor) -> Tensor:
-        mu, kappa, log_pi, log_pi0 = self.components(emb)
+    def _log_mixture(self, comps: tuple[Tensor, ...], x: Tensor, log_p_inner: Tensor) -> Tensor:
+        """log p at ``x`` (B, P, 3) from :meth:`components` and log p_θ there (B, P)."""
+        mu, kappa, log_pi, log_pi0 = comps
         xd = x.double()
         xd = xd / xd.norm(dim=-1, keepdim=True)
         table = torch.logsumexp(self._log_vmf(xd, mu, kappa) + log_pi[:, None, :], dim=-1)
@@ -141,7 +142,7 @@ class GroundedMethod(Method, nn.Module):
         """log p(x | q): ``emb`` (B, D), ``x`` (B, P, 3) -> (B, P) float64 (``options`` go to
         the inner method's likelihood)."""
         inner = self.inner.log_prob_xyz(emb[:, : self.parts_dim], x, guidance=guidance, **options)
-        return self._log_mixture(emb, x, inner)
+        return self._log_mixture(self.components(emb), x, inner)
 
     def _allocate(self, log_pi: Tensor, log_pi0: Tensor, num: int, generator: torch.Generator) -> Tensor:
         """Component of each of ``num`` draws per row (B, num) int64, 0 = the inner model,
@@ -153,12 +154,11 @@ class GroundedMethod(Method, nn.Module):
         pos = (torch.arange(num, dtype=torch.float64)[None, :] + u) / num
         return torch.searchsorted(cdf.cpu(), pos).clamp_max(probs.shape[1] - 1)
 
-    def _draw(
-        self, emb: Tensor, num: int, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _draw(self, comps: tuple[Tensor, ...], num: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Component per draw (B, S), shuffled; vMF draws (B, S, 3) float64 (rows where the
-        component is the inner model are filled later); counts of inner draws per row (B,)."""
-        mu, kappa, log_pi, log_pi0 = self.components(emb)
+        component is the inner model are filled later); counts of inner draws per row (B,).
+        ``comps``: :meth:`components` of the embeddings."""
+        mu, kappa, log_pi, log_pi0 = comps
         comp = self._allocate(log_pi.cpu(), log_pi0.cpu(), num, generator)
         # Shuffle each row: sample 0 must be a random draw (strategy "sample"), not a stratum.
         order = torch.argsort(torch.rand(comp.shape, generator=generator), dim=1)
@@ -181,14 +181,14 @@ class GroundedMethod(Method, nn.Module):
     ) -> Tensor:
         """Samples (B, S, 3) float32: each draw from its component (vMF exactly, the inner
         model by its own sampler with ``options``)."""
-        return self._sample(emb, num_samples, generator, guidance, options)[1].float()
+        return self._sample(emb, self.components(emb), num_samples, generator, guidance, options)[1].float()
 
     def _sample(
-        self, emb: Tensor, num: int, generator: torch.Generator, guidance: float, options: dict
+        self, emb: Tensor, comps: tuple[Tensor, ...], num: int, generator: torch.Generator, guidance: float, options: dict
     ) -> tuple[Tensor, Tensor]:
         """(component (B, S), samples (B, S, 3) float64); see :meth:`sample_xyz`."""
         options = {k: v for k, v in options.items() if k != "noise"}
-        comp, x, n_inner = self._draw(emb, num, generator)
+        comp, x, n_inner = self._draw(comps, num, generator)
         most = int(n_inner.max())
         if most:
             y = self.inner.sample_xyz(emb[:, : self.parts_dim], most, generator=generator, guidance=guidance, **options)
@@ -216,7 +216,8 @@ class GroundedMethod(Method, nn.Module):
         solve; vMF draws get it from one likelihood solve of ``sample_steps`` steps."""
         options.pop("noise", None)
         parts = emb[:, : self.parts_dim]
-        comp, x, n_inner = self._draw(emb, num_samples, generator)
+        comps = self.components(emb)
+        comp, x, n_inner = self._draw(comps, num_samples, generator)
         is_inner = comp == 0
         log_inner = torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device)
         most = int(n_inner.max())
@@ -236,7 +237,7 @@ class GroundedMethod(Method, nn.Module):
             lp = self.inner.log_prob_xyz(parts, pts, guidance=guidance, steps=sample_steps, **lik).double()
             back = torch.zeros_like(log_inner).scatter(1, order, lp)
             log_inner = torch.where(outer, back, log_inner)
-        return x.float(), self._log_mixture(emb, x, log_inner)
+        return x.float(), self._log_mixture(comps, x, log_inner)
 
     def predict(
         self,
@@ -272,8 +273,9 @@ class GroundedMethod(Method, nn.Module):
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         if sample_steps is not None:
             options["sample_steps"] = sample_steps
-        comp, x = self._sample(emb_t, ensemble_size, generator, guidance, options)
-        mu, _, log_pi, _ = self.components(emb_t)
+        comps = self.components(emb_t)
+        comp, x = self._sample(emb_t, comps, ensemble_size, generator, guidance, options)
+        mu, _, log_pi, _ = comps
         # The utility is scored against the draws with each table draw at its component's
         # centre: a town's kernel (≤ 30 km) is nothing at the GeoScore's 1493 km scale, and
         # this way the town's own coordinates win rather than a draw near them.
