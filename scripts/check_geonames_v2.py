@@ -28,13 +28,12 @@ import argparse
 import json
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the lookup baseline beside this script
-from lookup_baseline import _typo_query, score as lookup_score  # noqa: E402
+from lookup_baseline import _typo_query, accent_free, score as lookup_score  # noqa: E402
 
 KNOWN_POINTS = {  # query -> (lat, lon) of the intended place (GeoNames)
     "Reykjavik": (64.13548, -21.89541),
@@ -95,10 +94,6 @@ def known_answers(loc, gaz) -> dict:
     return out
 
 
-def _fold(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-
-
 def _single_place_rows(data, level: str, rows: int, seed: int = 0) -> np.ndarray:
     """Indices of ``rows`` rows of ``level`` whose text names one place, exact variant."""
     q = np.asarray(data.extra["query"], dtype=object)
@@ -148,7 +143,7 @@ def _point_checks(args, loc, gaz, res: dict) -> None:
 
     res["heldout"] = {}
     for name, qs in {"as typed": queries, "lower case": [q.lower() for q in queries],
-                     "ascii-folded": [_fold(q) for q in queries], "one typo": [_typo_query(q, 0) for q in queries]}.items():  # fmt: skip
+                     "ascii-folded": [accent_free(q) for q in queries], "one typo": [_typo_query(q, 0) for q in queries]}.items():  # fmt: skip
         res["heldout"][name] = {"model": score_model(loc, qs, truth, gaz), "lookup": lookup_score(lookup, qs, truth, gaz)}
         print(name, json.dumps(res["heldout"][name]), flush=True)
 
@@ -203,7 +198,9 @@ def main() -> int:
     print(json.dumps(res["heldout_regions"]), flush=True)
     res["seconds"] = time.perf_counter() - t0
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        from globeflow.io import save_json
+
+        save_json(args.out, res)
     return 0
 
 

@@ -26,13 +26,12 @@ import hashlib
 import json
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lookup_baseline import _typo_query  # noqa: E402
+from lookup_baseline import _typo_query, accent_free  # noqa: E402
 
 
 def _pick(keys: list[str], n: int, salt: str) -> list[str]:
@@ -92,11 +91,10 @@ def capital_queries(n: int) -> tuple[dict[str, tuple[list[str], np.ndarray]], li
 
 
 def _variants(queries: list[str]) -> dict[str, list[str]]:
-    fold = lambda q: unicodedata.normalize("NFKD", q).encode("ascii", "ignore").decode("ascii")  # noqa: E731
     return {
         "as typed": queries,
         "lower case": [q.lower() for q in queries],
-        "accent-free": [fold(q) for q in queries],
+        "accent-free": [accent_free(q) for q in queries],
         "one typo": [_typo_query(q, 0) for q in queries],
     }
 
@@ -152,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         print("countries", variant, json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
     res["seconds"] = time.perf_counter() - t0
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        from globeflow.io import save_json
+
+        save_json(args.out, res)
     return 0
 
 

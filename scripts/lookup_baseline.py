@@ -35,6 +35,14 @@ KNOWN = {
 }
 
 
+def accent_free(text: str) -> str:
+    """``text`` with its accents dropped, case kept ("Zürich" -> "Zurich"): how people type
+    without a keyboard layout."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
 def _typo_query(query: str, seed: int) -> str:
     from globeflow.data.geonames_text import typo
 

@@ -10,7 +10,8 @@ Writes OUT/config.json and OUT/model.safetensors (a ``grounded`` method wrapping
 OUT/heldout.parquet: the held-out rows re-embedded (their ``minilm-parts`` vectors + the
 grounding block of their ``query``). ``--exclude-heldout`` grounds the held-out rows in a table
 without the held-out places (to measure on places the grounding has never seen); OUT must not
-exist unless ``--overwrite``.
+exist unless ``--overwrite``, which also removes OUT's ``calibration.json`` (fitted to the
+model and held-out rows being replaced; run ``globeflow calibrate`` again).
 """
 
 from __future__ import annotations
@@ -53,11 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     held = read_dataset(args.heldout)
     if held.embeddings.shape[1] != inner.embedding_dim:
         raise SystemExit(f"--heldout: {held.embeddings.shape[1]}-d embeddings, the inner model takes {inner.embedding_dim}")
+    if "query" not in held.extra:
+        raise SystemExit(f"--heldout: {args.heldout} has no `query` column (the texts to ground)")
     queries = [str(q) for q in held.extra["query"]]
     emb = np.concatenate([held.embeddings, grounder.block(queries)], axis=1).astype(np.float32)
     settings = GroundedParts.settings_for(cfg.get("encoder"), config)
     extra = {k: v for k, v in cfg.items() if k not in ("model", "encoder")}
     extra["grounded"] = {"inner": str(args.inner), "z0": args.z0}
+    stale = args.out / "calibration.json"
+    if stale.is_file():  # fitted to what is being replaced: attached by load, it would mislead
+        stale.unlink()
+        print(f"removed {stale} (it calibrated the replaced model; run globeflow calibrate again)")
     save(method, args.out, extra={**extra, "encoder": settings})
     write_parquet(
         args.out / "heldout.parquet", emb, held.latitude, held.longitude, held.extra,
