@@ -67,14 +67,14 @@ class PlonkAdaLNMLP(AdaLNMLP):
 
     # native = the official convention: level γ, official output
     def modulations_native(self, cond_emb: Tensor, gamma: Tensor) -> tuple[list[Tensor], Tensor]:
-        return AdaLNMLP.modulations(self, cond_emb, gamma)
+        return self.modulations_from_activation(F.silu(cond_emb + AdaLNMLP.time_embedding(self, gamma)))
 
     def forward_native(self, x: Tensor, mods: list[Tensor], head: Tensor) -> Tensor:
         return AdaLNMLP.forward_with(self, x, mods, head)
 
-    # globeflow's convention
-    def modulations(self, cond_emb: Tensor, level: Tensor) -> tuple[list[Tensor], Tensor]:
-        return self.modulations_native(cond_emb, 1.0 - torch.as_tensor(level))
+    # globeflow's convention (AdaLNMLP.modulations goes through this embedding)
+    def time_embedding(self, level: Tensor) -> Tensor:
+        return AdaLNMLP.time_embedding(self, 1.0 - torch.as_tensor(level))
 
     def forward_with(self, x: Tensor, mods: list[Tensor], head: Tensor) -> Tensor:
         out = self.forward_native(x, mods, head)

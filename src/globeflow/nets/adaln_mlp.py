@@ -228,20 +228,33 @@ class AdaLNMLP(nn.Module):
         """Embedding part of the condition: (B, D) -> (B, d). Independent of the noise level."""
         return self.cond_mapper(emb)
 
+    def time_embedding(self, level: Tensor) -> Tensor:
+        """The noise level's embedding T(κ): level (L,) or scalar -> (L, d)."""
+        dtype = self.time_mlp[0].weight.dtype
+        return self.time_mlp(noise_level_features(level.reshape(-1), self.time_channels, dtype=dtype))
+
+    def condition_activation(self, cond_emb: Tensor, level: Tensor) -> Tensor:
+        """SiLU(c + T(κ)), the input of every AdaLN map: ``cond_emb`` (B, d), level (B,) or scalar -> (B, d).
+
+        The noise level enters the network only through T(κ), and the modulations are affine in
+        this activation (:meth:`modulations_from_activation`): that is what lets the split
+        likelihood solver (:mod:`globeflow.solvers.split`) low-pass the κ-dependence exactly.
+        """
+        return F.silu(cond_emb + self.time_embedding(level))
+
+    def modulations_from_activation(self, act: Tensor) -> tuple[list[Tensor], Tensor]:
+        """AdaLN parameters from :meth:`condition_activation`: (B, d) -> ([N × (B, 1, 3d)], (B, 1, 2d))."""
+        act = act.unsqueeze(1)  # (B, 1, d): broadcasts over the sample axis
+        # Every AdaLN map is SiLU then Linear: the SiLU of the shared condition is computed once.
+        return [block.ada[1](act) for block in self.blocks], self.final_ada[1](act)
+
     def modulations(self, cond_emb: Tensor, level: Tensor) -> tuple[list[Tensor], Tensor]:
         """AdaLN parameters for every block and the head.
 
         ``cond_emb`` (B, d) from :meth:`embed_condition`; ``level`` (B,) or scalar.
         Returns ([N × (B, 1, 3d)], (B, 1, 2d)).
         """
-        level = level.reshape(-1)
-        dtype = self.time_mlp[0].weight.dtype
-        time = self.time_mlp(noise_level_features(level, self.time_channels, dtype=dtype))
-        cond = (cond_emb + time).unsqueeze(1)  # (B, 1, d): broadcasts over the sample axis
-        # Every AdaLN map is SiLU then Linear: the SiLU of the shared condition is computed once.
-        act = F.silu(cond)
-        mods = [block.ada[1](act) for block in self.blocks]
-        return mods, self.final_ada[1](act)
+        return self.modulations_from_activation(self.condition_activation(cond_emb, level))
 
     # -- coordinate path: once per sample -------------------------------------------------
     def forward_with(self, x: Tensor, mods: list[Tensor], head: Tensor) -> Tensor:
