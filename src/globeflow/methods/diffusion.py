@@ -50,6 +50,9 @@ class Diffusion(GenerativeMethod):
         x0 = diffusion_sample(field, noise, self.schedule, num_steps=num_steps, method=solver, trajectory=trajectory)
         return project(x0)
 
+    #: The likelihood ODE runs in log-SNR, not in κ (so ``rk4-split`` does not apply).
+    likelihood_in_level = False
+
     def _divergence_field(self, field_jvp) -> DivergenceField:
         lam_min = 0.5 * math.log(self.likelihood_kappa_min / (1.0 - self.likelihood_kappa_min))
         lam_max = 0.5 * math.log(KAPPA_MAX / (1.0 - KAPPA_MAX))

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -24,7 +25,14 @@ from globeflow.nets.adaln_mlp import AdaLNMLP, AdaLNMLPConfig
 from globeflow.paths.noise_levels import NoiseLevelDensity, make_noise_density
 from globeflow.paths.noising import NoisingPath
 from globeflow.paths.schedules import Schedule, make_schedule
-from globeflow.solvers.likelihood import DIVERGENCES, LIKELIHOOD_SOLVERS, DivergenceField, integrate_with_divergence
+from globeflow.solvers.likelihood import (
+    DIVERGENCES,
+    LIKELIHOOD_SOLVERS,
+    DivergenceField,
+    ODEResult,
+    _tangent_frame,
+    integrate_with_divergence,
+)
 
 __all__ = ["MAX_POINTS_PER_CHUNK", "MAX_POINTS_PER_LIKELIHOOD_CHUNK", "GenerativeMethod"]
 
@@ -52,6 +60,8 @@ class GenerativeMethod(Method, nn.Module):
     #: Grading of the likelihood ODE's RK4 nodes towards the data end (1: uniform; see
     #: :func:`~globeflow.solvers.likelihood.integrate_with_divergence`).
     likelihood_grid_power: ClassVar[float] = 1.0
+    #: The likelihood ODE's variable s is the noise level κ itself (needed by ``rk4-split``).
+    likelihood_in_level: ClassVar[bool] = True
     #: :meth:`create`'s options: the AdaLN network's size, the schedule, the condition dropout.
     option_names: ClassVar[tuple[str, ...]] = (
         "width", "depth", "expansion", "schedule", "schedule_params", "cond_drop", "cond_depth", "train_noise",
@@ -203,23 +213,94 @@ class GenerativeMethod(Method, nn.Module):
         (B, S, K, 3))``; guidance (Eq. 13) is linear in ψ, so its Jacobian combines the same way.
         The condition path (once per embedding and step) stays in float32 under autocast.
         """
-        fp32 = torch.autocast(device_type=emb.device.type, enabled=False)
-        with fp32:
-            cond = self.net.embed_condition(emb)
-            if guidance != 0.0:
-                null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
-                cond = torch.cat([cond, null], dim=0)
+        cond = self._guided_condition(emb, guidance)
 
         def field_jvp(x: Tensor, tangents: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
             with torch.autocast(device_type=x.device.type, enabled=False):
                 mods, head = self.net.modulations(cond, kappa)
-            if guidance == 0.0:
-                return self.net.forward_with_jvp(x, tangents, mods, head)
-            out, jvp = self.net.forward_with_jvp(torch.cat([x, x]), torch.cat([tangents, tangents]), mods, head)
-            (out_c, out_u), (jvp_c, jvp_u) = out.chunk(2), jvp.chunk(2)
-            return out_c + guidance * (out_c - out_u), jvp_c + guidance * (jvp_c - jvp_u)
+            return self._guided_jvp(x, tangents, mods, head, guidance)
 
         return field_jvp
+
+    def _guided_condition(self, emb: Tensor, guidance: float) -> Tensor:
+        """The embedding part of the condition, with the null condition appended when guided: (B or 2B, d)."""
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            cond = self.net.embed_condition(emb)
+            if guidance != 0.0:
+                null = self.net.embed_condition(torch.zeros_like(emb[:1])).expand_as(cond)
+                cond = torch.cat([cond, null], dim=0)
+        return cond
+
+    def _guided_jvp(self, x: Tensor, tangents: Tensor, mods, head, guidance: float) -> tuple[Tensor, Tensor]:
+        if guidance == 0.0:
+            return self.net.forward_with_jvp(x, tangents, mods, head)
+        out, jvp = self.net.forward_with_jvp(torch.cat([x, x]), torch.cat([tangents, tangents]), mods, head)
+        (out_c, out_u), (jvp_c, jvp_u) = out.chunk(2), jvp.chunk(2)
+        return out_c + guidance * (out_c - out_u), jvp_c + guidance * (jvp_c - jvp_u)
+
+    def split_divergence_fields(self, emb: Tensor, guidance: float, nodes: Tensor, cutoffs: Tensor):
+        """The divergence fields of the split likelihood solver (:mod:`globeflow.solvers.split`).
+
+        ``nodes`` (n,) float64 levels s, ``cutoffs`` (n,) rad per unit s. Returns
+        ``field_at(j, σ)``: the field at node j with the AdaLN activation ā + σ δ (σ ∈ {−1, 0, 1}),
+        ā the activation low-passed below node j's cutoff and δ the rest. The activations are
+        computed on a fine level grid once per embedding, never per point.
+        """
+        net = self.net
+        if not hasattr(net, "modulations_from_activation"):
+            raise ValueError(
+                f"solver: 'rk4-split' needs an AdaLN network (κ entering through one activation); "
+                f"method {self.name!r} has {type(net).__name__}"
+            )
+        from globeflow.solvers.split import lowpass_at_nodes
+
+        cond = self._guided_condition(emb, guidance)
+        dtype = cond.dtype
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            # Rows in chunks: the fine grid holds ~7,000 levels (14,000 mirrored) per row and channel.
+            rows = max(1, (1 << 24) // (16384 * cond.shape[-1]))
+            slow = torch.cat(
+                [
+                    lowpass_at_nodes(
+                        lambda lv, c=cond[r : r + rows]: F.silu(c + net.time_embedding(lv.to(dtype))[:, None]),
+                        nodes,
+                        cutoffs,
+                    )
+                    for r in range(0, cond.shape[0], rows)
+                ],
+                dim=1,
+            ).to(dtype)  # (n, B, d)
+            fast = F.silu(cond + net.time_embedding(nodes.to(dtype))[:, None]) - slow
+
+        def field_at(j: int, sign: float):
+            with torch.autocast(device_type=emb.device.type, enabled=False):
+                mods, head = net.modulations_from_activation(slow[j] if sign == 0.0 else slow[j] + sign * fast[j])
+
+            def field_jvp(x: Tensor, tangents: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+                return self._guided_jvp(x, tangents, mods, head, guidance)
+
+            return self._divergence_field(field_jvp)
+
+        return field_at
+
+    def _integrate_split(
+        self, emb: Tensor, x: Tensor, s0: float, s1: float, guidance: float, steps: int, power: float, on_step
+    ) -> ODEResult:
+        """One chunk of the ``rk4-split`` likelihood solve (see :mod:`globeflow.solvers.split`)."""
+        from globeflow.solvers.split import SPLIT_CUTOFF, graded_grid, integrate_split_rk4, split_nodes
+
+        if not (isinstance(power, (int, float)) and power >= 1.0):
+            raise ValueError(f"grid_power must be a number ≥ 1, got {power!r}")
+        s_grid = graded_grid(s0, s1, steps, power)
+        nodes, cutoffs = split_nodes(s_grid, SPLIT_CUTOFF)
+        on_sphere = self.path.on_sphere
+        eye = torch.eye(3, dtype=x.dtype, device=x.device)
+
+        def probes(y: Tensor) -> Tensor:
+            return _tangent_frame(y) if on_sphere else eye.expand(*y.shape[:-1], 3, 3)
+
+        fields = self.split_divergence_fields(emb, guidance, nodes.to(x.device), cutoffs.to(x.device))
+        return integrate_split_rk4(fields, x, s_grid, on_sphere=on_sphere, divergence_probes=probes, on_step=on_step)
 
     @abc.abstractmethod
     def _denoise(
@@ -373,7 +454,14 @@ class GenerativeMethod(Method, nn.Module):
         s0, s1 = (1.0, 0.0) if to_data else (0.0, 1.0)
         low = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
         starts = range(0, b, per_chunk)
-        per_step = solver == "rk4"
+        per_step = solver in ("rk4", "rk4-split")
+        if solver == "rk4-split" and divergence != "exact":
+            raise ValueError("divergence: 'rk4-split' computes the exact divergence; use divergence='exact'")
+        if solver == "rk4-split" and not self.likelihood_in_level:
+            raise ValueError(
+                f"solver: 'rk4-split' needs a likelihood ODE in the noise level itself; "
+                f"{self.name!r} integrates in another variable"
+            )
         bar = tqdm(
             total=len(starts) * (steps if per_step else 1),
             desc=f"log p ({self.name})",
@@ -387,22 +475,25 @@ class GenerativeMethod(Method, nn.Module):
                 # The state runs in the network's dtype: float64 weights give a float64 reference.
                 dtype = self.net.input_mapper.weight.dtype
                 xs = x[sl].to(dtype)
-                field = self._divergence_field(self.guided_field_jvp(emb[sl].to(dtype), guidance))
-                res = integrate_with_divergence(
-                    field,
-                    xs,
-                    s0,
-                    s1,
-                    on_sphere=self.path.on_sphere,
-                    divergence=divergence,
-                    solver=solver,
-                    steps=steps,
-                    atol=atol,
-                    rtol=rtol,
-                    generator=generator,
-                    grid_power=self.likelihood_grid_power if grid_power is None else grid_power,
-                    on_step=bar.update if per_step else None,
-                )
+                power = self.likelihood_grid_power if grid_power is None else grid_power
+                if solver == "rk4-split":
+                    res = self._integrate_split(emb[sl].to(dtype), xs, s0, s1, guidance, steps, power, bar.update)
+                else:
+                    res = integrate_with_divergence(
+                        self._divergence_field(self.guided_field_jvp(emb[sl].to(dtype), guidance)),
+                        xs,
+                        s0,
+                        s1,
+                        on_sphere=self.path.on_sphere,
+                        divergence=divergence,
+                        solver=solver,
+                        steps=steps,
+                        atol=atol,
+                        rtol=rtol,
+                        generator=generator,
+                        grid_power=power,
+                        on_step=bar.update if per_step else None,
+                    )
                 if not per_step:
                     bar.update()
                 nfe += res.nfe

@@ -40,8 +40,10 @@ __all__ = [
 
 DivergenceField = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
-#: Solvers of the likelihood ODE: fixed-step classical Runge–Kutta and adaptive Dormand–Prince.
-LIKELIHOOD_SOLVERS = ("rk4", "dopri5")
+#: Solvers of the likelihood ODE: fixed-step classical Runge–Kutta, adaptive Dormand–Prince, and
+#: RK4 with the noise-level conditioning split into slow and antithetically sampled fast parts
+#: (``rk4-split``: :mod:`globeflow.solvers.split`, reached through a method's ``log_prob_xyz``).
+LIKELIHOOD_SOLVERS = ("rk4", "dopri5", "rk4-split")
 #: ``exact``: trace over an orthonormal frame; ``hutchinson``: one Gaussian probe per point.
 DIVERGENCES = ("exact", "hutchinson")
 
@@ -89,6 +91,8 @@ def integrate_with_divergence(
     """
     if solver not in LIKELIHOOD_SOLVERS:
         raise ValueError(f"solver: unknown likelihood solver {solver!r}; choose one of {LIKELIHOOD_SOLVERS}")
+    if solver == "rk4-split":
+        raise ValueError("solver: 'rk4-split' needs the network's split conditioning; call the method's log_prob_xyz")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if divergence not in DIVERGENCES:

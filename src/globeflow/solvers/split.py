@@ -1,0 +1,172 @@
+"""Likelihood ODE with the noise-level conditioning split into a slow and a fast part.
+
+Why: the AdaLN network sees κ through sinusoids of 1000κ (periods down to 2π/1000 ≈ 0.0063), and a
+trained network uses them, so the integrand g(κ) = div v(x(κ), κ) of Prop. 2 carries wiggles that
+~100 distinct RK4 nodes alias (docs/benchmarks.md, "Likelihood with fewer evaluations"). But κ
+enters the network at one place only: the activation a(κ) = SiLU(c + T(κ)) from which every AdaLN
+modulation is an affine map (:meth:`~globeflow.nets.adaln_mlp.AdaLNMLP.condition_activation`).
+a(κ) costs no coordinate-path work, so it can be computed on a fine κ grid and split exactly:
+
+    a(κ) = ā(κ) + δ(κ),   ā = a low-passed below ω_c (FFT on the fine grid),
+
+with ω_c = ``cutoff`` / h_local (rad per unit κ), so that the RK4 steps resolve ā. Then
+
+* ā drives a classical RK4 solve on the graded grid (it is smooth at the step's scale);
+* δ, the part the nodes cannot resolve, is *sampled antithetically*: the two RK4 evaluations at
+  each step's midpoint use ā + δ and ā − δ, and so do the two evaluations that share each interior
+  grid node (stage 4 of one step, stage 1 of the next; their weights are equal). The terms odd in
+  δ — whose first-order part is what aliases — cancel pairwise, while the terms even in δ (the
+  "rectified" mean that the wiggles add to g, which a plain low-pass would drop) are kept at their
+  sampled size. This is antithetic variates (Hammersley & Morton, "A new Monte Carlo technique:
+  antithetic variates", 1956) applied to a two-scale quadrature; evaluating a field at a filtered
+  fast variable is the idea of the mollified long-step integrators for oscillatory ODEs
+  (García-Archilla, Sanz-Serna & Skeel, SIAM J. Sci. Comput. 1998) and of heterogeneous
+  multiscale methods (E & Engquist 2003). A plain low-pass alone (measured) loses the even terms'
+  mean: its error stalls near 0.015 nats on the networks of docs/benchmarks.md.
+
+What is neglected: the mean of the terms odd in δ beyond first order (phase-locked triads of the
+fast frequencies) and the small shifts of the path inside each pair. Both vanish as the steps
+shrink, because ω_c grows as 1/h and the split disappears: the scheme converges to the exact
+log-density like RK4 does (nodes whose cutoff exceeds ``_PASS_ALL`` take a itself). The endpoints
+κ = 0 and 1 use ā alone (their pair partner is outside the interval); their weight is h/6.
+Measured accuracy per function evaluation: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from globeflow.geometry import sphere
+from globeflow.solvers.likelihood import ODEResult
+
+__all__ = ["SPLIT_CUTOFF", "graded_grid", "integrate_split_rk4", "lowpass_at_nodes", "split_nodes"]
+
+#: ω_c · h_local (radians): chosen on two trained networks (docs/benchmarks.md); lower moves
+#: more of a(κ) into the antithetic part, higher asks RK4 to resolve more.
+SPLIT_CUTOFF = 4.5
+#: Half-width of the low-pass's raised-cosine edge (rad per unit κ): the transfer is exactly 1
+#: below ω_c − 30 and 0 above ω_c + 30, so the slow part passes untouched.
+_ROLL_OFF = 30.0
+#: Fine grid: spacing (Nyquist π·4096 ≈ 12,900 rad: SiLU's harmonics of the 1000κ features
+#: reach several thousand rad, and what lies above the Nyquist folds back; only what folds
+#: below the highest cutoff, 2030 rad, i.e. content above ~23,700 rad, would matter) and
+#: padding beyond the nodes (the network is defined for any κ).
+_FINE_SPACING = 1.0 / 4096
+_PADDING = 0.25
+#: Nodes whose cutoff is above this (rad) take the signal itself: steps that short resolve the
+#: 1000κ features, and the filter's cost grows with the highest cutoff it must apply.
+_PASS_ALL = 2000.0
+
+#: A field at node j with fast sign σ ∈ {−1, 0, +1}: ``field_at(j, σ)(x, s, probes) -> (v, div)``.
+SplitFieldFactory = Callable[[int, float], Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]]
+
+
+def graded_grid(s_start: float, s_end: float, steps: int, grid_power: float) -> Tensor:
+    """RK4 step boundaries (steps + 1,) float64, uᵖ-graded from the end nearer s = 0 (as ``rk4``)."""
+    base = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** float(grid_power)
+    lo, hi = min(s_start, s_end), max(s_start, s_end)
+    return lo + (hi - lo) * (base if s_start <= s_end else base.flip(0))
+
+
+def lowpass_at_nodes(signal: Callable[[Tensor], Tensor], nodes: Tensor, cutoffs: Tensor) -> Tensor:
+    """The low-passed ``signal`` at each node, with that node's cutoff.
+
+    ``signal(levels (G,) float64) -> (G, ...)``; ``nodes`` (n,) float64; ``cutoffs`` (n,) in rad
+    per unit κ. Returns (n, ...) in the signal's dtype. The signal is sampled on a fine grid
+    around the nodes, transformed once, and its filtered trigonometric interpolant evaluated at
+    each node with its own transfer function (1 below ω_c − 30, a raised cosine to 0 at ω_c + 30): an exact evaluation at
+    non-grid nodes, and a node-dependent cutoff, for one FFT. The sampled signal is mirrored
+    (so that its periodic extension has no jump to ring) and nodes with a cutoff above
+    ``_PASS_ALL`` get the signal itself.
+    """
+    lo = float(nodes.min()) - _PADDING
+    g = int(math.ceil((float(nodes.max()) + _PADDING - lo) / _FINE_SPACING)) + 1
+    g = -(-g // 1024) * 1024  # a multiple of 1024: a fast FFT size (the extra is more padding)
+    grid = lo + _FINE_SPACING * torch.arange(g, dtype=torch.float64, device=nodes.device)
+    values = signal(grid)
+    shape = values.shape[1:]
+    # Mirrored, the sampled signal is periodic and continuous: no wrap-around jump to ring.
+    flat = values.reshape(g, -1)
+    n = 2 * g
+    spectrum = torch.fft.rfft(torch.cat([flat, flat.flip(0)]), dim=0)  # (g + 1, C), the signal's precision
+    # Only the bins some filtered node passes are needed (the transfer is 0 above ω_c + roll).
+    keep = cutoffs >= _PASS_ALL
+    top = float(cutoffs[~keep].max()) + _ROLL_OFF if bool((~keep).any()) else 0.0
+    bins = min(n // 2, int(top * n * _FINE_SPACING / (2.0 * math.pi)) + 2)
+    spectrum = spectrum[: bins + 1]
+    k = torch.arange(bins + 1, dtype=torch.float64, device=nodes.device)
+    omega = 2.0 * math.pi * k / (n * _FINE_SPACING)
+    edge = ((omega[None] - cutoffs[:, None] + _ROLL_OFF) / (2.0 * _ROLL_OFF)).clamp(0.0, 1.0)
+    transfer = 0.5 * (1.0 + torch.cos(math.pi * edge))  # (nodes, F): 1, raised-cosine edge, 0
+    weight = torch.full_like(k, 2.0)  # a real signal's one-sided spectrum (its Nyquist bin is never passed)
+    weight[0] = 1.0
+    phase = (2.0 * math.pi / n) * k[None] * ((nodes[:, None] - lo) / _FINE_SPACING)
+    basis = torch.polar(transfer * weight / n, phase).to(spectrum.dtype)  # (nodes, F)
+    slow = (basis @ spectrum).real.reshape(len(nodes), *shape)
+    if bool(keep.any()):
+        slow[keep] = signal(nodes[keep])
+    return slow
+
+
+def integrate_split_rk4(
+    field_at: SplitFieldFactory,
+    x: Tensor,
+    s_grid: Tensor,
+    *,
+    on_sphere: bool,
+    divergence_probes: Callable[[Tensor], Tensor],
+    on_step: Callable[[], object] | None = None,
+) -> ODEResult:
+    """RK4 along ``s_grid`` (steps + 1,) with antithetic fast parts (see the module docstring).
+
+    Node j: 2i the grid points, 2i + 1 the midpoints. ``field_at(j, σ)`` is the divergence field
+    at node j with modulations from ā + σ δ. ``divergence_probes(x) -> (..., K, 3)``.
+    """
+    steps = len(s_grid) - 1
+    delta = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+    nfe = 0
+
+    def rhs(j: int, sign: float, s: float, y: Tensor) -> tuple[Tensor, Tensor]:
+        nonlocal nfe
+        nfe += 1
+        if on_sphere:
+            y = sphere.project(y)
+        return field_at(j, sign)(y, torch.tensor(s, dtype=torch.float64), divergence_probes(y))
+
+    sign = 1.0  # (alternating the pairs' order from step to step was measured: worse)
+    for i in range(steps):
+        s0, s1 = float(s_grid[i]), float(s_grid[i + 1])
+        h, sm = s1 - s0, 0.5 * (s0 + s1)
+        # Pairs (stage 4 of step i−1, stage 1 of step i) and (stage 2, stage 3) carry ±δ.
+        first = 0.0 if i == 0 else -sign
+        last = 0.0 if i == steps - 1 else sign
+        v1, d1 = rhs(2 * i, first, s0, x)
+        v2, d2 = rhs(2 * i + 1, sign, sm, x + 0.5 * h * v1)
+        v3, d3 = rhs(2 * i + 1, -sign, sm, x + 0.5 * h * v2)
+        v4, d4 = rhs(2 * i + 2, last, s1, x + h * v3)
+        x = x + (h / 6.0) * (v1 + 2.0 * v2 + 2.0 * v3 + v4)
+        delta = delta + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
+        if on_sphere:
+            x = sphere.project(x)
+        if on_step is not None:
+            on_step()
+    return ODEResult(x=x, delta=delta, nfe=nfe)
+
+
+def split_nodes(s_grid: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
+    """Nodes (2·steps + 1,) — grid points and midpoints — and their cutoffs ω_c = cutoff / h_local.
+
+    h_local is the step for a midpoint and the mean of the two adjacent steps for a grid point.
+    """
+    h = (s_grid[1:] - s_grid[:-1]).abs()
+    nodes = torch.empty(2 * len(h) + 1, dtype=torch.float64, device=s_grid.device)
+    nodes[0::2], nodes[1::2] = s_grid, 0.5 * (s_grid[1:] + s_grid[:-1])
+    local = torch.empty_like(nodes)
+    local[1::2] = h
+    local[0], local[-1] = h[0], h[-1]
+    local[2:-1:2] = 0.5 * (h[1:] + h[:-1])
+    return nodes, cutoff / local
