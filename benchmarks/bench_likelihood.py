@@ -236,9 +236,12 @@ def make_points(kind: str, method, args, gen: torch.Generator) -> tuple[torch.Te
         import pyarrow.parquet as pq
 
         t = pq.read_table(args.test_data)
-        emb = torch.tensor(np.stack(t.column("embedding").to_numpy(zero_copy_only=False))[:n], dtype=torch.float32)
-        lat = np.asarray(t.column("latitude"))[:half]
-        lon = np.asarray(t.column("longitude"))[:half]
+        off = getattr(args, "offset", 0)  # another set of rows (likelihood_split.py --offset)
+        emb = torch.tensor(
+            np.stack(t.column("embedding").to_numpy(zero_copy_only=False))[off : off + n], dtype=torch.float32
+        )
+        lat = np.asarray(t.column("latitude"))[off : off + half]
+        lon = np.asarray(t.column("longitude"))[off : off + half]
         from globeflow.geometry.coords import latlon_to_xyz
 
         first = torch.tensor(latlon_to_xyz(lat, lon), dtype=torch.float32)
