@@ -10,7 +10,7 @@ import torch
 
 from globeflow.nets.adaln_mlp import AdaLNMLPConfig
 from globeflow.solvers import split
-from globeflow.solvers.likelihood import integrate_with_divergence
+from globeflow.solvers.likelihood import graded_grid, integrate_with_divergence
 from test_likelihood import _method, _points
 
 
@@ -37,7 +37,7 @@ def test_lowpass_keeps_slow_and_removes_fast_sinusoids_at_any_node():
 
 
 def test_split_nodes_and_local_cutoffs():
-    grid = split.graded_grid(0.0, 1.0, 4, 2.0)
+    grid = graded_grid(0.0, 1.0, 4, 2.0)
     torch.testing.assert_close(grid, torch.tensor([0.0, 1 / 16, 1 / 4, 9 / 16, 1.0], dtype=torch.float64))
     nodes, cut = split.split_nodes(grid, 4.5)
     assert nodes.shape == (9,) and torch.all(nodes[1::2] == 0.5 * (grid[1:] + grid[:-1]))
@@ -45,7 +45,7 @@ def test_split_nodes_and_local_cutoffs():
     torch.testing.assert_close(cut[1::2], 4.5 / h)
     torch.testing.assert_close(cut[2], 4.5 / (0.5 * (h[0] + h[1])))
     # noise-to-data direction: the same nodes reversed
-    back, _ = split.split_nodes(split.graded_grid(1.0, 0.0, 4, 2.0), 4.5)
+    back, _ = split.split_nodes(graded_grid(1.0, 0.0, 4, 2.0), 4.5)
     torch.testing.assert_close(back, nodes.flip(0))
 
 

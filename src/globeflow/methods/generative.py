@@ -31,6 +31,7 @@ from globeflow.solvers.likelihood import (
     DivergenceField,
     ODEResult,
     _tangent_frame,
+    graded_grid,
     integrate_with_divergence,
 )
 
@@ -287,10 +288,8 @@ class GenerativeMethod(Method, nn.Module):
         self, emb: Tensor, x: Tensor, s0: float, s1: float, guidance: float, steps: int, power: float, on_step
     ) -> ODEResult:
         """One chunk of the ``rk4-split`` likelihood solve (see :mod:`globeflow.solvers.split`)."""
-        from globeflow.solvers.split import SPLIT_CUTOFF, graded_grid, integrate_split_rk4, split_nodes
+        from globeflow.solvers.split import SPLIT_CUTOFF, integrate_split_rk4, split_nodes
 
-        if not (isinstance(power, (int, float)) and power >= 1.0):
-            raise ValueError(f"grid_power must be a number ≥ 1, got {power!r}")
         s_grid = graded_grid(s0, s1, steps, power)
         nodes, cutoffs = split_nodes(s_grid, SPLIT_CUTOFF)
         on_sphere = self.path.on_sphere

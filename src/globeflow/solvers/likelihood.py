@@ -35,7 +35,9 @@ __all__ = [
     "DIVERGENCES",
     "LIKELIHOOD_SOLVERS",
     "ODEResult",
+    "graded_grid",
     "integrate_with_divergence",
+    "rk4_along",
 ]
 
 DivergenceField = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -61,6 +63,46 @@ def _tangent_frame(x: Tensor) -> Tensor:
     """An orthonormal basis of T_xS²: (..., 3) -> (..., 2, 3)."""
     e1 = sphere.project(sphere._any_tangent(x))
     return torch.stack([e1, torch.linalg.cross(x, e1, dim=-1)], dim=-2)
+
+
+def graded_grid(s_start: float, s_end: float, steps: int, grid_power: float) -> Tensor:
+    """RK4 step boundaries (steps + 1,) float64 from ``s_start`` to ``s_end``: uᵖ for u uniform in
+    [0, 1], measured from the end nearer s = 0 (the data end)."""
+    if not (isinstance(grid_power, (int, float)) and grid_power >= 1.0):
+        raise ValueError(f"grid_power must be a number ≥ 1, got {grid_power!r}")
+    base = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** float(grid_power)
+    lo, hi = min(s_start, s_end), max(s_start, s_end)
+    return lo + (hi - lo) * (base if s_start <= s_end else base.flip(0))
+
+
+def rk4_along(
+    stage_rhs: Callable[[int, int, Tensor, Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    s_grid: Tensor,
+    *,
+    on_sphere: bool,
+    on_step: Callable[[], object] | None = None,
+    nfe: Callable[[], int],
+) -> ODEResult:
+    """Classical RK4 for (x, delta) along ``s_grid``; ``stage_rhs(i, stage, s, y) -> (v, div)`` is
+    called for stages 1–4 of step i (the split solver gives each stage its own field).
+    ``nfe()`` reads the caller's count of field calls for the result."""
+    delta = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+    for i in range(len(s_grid) - 1):
+        s0, s1 = s_grid[i], s_grid[i + 1]
+        h = float(s1 - s0)
+        sm = 0.5 * (s0 + s1)
+        v1, d1 = stage_rhs(i, 1, s0, x)
+        v2, d2 = stage_rhs(i, 2, sm, x + 0.5 * h * v1)
+        v3, d3 = stage_rhs(i, 3, sm, x + 0.5 * h * v2)
+        v4, d4 = stage_rhs(i, 4, s1, x + h * v3)
+        x = x + (h / 6.0) * (v1 + 2.0 * v2 + 2.0 * v3 + v4)
+        delta = delta + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
+        if on_sphere:
+            x = sphere.project(x)
+        if on_step is not None:
+            on_step()
+    return ODEResult(x=x, delta=delta, nfe=nfe())
 
 
 def integrate_with_divergence(
@@ -118,27 +160,10 @@ def integrate_with_divergence(
         return field(y, s, probes)
 
     if solver == "rk4":
-        if not (isinstance(grid_power, (int, float)) and grid_power >= 1.0):
-            raise ValueError(f"grid_power must be a number ≥ 1, got {grid_power!r}")
-        base = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** float(grid_power)
-        lo, hi = min(s_start, s_end), max(s_start, s_end)
-        s_grid = lo + (hi - lo) * (base if s_start <= s_end else base.flip(0))
-        delta = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
-        for i in range(steps):
-            s0, s1 = s_grid[i], s_grid[i + 1]
-            h = float(s1 - s0)
-            sm = 0.5 * (s0 + s1)
-            v1, d1 = rhs(s0, x)
-            v2, d2 = rhs(sm, x + 0.5 * h * v1)
-            v3, d3 = rhs(sm, x + 0.5 * h * v2)
-            v4, d4 = rhs(s1, x + h * v3)
-            x = x + (h / 6.0) * (v1 + 2.0 * v2 + 2.0 * v3 + v4)
-            delta = delta + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
-            if on_sphere:
-                x = sphere.project(x)
-            if on_step is not None:
-                on_step()
-        return ODEResult(x=x, delta=delta, nfe=nfe)
+        grid = graded_grid(s_start, s_end, steps, grid_power)
+        return rk4_along(
+            lambda i, stage, s, y: rhs(s, y), x, grid, on_sphere=on_sphere, on_step=on_step, nfe=lambda: nfe
+        )
 
     from torchdiffeq import odeint
 

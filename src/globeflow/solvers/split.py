@@ -41,9 +41,9 @@ import torch
 from torch import Tensor
 
 from globeflow.geometry import sphere
-from globeflow.solvers.likelihood import ODEResult
+from globeflow.solvers.likelihood import ODEResult, rk4_along
 
-__all__ = ["SPLIT_CUTOFF", "graded_grid", "integrate_split_rk4", "lowpass_at_nodes", "split_nodes"]
+__all__ = ["SPLIT_CUTOFF", "integrate_split_rk4", "lowpass_at_nodes", "split_nodes"]
 
 #: ω_c · h_local (radians): chosen on two trained networks (docs/benchmarks.md); lower moves
 #: more of a(κ) into the antithetic part, higher asks RK4 to resolve more.
@@ -63,13 +63,6 @@ _PASS_ALL = 2000.0
 
 #: A field at node j with fast sign σ ∈ {−1, 0, +1}: ``field_at(j, σ)(x, s, probes) -> (v, div)``.
 SplitFieldFactory = Callable[[int, float], Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]]
-
-
-def graded_grid(s_start: float, s_end: float, steps: int, grid_power: float) -> Tensor:
-    """RK4 step boundaries (steps + 1,) float64, uᵖ-graded from the end nearer s = 0 (as ``rk4``)."""
-    base = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** float(grid_power)
-    lo, hi = min(s_start, s_end), max(s_start, s_end)
-    return lo + (hi - lo) * (base if s_start <= s_end else base.flip(0))
 
 
 def lowpass_at_nodes(signal: Callable[[Tensor], Tensor], nodes: Tensor, cutoffs: Tensor) -> Tensor:
@@ -126,35 +119,27 @@ def integrate_split_rk4(
     Node j: 2i the grid points, 2i + 1 the midpoints. ``field_at(j, σ)`` is the divergence field
     at node j with modulations from ā + σ δ. ``divergence_probes(x) -> (..., K, 3)``.
     """
-    steps = len(s_grid) - 1
-    delta = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+    last_step = len(s_grid) - 2
     nfe = 0
 
-    def rhs(j: int, sign: float, s: float, y: Tensor) -> tuple[Tensor, Tensor]:
+    def stage_rhs(i: int, stage: int, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         nonlocal nfe
         nfe += 1
+        # Pairs with equal RK4 weights carry ±δ: (stage 4 of step i−1, stage 1 of step i) at the
+        # grid point, (stage 2, stage 3) at the midpoint. The ends κ = s_start, s_end have no
+        # partner and take ā alone. (Alternating the pairs' order from step to step was
+        # measured: worse.)
+        if stage == 1:
+            node, sign = 2 * i, (0.0 if i == 0 else -1.0)
+        elif stage == 4:
+            node, sign = 2 * i + 2, (0.0 if i == last_step else 1.0)
+        else:
+            node, sign = 2 * i + 1, (1.0 if stage == 2 else -1.0)
         if on_sphere:
             y = sphere.project(y)
-        return field_at(j, sign)(y, torch.tensor(s, dtype=torch.float64), divergence_probes(y))
+        return field_at(node, sign)(y, s, divergence_probes(y))
 
-    sign = 1.0  # (alternating the pairs' order from step to step was measured: worse)
-    for i in range(steps):
-        s0, s1 = float(s_grid[i]), float(s_grid[i + 1])
-        h, sm = s1 - s0, 0.5 * (s0 + s1)
-        # Pairs (stage 4 of step i−1, stage 1 of step i) and (stage 2, stage 3) carry ±δ.
-        first = 0.0 if i == 0 else -sign
-        last = 0.0 if i == steps - 1 else sign
-        v1, d1 = rhs(2 * i, first, s0, x)
-        v2, d2 = rhs(2 * i + 1, sign, sm, x + 0.5 * h * v1)
-        v3, d3 = rhs(2 * i + 1, -sign, sm, x + 0.5 * h * v2)
-        v4, d4 = rhs(2 * i + 2, last, s1, x + h * v3)
-        x = x + (h / 6.0) * (v1 + 2.0 * v2 + 2.0 * v3 + v4)
-        delta = delta + (h / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
-        if on_sphere:
-            x = sphere.project(x)
-        if on_step is not None:
-            on_step()
-    return ODEResult(x=x, delta=delta, nfe=nfe)
+    return rk4_along(stage_rhs, x, s_grid, on_sphere=on_sphere, on_step=on_step, nfe=lambda: nfe)
 
 
 def split_nodes(s_grid: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
