@@ -239,7 +239,7 @@ class GenerativeMethod(Method, nn.Module):
         (out_c, out_u), (jvp_c, jvp_u) = out.chunk(2), jvp.chunk(2)
         return out_c + guidance * (out_c - out_u), jvp_c + guidance * (jvp_c - jvp_u)
 
-    def split_divergence_fields(self, emb: Tensor, guidance: float, nodes: Tensor, cutoffs: Tensor):
+    def _split_divergence_fields(self, emb: Tensor, guidance: float, nodes: Tensor, cutoffs: Tensor):
         """The divergence fields of the split likelihood solver (:mod:`globeflow.solvers.split`).
 
         ``nodes`` (n,) float64 levels s, ``cutoffs`` (n,) rad per unit s. Returns
@@ -298,7 +298,7 @@ class GenerativeMethod(Method, nn.Module):
         def probes(y: Tensor) -> Tensor:
             return _tangent_frame(y) if on_sphere else eye.expand(*y.shape[:-1], 3, 3)
 
-        fields = self.split_divergence_fields(emb, guidance, nodes.to(x.device), cutoffs.to(x.device))
+        fields = self._split_divergence_fields(emb, guidance, nodes.to(x.device), cutoffs.to(x.device))
         return integrate_split_rk4(fields, x, s_grid, on_sphere=on_sphere, divergence_probes=probes, on_step=on_step)
 
     @abc.abstractmethod

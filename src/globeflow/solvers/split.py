@@ -71,9 +71,9 @@ def lowpass_at_nodes(signal: Callable[[Tensor], Tensor], nodes: Tensor, cutoffs:
     ``signal(levels (G,) float64) -> (G, ...)``; ``nodes`` (n,) float64; ``cutoffs`` (n,) in rad
     per unit κ. Returns (n, ...) in the signal's dtype. The signal is sampled on a fine grid
     around the nodes, transformed once, and its filtered trigonometric interpolant evaluated at
-    each node with its own transfer function (1 below ω_c − 30, a raised cosine to 0 at ω_c + 30): an exact evaluation at
-    non-grid nodes, and a node-dependent cutoff, for one FFT. The sampled signal is mirrored
-    (so that its periodic extension has no jump to ring) and nodes with a cutoff above
+    each node with that node's transfer function (1 below ω_c − 30, a raised cosine to 0 at
+    ω_c + 30): exact at nodes off the grid, any cutoff per node, one FFT. The sampled signal is
+    mirrored (so that its periodic extension has no jump to ring); nodes with a cutoff above
     ``_PASS_ALL`` get the signal itself.
     """
     lo = float(nodes.min()) - _PADDING
