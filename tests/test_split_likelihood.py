@@ -22,18 +22,24 @@ def test_lowpass_keeps_slow_and_removes_fast_sinusoids_at_any_node():
     def signal(lv):
         return torch.stack([torch.cos(40 * lv + 0.3) + 0.5 * torch.sin(900 * lv), torch.cos(5 * lv)], dim=-1)
 
-    slow = split.lowpass_at_nodes(signal, nodes, torch.full((5,), 200.0, dtype=torch.float64))
+    def lowpass(cut):
+        f = split.NodeLowPass(nodes, torch.tensor(cut, dtype=torch.float64))
+        return f(signal(f.grid), signal(nodes))
+
+    slow = lowpass([200.0] * 5)
     torch.testing.assert_close(slow[:, 0], torch.cos(40 * nodes + 0.3), atol=1e-4, rtol=0)
     torch.testing.assert_close(slow[:, 1], torch.cos(5 * nodes), atol=1e-4, rtol=0)
     # a cutoff above every frequency returns the signal itself (the trigonometric interpolant)
-    full = split.lowpass_at_nodes(signal, nodes, torch.full((5,), 3000.0, dtype=torch.float64))
+    full = lowpass([3000.0] * 5)
     torch.testing.assert_close(full, signal(nodes), atol=1e-4, rtol=0)
     # node-dependent cutoffs: the fast sinusoid passes only where the cutoff is above it
-    mixed = split.lowpass_at_nodes(
-        signal, nodes, torch.tensor([3000.0, 200.0, 3000.0, 200.0, 3000.0], dtype=torch.float64)
-    )
+    mixed = lowpass([3000.0, 200.0, 3000.0, 200.0, 3000.0])
     torch.testing.assert_close(mixed[0::2], signal(nodes)[0::2], atol=1e-4, rtol=0)
     torch.testing.assert_close(mixed[1::2, 0], torch.cos(40 * nodes[1::2] + 0.3), atol=1e-4, rtol=0)
+    # the grid's shape is checked, naming the argument
+    f = split.NodeLowPass(nodes, torch.full((5,), 200.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="on_grid"):
+        f(signal(f.grid)[:-1], signal(nodes))
 
 
 def test_split_nodes_and_local_cutoffs():

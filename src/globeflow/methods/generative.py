@@ -30,7 +30,6 @@ from globeflow.solvers.likelihood import (
     LIKELIHOOD_SOLVERS,
     DivergenceField,
     ODEResult,
-    _tangent_frame,
     graded_grid,
     integrate_with_divergence,
 )
@@ -253,25 +252,24 @@ class GenerativeMethod(Method, nn.Module):
                 f"solver: 'rk4-split' needs an AdaLN network (κ entering through one activation); "
                 f"method {self.name!r} has {type(net).__name__}"
             )
-        from globeflow.solvers.split import lowpass_at_nodes
+        from globeflow.solvers.split import NodeLowPass
 
         cond = self._guided_condition(emb, guidance)
         dtype = cond.dtype
         with torch.autocast(device_type=emb.device.type, enabled=False):
+            lowpass = NodeLowPass(nodes, cutoffs)
+            time_grid = net.time_embedding(lowpass.grid.to(dtype))[:, None]  # (G, 1, d): shared by all rows
+            act = F.silu(cond + net.time_embedding(nodes.to(dtype))[:, None])  # (n, B, d)
             # Rows in chunks: the fine grid holds ~7,000 levels (14,000 mirrored) per row and channel.
             rows = max(1, (1 << 24) // (16384 * cond.shape[-1]))
             slow = torch.cat(
                 [
-                    lowpass_at_nodes(
-                        lambda lv, c=cond[r : r + rows]: F.silu(c + net.time_embedding(lv.to(dtype))[:, None]),
-                        nodes,
-                        cutoffs,
-                    )
+                    lowpass(F.silu(cond[r : r + rows] + time_grid), act[:, r : r + rows])
                     for r in range(0, cond.shape[0], rows)
                 ],
                 dim=1,
-            ).to(dtype)  # (n, B, d)
-            fast = F.silu(cond + net.time_embedding(nodes.to(dtype))[:, None]) - slow
+            )
+            fast = act - slow
 
         def field_at(j: int, sign: float):
             with torch.autocast(device_type=emb.device.type, enabled=False):
@@ -292,14 +290,8 @@ class GenerativeMethod(Method, nn.Module):
 
         s_grid = graded_grid(s0, s1, steps, power)
         nodes, cutoffs = split_nodes(s_grid, SPLIT_CUTOFF)
-        on_sphere = self.path.on_sphere
-        eye = torch.eye(3, dtype=x.dtype, device=x.device)
-
-        def probes(y: Tensor) -> Tensor:
-            return _tangent_frame(y) if on_sphere else eye.expand(*y.shape[:-1], 3, 3)
-
         fields = self._split_divergence_fields(emb, guidance, nodes.to(x.device), cutoffs.to(x.device))
-        return integrate_split_rk4(fields, x, s_grid, on_sphere=on_sphere, divergence_probes=probes, on_step=on_step)
+        return integrate_split_rk4(fields, x, s_grid, on_sphere=self.path.on_sphere, on_step=on_step)
 
     @abc.abstractmethod
     def _denoise(

@@ -35,6 +35,7 @@ __all__ = [
     "DIVERGENCES",
     "LIKELIHOOD_SOLVERS",
     "ODEResult",
+    "exact_frame",
     "graded_grid",
     "integrate_with_divergence",
     "rk4_along",
@@ -63,6 +64,14 @@ def _tangent_frame(x: Tensor) -> Tensor:
     """An orthonormal basis of T_xS²: (..., 3) -> (..., 2, 3)."""
     e1 = sphere.project(sphere._any_tangent(x))
     return torch.stack([e1, torch.linalg.cross(x, e1, dim=-1)], dim=-2)
+
+
+def exact_frame(y: Tensor, on_sphere: bool) -> Tensor:
+    """Probes of the exact divergence at ``y`` (..., 3): the tangent frame of S² (..., 2, 3) or
+    the standard basis of R³ (..., 3, 3)."""
+    if on_sphere:
+        return _tangent_frame(y)
+    return torch.eye(3, dtype=y.dtype, device=y.device).expand(*y.shape[:-1], 3, 3)
 
 
 def graded_grid(s_start: float, s_end: float, steps: int, grid_power: float) -> Tensor:
@@ -146,7 +155,6 @@ def integrate_with_divergence(
         # the probe at y is z = P_y g: E[z zᵀ] = P_y exactly at every point of the path.
         g_device = generator.device if generator is not None else x.device
         gauss = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=g_device).to(x.device).unsqueeze(-2)
-    eye = torch.eye(3, dtype=x.dtype, device=x.device)
     nfe = 0
 
     def rhs(s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,9 +162,10 @@ def integrate_with_divergence(
         nfe += 1
         if on_sphere:
             y = sphere.project(y)
-            probes = _tangent_frame(y) if gauss is None else sphere.project_tangent(y.unsqueeze(-2), gauss)
+        if gauss is None:
+            probes = exact_frame(y, on_sphere)
         else:
-            probes = eye.expand(*y.shape[:-1], 3, 3) if gauss is None else gauss
+            probes = sphere.project_tangent(y.unsqueeze(-2), gauss) if on_sphere else gauss
         return field(y, s, probes)
 
     if solver == "rk4":

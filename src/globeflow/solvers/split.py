@@ -41,9 +41,9 @@ import torch
 from torch import Tensor
 
 from globeflow.geometry import sphere
-from globeflow.solvers.likelihood import ODEResult, rk4_along
+from globeflow.solvers.likelihood import ODEResult, exact_frame, rk4_along
 
-__all__ = ["SPLIT_CUTOFF", "integrate_split_rk4", "lowpass_at_nodes", "split_nodes"]
+__all__ = ["SPLIT_CUTOFF", "NodeLowPass", "integrate_split_rk4", "split_nodes"]
 
 #: ω_c · h_local (radians): chosen on two trained networks (docs/benchmarks.md); lower moves
 #: more of a(κ) into the antithetic part, higher asks RK4 to resolve more.
@@ -65,44 +65,52 @@ _PASS_ALL = 2000.0
 SplitFieldFactory = Callable[[int, float], Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]]
 
 
-def lowpass_at_nodes(signal: Callable[[Tensor], Tensor], nodes: Tensor, cutoffs: Tensor) -> Tensor:
-    """The low-passed ``signal`` at each node, with that node's cutoff.
+class NodeLowPass:
+    """A low-pass with its own cutoff at each node, evaluated at the nodes only.
 
-    ``signal(levels (G,) float64) -> (G, ...)``; ``nodes`` (n,) float64; ``cutoffs`` (n,) in rad
-    per unit κ. Returns (n, ...) in the signal's dtype. The signal is sampled on a fine grid
-    around the nodes, transformed once, and its filtered trigonometric interpolant evaluated at
-    each node with that node's transfer function (1 below ω_c − 30, a raised cosine to 0 at
-    ω_c + 30): exact at nodes off the grid, any cutoff per node, one FFT. The sampled signal is
-    mirrored (so that its periodic extension has no jump to ring); nodes with a cutoff above
-    ``_PASS_ALL`` get the signal itself.
+    ``nodes`` (n,) float64; ``cutoffs`` (n,) in rad per unit κ. :attr:`grid` (G,) float64 is the
+    fine grid on which a signal is to be sampled. Calling the filter with the signal on the grid
+    (G, ...) and at the nodes (n, ...) returns the low-passed signal at the nodes (n, ...), in
+    the signal's dtype: the sampled signal is transformed once and its filtered trigonometric
+    interpolant is evaluated at each node with that node's transfer function (1 below ω_c − 30,
+    a raised cosine to 0 at ω_c + 30): exact at nodes off the grid, any cutoff per node. The
+    sampled signal is mirrored (so that its periodic extension has no jump to ring); nodes with
+    a cutoff above ``_PASS_ALL`` get the signal itself. Everything that depends only on the
+    nodes (the grid, the bins needed, the evaluation basis) is computed once, here, and shared
+    by every call (the rows of a batch are filtered in chunks).
     """
-    lo = float(nodes.min()) - _PADDING
-    g = int(math.ceil((float(nodes.max()) + _PADDING - lo) / _FINE_SPACING)) + 1
-    g = -(-g // 1024) * 1024  # a multiple of 1024: a fast FFT size (the extra is more padding)
-    grid = lo + _FINE_SPACING * torch.arange(g, dtype=torch.float64, device=nodes.device)
-    values = signal(grid)
-    shape = values.shape[1:]
-    # Mirrored, the sampled signal is periodic and continuous: no wrap-around jump to ring.
-    flat = values.reshape(g, -1)
-    n = 2 * g
-    spectrum = torch.fft.rfft(torch.cat([flat, flat.flip(0)]), dim=0)  # (g + 1, C), the signal's precision
-    # Only the bins some filtered node passes are needed (the transfer is 0 above ω_c + roll).
-    keep = cutoffs >= _PASS_ALL
-    top = float(cutoffs[~keep].max()) + _ROLL_OFF if bool((~keep).any()) else 0.0
-    bins = min(n // 2, int(top * n * _FINE_SPACING / (2.0 * math.pi)) + 2)
-    spectrum = spectrum[: bins + 1]
-    k = torch.arange(bins + 1, dtype=torch.float64, device=nodes.device)
-    omega = 2.0 * math.pi * k / (n * _FINE_SPACING)
-    edge = ((omega[None] - cutoffs[:, None] + _ROLL_OFF) / (2.0 * _ROLL_OFF)).clamp(0.0, 1.0)
-    transfer = 0.5 * (1.0 + torch.cos(math.pi * edge))  # (nodes, F): 1, raised-cosine edge, 0
-    weight = torch.full_like(k, 2.0)  # a real signal's one-sided spectrum (its Nyquist bin is never passed)
-    weight[0] = 1.0
-    phase = (2.0 * math.pi / n) * k[None] * ((nodes[:, None] - lo) / _FINE_SPACING)
-    basis = torch.polar(transfer * weight / n, phase).to(spectrum.dtype)  # (nodes, F)
-    slow = (basis @ spectrum).real.reshape(len(nodes), *shape)
-    if bool(keep.any()):
-        slow[keep] = signal(nodes[keep])
-    return slow
+
+    def __init__(self, nodes: Tensor, cutoffs: Tensor) -> None:
+        self.lo = float(nodes.min()) - _PADDING
+        g = int(math.ceil((float(nodes.max()) + _PADDING - self.lo) / _FINE_SPACING)) + 1
+        g = -(-g // 1024) * 1024  # a multiple of 1024: a fast FFT size (the extra is more padding)
+        self.grid = self.lo + _FINE_SPACING * torch.arange(g, dtype=torch.float64, device=nodes.device)
+        n = 2 * g  # the mirrored length
+        # Only the bins some filtered node passes are needed (the transfer is 0 above ω_c + roll).
+        self.keep = cutoffs >= _PASS_ALL
+        top = float(cutoffs[~self.keep].max()) + _ROLL_OFF if bool((~self.keep).any()) else 0.0
+        self.bins = min(n // 2, int(top * n * _FINE_SPACING / (2.0 * math.pi)) + 2)
+        k = torch.arange(self.bins + 1, dtype=torch.float64, device=nodes.device)
+        omega = 2.0 * math.pi * k / (n * _FINE_SPACING)
+        edge = ((omega[None] - cutoffs[:, None] + _ROLL_OFF) / (2.0 * _ROLL_OFF)).clamp(0.0, 1.0)
+        transfer = 0.5 * (1.0 + torch.cos(math.pi * edge))  # (nodes, F): 1, raised-cosine edge, 0
+        weight = torch.full_like(k, 2.0)  # a real signal's one-sided spectrum (its Nyquist bin is never passed)
+        weight[0] = 1.0
+        phase = (2.0 * math.pi / n) * k[None] * ((nodes[:, None] - self.lo) / _FINE_SPACING)
+        self.basis = torch.polar(transfer * weight / n, phase)  # (nodes, F) complex128
+
+    def __call__(self, on_grid: Tensor, at_nodes: Tensor) -> Tensor:
+        g = len(self.grid)
+        if on_grid.shape[0] != g or on_grid.shape[1:] != at_nodes.shape[1:]:
+            raise ValueError(
+                f"on_grid: expected ({g}, *{tuple(at_nodes.shape[1:])}) to match the grid and at_nodes, "
+                f"got {tuple(on_grid.shape)}"
+            )
+        flat = on_grid.reshape(g, -1)
+        # Mirrored, the sampled signal is periodic and continuous: no wrap-around jump to ring.
+        spectrum = torch.fft.rfft(torch.cat([flat, flat.flip(0)]), dim=0)[: self.bins + 1]  # the signal's precision
+        slow = (self.basis.to(spectrum.dtype) @ spectrum).real.reshape(at_nodes.shape).to(at_nodes.dtype)
+        return torch.where(self.keep.reshape(-1, *[1] * (at_nodes.dim() - 1)), at_nodes, slow)
 
 
 def integrate_split_rk4(
@@ -111,13 +119,12 @@ def integrate_split_rk4(
     s_grid: Tensor,
     *,
     on_sphere: bool,
-    divergence_probes: Callable[[Tensor], Tensor],
     on_step: Callable[[], object] | None = None,
 ) -> ODEResult:
     """RK4 along ``s_grid`` (steps + 1,) with antithetic fast parts (see the module docstring).
 
     Node j: 2i the grid points, 2i + 1 the midpoints. ``field_at(j, σ)`` is the divergence field
-    at node j with modulations from ā + σ δ. ``divergence_probes(x) -> (..., K, 3)``.
+    at node j with modulations from ā + σ δ; the divergence is exact (:func:`exact_frame`).
     """
     last_step = len(s_grid) - 2
     nfe = 0
@@ -137,7 +144,7 @@ def integrate_split_rk4(
             node, sign = 2 * i + 1, (1.0 if stage == 2 else -1.0)
         if on_sphere:
             y = sphere.project(y)
-        return field_at(node, sign)(y, s, divergence_probes(y))
+        return field_at(node, sign)(y, s, exact_frame(y, on_sphere))
 
     return rk4_along(stage_rhs, x, s_grid, on_sphere=on_sphere, on_step=on_step, nfe=lambda: nfe)
 
