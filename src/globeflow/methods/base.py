@@ -24,6 +24,7 @@ from globeflow.geometry.coords import EARTH_RADIUS_KM, latlon_to_xyz, xyz_to_lat
 
 __all__ = [
     "geoscore_mbr",
+    "geoscore_utility",
     "Method",
     "ModuleMethod",
     "SamplesWithLogProb",
@@ -399,8 +400,6 @@ def geoscore_mbr(samples: np.ndarray, max_pairs: int = 1 << 22) -> np.ndarray:
     drawn from the samples (the self-term is the same for every i and does not change the
     argmax). Rows are processed in chunks of at most ``max_pairs`` sample pairs.
     """
-    from globeflow.metrics.distance import GEOSCORE_SCALE_KM
-
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 3 or samples.shape[-1] != 2:
         raise ValueError(f"samples: expected shape (B, S, 2), got {samples.shape}")
@@ -410,11 +409,18 @@ def geoscore_mbr(samples: np.ndarray, max_pairs: int = 1 << 22) -> np.ndarray:
     chunk = max(1, max_pairs // (s * s))
     for lo in range(0, b, chunk):
         x = xyz[lo : lo + chunk]
-        cos = np.clip(np.einsum("bsi,bti->bst", x, x), -1.0, 1.0)
-        # utility ∝ Σ_j exp(−R θ_ij / scale); the factor 5000 does not change the argmax
-        util = np.exp(-(EARTH_RADIUS_KM / GEOSCORE_SCALE_KM) * np.arccos(cos)).sum(axis=-1)
-        best[lo : lo + chunk] = util.argmax(axis=1)
+        best[lo : lo + chunk] = geoscore_utility(x, x).argmax(axis=1)
     return samples[np.arange(b), best]
+
+
+def geoscore_utility(cand: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Σ_j exp(−R θ(c, x_j) / 1492.7 km) for each candidate: ``cand`` (B, C, 3), ``points``
+    (B, S, 3) unit vectors -> (B, C). The expected GeoScore of a candidate if the truth were
+    drawn from the points, without the factor 5000/S (it does not change an argmax)."""
+    from globeflow.metrics.distance import GEOSCORE_SCALE_KM
+
+    cos = np.clip(np.einsum("bci,bsi->bcs", cand, points), -1.0, 1.0)
+    return np.exp(-(EARTH_RADIUS_KM / GEOSCORE_SCALE_KM) * np.arccos(cos)).sum(axis=-1)
 
 
 def check_options(name: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -256,9 +256,8 @@ class GroundedMethod(Method, nn.Module):
         Other strategies: :meth:`Method.predict`."""
         import numpy as np
 
-        from globeflow.geometry.coords import EARTH_RADIUS_KM, xyz_to_latlon
-        from globeflow.methods.base import as_embedding
-        from globeflow.metrics.distance import GEOSCORE_SCALE_KM
+        from globeflow.geometry.coords import xyz_to_latlon
+        from globeflow.methods.base import as_embedding, geoscore_utility
 
         strategy = self.default_strategy if strategy is None else strategy
         if strategy != "mbr":
@@ -286,9 +285,7 @@ class GroundedMethod(Method, nn.Module):
         valid = torch.isfinite(top.values)
         cand = torch.cat([x, centres], dim=1).cpu().numpy()  # (B, S + C, 3)
         ok = torch.cat([torch.ones(x.shape[:2], dtype=torch.bool), valid.cpu()], dim=1).numpy()
-        ang = np.arccos(np.clip(np.einsum("bci,bsi->bcs", cand, at.cpu().numpy()), -1.0, 1.0))
-        util = np.exp(-(EARTH_RADIUS_KM / GEOSCORE_SCALE_KM) * ang).mean(axis=2)
-        best = np.where(ok, util, -np.inf).argmax(axis=1)
+        best = np.where(ok, geoscore_utility(cand, at.cpu().numpy()), -np.inf).argmax(axis=1)
         return xyz_to_latlon(cand[np.arange(cand.shape[0]), best])
 
     def trajectories(self, emb: Any, num: int = 24, *, sample_steps: int = 16, seed: int = 0) -> None:
