@@ -126,8 +126,14 @@ class GroundedMethod(Method, nn.Module):
 
     @staticmethod
     def _log_vmf(x: Tensor, mu: Tensor, kappa: Tensor) -> Tensor:
-        """log vMF density per steradian: x (B, P, 3), μ (B, K, 3), κ (B, K) -> (B, P, K)."""
-        log_c = torch.log(kappa) - math.log(2.0 * math.pi) - torch.log(-torch.expm1(-2.0 * kappa))
+        """log vMF density per steradian: x (B, P, 3), μ (B, K, 3), κ (B, K) -> (B, P, K).
+
+        The normaliser is :func:`~globeflow.geometry.vmf.vmf_log_normaliser`; the cosine comes
+        from one product over all pairs rather than :func:`~globeflow.geometry.vmf.vmf_log_prob`'s
+        (B, P, K, 3) differences (a 1° map is 64,800 points × 128 slots), which float64 allows."""
+        from globeflow.geometry.vmf import vmf_log_normaliser
+
+        log_c = vmf_log_normaliser(kappa)
         return log_c[:, None, :] + kappa[:, None, :] * (torch.einsum("bpi,bki->bpk", x, mu) - 1.0)
 
     def _log_mixture(self, comps: tuple[Tensor, ...], x: Tensor, log_p_inner: Tensor) -> Tensor:
