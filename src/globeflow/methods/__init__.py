@@ -186,10 +186,9 @@ def build_method(config: dict) -> Method:
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError("model config: missing or malformed field 'method'")
     name = config["method"]
-    if name in DISTILLED_CLASSES:
-        return method_class_ref(DISTILLED_CLASSES[name]).from_config(config)
-    if name in COMPOSED_CLASSES:
-        return method_class_ref(COMPOSED_CLASSES[name]).from_config(config)
+    made_from_others = {**DISTILLED_CLASSES, **COMPOSED_CLASSES}  # they rebuild themselves from their config
+    if name in made_from_others:
+        return method_class_ref(made_from_others[name]).from_config(config)
     if name not in METHOD_CLASSES:
         raise ValueError(f"model config: unknown method {name!r}; known: {sorted(METHOD_CLASSES)}")
     if config.get("convention") == "plonk":
