@@ -59,6 +59,13 @@ def main(argv=None) -> int:
         test_data = args.data
         offset = args.offset
 
+    import pyarrow.parquet as pq
+
+    if args.points < 2 or args.offset < 0:
+        p.error(f"--points must be ≥ 2 and --offset ≥ 0, got {args.points} and {args.offset}")
+    rows = pq.ParquetFile(args.data).metadata.num_rows
+    if args.offset + args.points > rows:
+        p.error(f"--data {args.data} has {rows} rows; --offset {args.offset} --points {args.points} asks for more")
     emb, x, labels = bl.make_points("trained", m, PointArgs, torch.Generator().manual_seed(7))
     res: dict = {
         "run": args.run,
